@@ -1,0 +1,104 @@
+//! `clip data ...` and the quickstart.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use clip_data::inspect::{inspect, InspectReport};
+use clip_data::synth::{self, SynthConfig};
+use clip_data::{load_data_config, parse_data_config, DataConfig};
+
+/// The quickstart config, embedded so that `clip quickstart` needs no file.
+pub const QUICKSTART_TOML: &str = include_str!("../../../configs/quickstart.toml");
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Load the dataset a config names and report what it holds and how fast it loads.
+    Inspect {
+        /// Experiment config (TOML) with a `[data]` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Training batches to time through the loader.
+        #[arg(long, default_value_t = 20)]
+        batches: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the synthetic shapes dataset (Flickr30k layout).
+    Synth {
+        #[arg(long, default_value = "datasets/synthetic-shapes")]
+        out: PathBuf,
+        #[arg(long, default_value_t = SynthConfig::default().images)]
+        images: usize,
+        #[arg(long, default_value_t = SynthConfig::default().image_size)]
+        size: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Inspect { config, batches, json } => {
+            let data = load_data_config(&config)?;
+            report(&config, &data, batches, json)
+        }
+        DataCommand::Synth { out, images, size, seed } => {
+            let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
+            let s = synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} images and {} captions to {}", s.images, s.captions, s.dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// Runs the embedded quickstart config as if it lived in `<dir>/configs/`.
+pub fn quickstart(dir: &Path) -> Result<()> {
+    let config_path = dir.join("configs").join("quickstart.toml");
+    let data = parse_data_config(QUICKSTART_TOML, &config_path)?;
+    println!("quickstart: dataset under {}", data.images.parent().unwrap_or(dir).display());
+    report(&config_path, &data, 20, false)
+}
+
+fn report(config_path: &Path, data: &DataConfig, batches: usize, json: bool) -> Result<()> {
+    let r = inspect(data, batches).with_context(|| format!("inspecting the dataset of {}", config_path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(data, &r);
+    }
+    Ok(())
+}
+
+fn print_report(data: &DataConfig, r: &InspectReport) {
+    println!("captions file    {}", data.captions.display());
+    println!("images dir       {}", data.images.display());
+    println!("images           {}", r.images);
+    println!("captions         {} ({} rows read)", r.captions, r.caption_rows);
+    println!("train            {} images, {} captions", r.train_images, r.train_captions);
+    println!(
+        "val              {} images, {} captions (val_size {}, seed {})",
+        r.val_images, r.val_captions, data.val_size, data.seed
+    );
+    println!("repaired rows    {}", r.repaired.len());
+    for row in &r.repaired {
+        println!("  line {}: {}", row.line, row.reason);
+    }
+    println!("skipped rows     {}", r.skipped.len());
+    for row in r.skipped.iter().take(20) {
+        println!("  line {}: {}", row.line, row.reason);
+    }
+    if r.skipped.len() > 20 {
+        println!("  ... and {} more", r.skipped.len() - 20);
+    }
+    println!("missing images   {}", r.missing_images);
+    println!(
+        "caption tokens   min {} / median {} / max {} ({} over text_max_length {})",
+        r.tokens_min, r.tokens_median, r.tokens_max, r.truncated, data.text_max_length
+    );
+    println!(
+        "loader           {:.1} ms per batch of {} at {}px ({} workers, {} batches timed)",
+        r.ms_per_batch, r.batch_size, data.image_size, r.num_workers, r.batches_timed
+    );
+}

@@ -1,0 +1,210 @@
+//! Training augmentation, drawn as a pure function of (seed, epoch, item): the same run
+//! sees the same crops and flips, whatever the number of worker threads.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::{CropBox, View};
+
+/// `[data.augment]`: what training applies on top of the deterministic transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Crop a random region (area fraction in `crop_scale`, aspect in `crop_ratio`) before resizing.
+    pub random_resized_crop: bool,
+    pub crop_scale: [f64; 2],
+    pub crop_ratio: [f64; 2],
+    /// Mirror half of the images left-right.
+    pub horizontal_flip: bool,
+    /// When an image is mirrored, swap the words "left" and "right" in its caption so the pair
+    /// still agrees.
+    pub flip_swaps_left_right: bool,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            random_resized_crop: false,
+            crop_scale: [0.9, 1.0],
+            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
+            horizontal_flip: false,
+            flip_swaps_left_right: true,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// The augmentation that does nothing (evaluation).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn is_identity(&self) -> bool {
+        !self.random_resized_crop && !self.horizontal_flip
+    }
+
+    /// Checks ranges; the message names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        let [lo, hi] = self.crop_scale;
+        if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return Err(format!("data.augment.crop_scale must satisfy 0 < min <= max <= 1, got {:?}", self.crop_scale));
+        }
+        let [lo, hi] = self.crop_ratio;
+        if !(lo > 0.0 && lo <= hi) {
+            return Err(format!("data.augment.crop_ratio must satisfy 0 < min <= max, got {:?}", self.crop_ratio));
+        }
+        Ok(())
+    }
+
+    /// The view of one sample of a `width` x `height` image.
+    pub fn sample_view(&self, seed: u64, epoch: usize, item: usize, width: u32, height: u32) -> View {
+        if self.is_identity() {
+            return View::default();
+        }
+        let mut rng = item_rng(seed, epoch as u64, item as u64);
+        // The flip is drawn first so that `flips` agrees without knowing the image size.
+        let flip = self.horizontal_flip && rng.random_bool(0.5);
+        let crop = self
+            .random_resized_crop
+            .then(|| random_resized_crop(&mut rng, width as f64, height as f64, self.crop_scale, self.crop_ratio));
+        View { crop, flip }
+    }
+
+    /// Whether this sample is flipped (cheap: no image size needed).
+    pub fn flips(&self, seed: u64, epoch: usize, item: usize) -> bool {
+        self.horizontal_flip && item_rng(seed, epoch as u64, item as u64).random_bool(0.5)
+    }
+}
+
+/// A generator for one item of one epoch, independent of every other item.
+pub(crate) fn item_rng(seed: u64, epoch: u64, item: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5851_f42d_4c95_7f2d);
+    rng.set_stream(epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ item);
+    rng
+}
+
+/// torchvision's RandomResizedCrop box: 10 tries at a random area and log-uniform aspect,
+/// then the largest centred box within the ratio bounds.
+fn random_resized_crop(rng: &mut ChaCha8Rng, w: f64, h: f64, scale: [f64; 2], ratio: [f64; 2]) -> CropBox {
+    let area = w * h;
+    let (log_lo, log_hi) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale[0]..=scale[1]);
+        let aspect = rng.random_range(log_lo..=log_hi).exp();
+        let cw = (target * aspect).sqrt().round();
+        let ch = (target / aspect).sqrt().round();
+        if cw >= 1.0 && ch >= 1.0 && cw <= w && ch <= h {
+            let left = rng.random_range(0.0..=(w - cw)).floor();
+            let top = rng.random_range(0.0..=(h - ch)).floor();
+            return CropBox { left, top, width: cw, height: ch };
+        }
+    }
+    let in_ratio = w / h;
+    let (cw, ch) = if in_ratio < ratio[0] {
+        (w, (w / ratio[0]).round())
+    } else if in_ratio > ratio[1] {
+        ((h * ratio[1]).round(), h)
+    } else {
+        (w, h)
+    };
+    CropBox {
+        left: ((w - cw) / 2.0).floor(),
+        top: ((h - ch) / 2.0).floor(),
+        width: cw,
+        height: ch,
+    }
+}
+
+/// Swaps the whole words "left" and "right" (any case) in a caption.
+pub fn swap_left_right(caption: &str) -> String {
+    let mut out = String::with_capacity(caption.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let swapped = match word.to_ascii_lowercase().as_str() {
+            "left" => Some("right"),
+            "right" => Some("left"),
+            _ => None,
+        };
+        match swapped {
+            Some(s) if word.chars().next().is_some_and(char::is_uppercase) => {
+                let mut c = s.chars();
+                out.extend(c.next().map(|f| f.to_ascii_uppercase()));
+                out.push_str(c.as_str());
+            }
+            Some(s) => out.push_str(s),
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for ch in caption.chars() {
+        if ch.is_alphanumeric() {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crop_flip() -> AugmentConfig {
+        AugmentConfig {
+            random_resized_crop: true,
+            horizontal_flip: true,
+            crop_scale: [0.3, 1.0],
+            ..AugmentConfig::default()
+        }
+    }
+
+    #[test]
+    fn views_are_a_pure_function_of_seed_epoch_item() {
+        let a = crop_flip();
+        assert_eq!(a.sample_view(1, 2, 3, 500, 375), a.sample_view(1, 2, 3, 500, 375));
+        let views: Vec<View> = (0..50).map(|i| a.sample_view(1, 0, i, 500, 375)).collect();
+        assert!(views.windows(2).any(|w| w[0] != w[1]));
+        assert_ne!(a.sample_view(1, 0, 3, 500, 375), a.sample_view(1, 1, 3, 500, 375));
+        assert_ne!(a.sample_view(1, 0, 3, 500, 375), a.sample_view(2, 0, 3, 500, 375));
+    }
+
+    #[test]
+    fn crops_stay_inside_the_image_and_respect_scale() {
+        let a = crop_flip();
+        let mut flips = 0;
+        for i in 0..500 {
+            let v = a.sample_view(7, 0, i, 500, 375);
+            let c = v.crop.unwrap();
+            assert!(c.left >= 0.0 && c.top >= 0.0 && c.left + c.width <= 500.0 && c.top + c.height <= 375.0, "{c:?}");
+            let frac = c.width * c.height / (500.0 * 375.0);
+            assert!(frac > 0.25 && frac <= 1.01, "{frac}");
+            flips += v.flip as usize;
+        }
+        assert!((200..300).contains(&flips), "{flips}");
+        assert!((0..100).all(|i| a.flips(7, 0, i) == a.sample_view(7, 0, i, 500, 375).flip));
+    }
+
+    #[test]
+    fn identity_draws_nothing() {
+        assert_eq!(AugmentConfig::none().sample_view(1, 1, 1, 10, 10), View::default());
+    }
+
+    #[test]
+    fn bad_ranges_name_the_key() {
+        let mut a = AugmentConfig::default();
+        a.crop_scale = [0.5, 1.5];
+        assert!(a.validate().unwrap_err().contains("crop_scale"));
+    }
+
+    #[test]
+    fn left_right_swap_keeps_other_words() {
+        assert_eq!(
+            swap_left_right("A red circle on the left, Right of a leftover square."),
+            "A red circle on the right, Left of a leftover square."
+        );
+    }
+}

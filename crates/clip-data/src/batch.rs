@@ -1,0 +1,164 @@
+//! From a caption pair to a collated batch: per-example preprocessing and collation with
+//! dynamic padding (each batch padded to its own longest caption, as HF `pad(padding=True)`).
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::augment::{swap_left_right, AugmentConfig};
+use crate::config::DataConfig;
+use crate::dataset::CaptionPair;
+use crate::error::Result;
+use crate::imaging::{decode_rgb, ImageTransform};
+use crate::tokenizer::CaptionTokenizer;
+use crate::DataError;
+
+/// Turns one caption pair into model inputs: image floats and token ids.
+#[derive(Debug, Clone)]
+pub struct ExamplePipeline {
+    pub transform: ImageTransform,
+    pub augment: AugmentConfig,
+    pub tokenizer: CaptionTokenizer,
+    pub seed: u64,
+}
+
+impl ExamplePipeline {
+    /// The training pipeline of a data config (with its augmentation).
+    pub fn train(config: &DataConfig) -> Result<Self> {
+        Ok(Self {
+            transform: config.image_transform(),
+            augment: config.augment.clone(),
+            tokenizer: config.tokenizer()?,
+            seed: config.seed,
+        })
+    }
+
+    /// The evaluation pipeline of a data config: the same transform, no augmentation.
+    pub fn eval(config: &DataConfig) -> Result<Self> {
+        Ok(Self {
+            augment: AugmentConfig::none(),
+            ..Self::train(config)?
+        })
+    }
+
+    /// Preprocesses example `item` of `epoch`: writes the image into `image_out` (CHW) and
+    /// returns the caption's token ids. A flipped image gets "left"/"right" swapped in its
+    /// caption when the augmentation asks for it.
+    pub fn example_into(&self, pair: &CaptionPair, epoch: usize, item: usize, image_out: &mut [f32]) -> Result<Vec<u32>> {
+        let img = decode_rgb(&pair.image_path)?;
+        let view = self.augment.sample_view(self.seed, epoch, item, img.width(), img.height());
+        self.transform
+            .apply_into(&img, &view, image_out)
+            .map_err(|message| DataError::ImageResize {
+                path: pair.image_path.clone(),
+                message,
+            })?;
+        if view.flip && self.augment.flip_swaps_left_right {
+            self.tokenizer.encode(&swap_left_right(&pair.caption))
+        } else {
+            self.tokenizer.encode(&pair.caption)
+        }
+    }
+}
+
+/// A collated batch in host memory, ready to be uploaded to any device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// `[batch, 3, image_size, image_size]`, normalized.
+    pub images: Vec<f32>,
+    pub image_size: usize,
+    /// `[batch, seq_len]`, padded with the tokenizer's pad id.
+    pub input_ids: Vec<i32>,
+    /// `[batch, seq_len]`: 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i32>,
+    /// Length of the longest caption in this batch.
+    pub seq_len: usize,
+    /// Which image each row shows (index into the dataset's images): rows with the same value
+    /// are captions of the same picture.
+    pub image_indices: Vec<usize>,
+    /// The dataset item of each row.
+    pub items: Vec<usize>,
+}
+
+impl HostBatch {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Pads token sequences to the longest one and packs them with the already-filled images.
+    pub fn collate(
+        images: Vec<f32>,
+        image_size: usize,
+        token_ids: Vec<Vec<u32>>,
+        pad_id: u32,
+        image_indices: Vec<usize>,
+        items: Vec<usize>,
+    ) -> Self {
+        let b = token_ids.len();
+        assert_eq!(images.len(), b * 3 * image_size * image_size, "image buffer size");
+        let seq_len = token_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = vec![pad_id as i32; b * seq_len];
+        let mut attention_mask = vec![0; b * seq_len];
+        for (row, ids) in token_ids.iter().enumerate() {
+            for (j, &id) in ids.iter().enumerate() {
+                input_ids[row * seq_len + j] = id as i32;
+                attention_mask[row * seq_len + j] = 1;
+            }
+        }
+        Self {
+            images,
+            image_size,
+            input_ids,
+            attention_mask,
+            seq_len,
+            image_indices,
+            items,
+        }
+    }
+
+    /// Uploads the batch to a device.
+    pub fn to_device<B: Backend>(&self, device: &B::Device) -> ClipBatch<B> {
+        let (b, s, l) = (self.len(), self.image_size, self.seq_len);
+        ClipBatch {
+            images: Tensor::from_data(TensorData::new(self.images.clone(), [b, 3, s, s]), device),
+            input_ids: Tensor::from_data(TensorData::new(self.input_ids.clone(), [b, l]), device),
+            attention_mask: Tensor::from_data(TensorData::new(self.attention_mask.clone(), [b, l]), device),
+            image_indices: self.image_indices.clone(),
+        }
+    }
+}
+
+/// A batch on a device: what the model consumes.
+#[derive(Debug, Clone)]
+pub struct ClipBatch<B: Backend> {
+    /// `[batch, 3, H, W]`.
+    pub images: Tensor<B, 4>,
+    /// `[batch, seq_len]`.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq_len]`, 1 = token, 0 = padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+    /// The image each row shows; equal values mean captions of the same image.
+    pub image_indices: Vec<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_to_the_longest_caption_of_the_batch() {
+        let b = HostBatch::collate(
+            vec![0.0; 2 * 3 * 4],
+            2,
+            vec![vec![101, 7, 8, 102], vec![101, 9, 102]],
+            0,
+            vec![0, 1],
+            vec![0, 1],
+        );
+        assert_eq!(b.seq_len, 4);
+        assert_eq!(b.input_ids, vec![101, 7, 8, 102, 101, 9, 102, 0]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 1, 1, 1, 0]);
+    }
+}

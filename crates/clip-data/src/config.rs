@@ -1,0 +1,323 @@
+//! `[data]`: where the captions and images are and how they become batches. Defaults are the
+//! seed notebook's settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::captions::CaptionFormat;
+use crate::error::{DataError, Result};
+use crate::imaging::{ImageTransform, ResizeFilter, ResizeMode, IMAGENET_MEAN, IMAGENET_STD};
+use crate::loader::LoaderConfig;
+use crate::synth::SynthConfig;
+use crate::tokenizer::{CaptionTokenizer, BERT_BASE_UNCASED};
+
+/// The data section of an experiment config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Layout of the captions file.
+    #[serde(default = "default_format")]
+    pub format: CaptionFormat,
+    /// The captions file (relative paths are relative to the config file's directory).
+    pub captions: PathBuf,
+    /// The directory that holds the images named in the captions file.
+    pub images: PathBuf,
+    /// Column names for the `csv` and `jsonl` formats.
+    #[serde(default = "default_image_column")]
+    pub image_column: String,
+    #[serde(default = "default_caption_column")]
+    pub caption_column: String,
+    /// Field separator for the `csv` format (one character).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Drop images that are named but absent instead of failing.
+    #[serde(default)]
+    pub skip_missing: bool,
+    /// Fraction of images held out for validation.
+    #[serde(default = "default_val_size")]
+    pub val_size: f64,
+    /// Seed of the split, the shuffling and the augmentation.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// A saved split to reuse instead of computing one.
+    #[serde(default)]
+    pub split_file: Option<PathBuf>,
+    /// Side of the square images fed to the image encoder.
+    #[serde(default = "default_image_size")]
+    pub image_size: u32,
+    #[serde(default)]
+    pub resize: ResizeMode,
+    #[serde(default)]
+    pub resize_filter: ResizeFilter,
+    #[serde(default = "default_mean")]
+    pub mean: [f32; 3],
+    #[serde(default = "default_std")]
+    pub std: [f32; 3],
+    /// Training-time augmentation; evaluation never augments.
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    /// `bert-base-uncased` (embedded), or a path to a `vocab.txt` or an HF `tokenizer.json`.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Longest caption in tokens, `[CLS]` and `[SEP]` included.
+    #[serde(default = "default_text_max_length")]
+    pub text_max_length: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Threads that decode and collate batches.
+    #[serde(default = "default_num_workers")]
+    pub num_workers: usize,
+    /// Batches decoded ahead of the consumer; with the workers' own, this bounds loader memory.
+    #[serde(default = "default_prefetch")]
+    pub prefetch_batches: usize,
+    /// Marks the dataset as the generated synthetic one: it is written (under the captions
+    /// file's directory) when missing, so the config works on a fresh machine.
+    #[serde(default)]
+    pub synthetic: Option<SynthConfig>,
+}
+
+fn default_format() -> CaptionFormat {
+    CaptionFormat::Flickr30k
+}
+fn default_image_column() -> String {
+    "image".into()
+}
+fn default_caption_column() -> String {
+    "caption".into()
+}
+fn default_delimiter() -> String {
+    ",".into()
+}
+fn default_val_size() -> f64 {
+    0.2
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_image_size() -> u32 {
+    224
+}
+fn default_mean() -> [f32; 3] {
+    IMAGENET_MEAN
+}
+fn default_std() -> [f32; 3] {
+    IMAGENET_STD
+}
+fn default_tokenizer() -> String {
+    BERT_BASE_UNCASED.into()
+}
+fn default_text_max_length() -> usize {
+    200
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_num_workers() -> usize {
+    4
+}
+fn default_prefetch() -> usize {
+    2
+}
+
+impl DataConfig {
+    /// A config with the seed's defaults for the given files.
+    pub fn new(captions: impl Into<PathBuf>, images: impl Into<PathBuf>) -> Self {
+        let table = format!(
+            "captions = {:?}\nimages = {:?}\n",
+            captions.into().display().to_string(),
+            images.into().display().to_string()
+        );
+        toml::from_str(&table).expect("defaults deserialize")
+    }
+
+    /// Makes relative paths relative to `base` (the directory of the config file).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = join_clean(base, p);
+            }
+        };
+        fix(&mut self.captions);
+        fix(&mut self.images);
+        if let Some(s) = self.split_file.as_mut() {
+            fix(s);
+        }
+        if self.tokenizer != BERT_BASE_UNCASED && Path::new(&self.tokenizer).is_relative() {
+            self.tokenizer = join_clean(base, Path::new(&self.tokenizer)).display().to_string();
+        }
+    }
+
+    /// Checks values; the error names the key and the config file.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let bad = |message: String| Err(DataError::Config { path: file.into(), message });
+        if !(0.0..1.0).contains(&self.val_size) {
+            return bad(format!("data.val_size must be in [0, 1), got {}", self.val_size));
+        }
+        if self.image_size < 8 {
+            return bad(format!("data.image_size must be at least 8, got {}", self.image_size));
+        }
+        if self.text_max_length < 2 {
+            return bad(format!("data.text_max_length must be at least 2, got {}", self.text_max_length));
+        }
+        if self.batch_size == 0 {
+            return bad("data.batch_size must be at least 1".into());
+        }
+        if self.prefetch_batches == 0 {
+            return bad("data.prefetch_batches must be at least 1".into());
+        }
+        if self.std.iter().any(|s| !(*s > 0.0)) {
+            return bad(format!("data.std must be positive, got {:?}", self.std));
+        }
+        if let Err(m) = self.augment.validate() {
+            return bad(m);
+        }
+        if self.synthetic.is_some() {
+            let dir = self.captions.parent().unwrap_or(Path::new("."));
+            if self.format != CaptionFormat::Flickr30k
+                || self.captions.file_name() != Some("results.csv".as_ref())
+                || self.images != dir.join("images")
+            {
+                return bad(format!(
+                    "data.synthetic needs format = \"flickr30k\", captions = \"DIR/results.csv\" and images = \"DIR/images\"; got captions = {:?}, images = {:?}",
+                    self.captions, self.images
+                ));
+            }
+        }
+        self.delimiter_byte().map_err(|_| DataError::Config {
+            path: file.into(),
+            message: format!("data.delimiter must be one ASCII character, got {:?}", self.delimiter),
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn delimiter_byte(&self) -> Result<u8> {
+        match self.delimiter.as_bytes() {
+            [b] if b.is_ascii() => Ok(*b),
+            _ => Err(DataError::Config {
+                path: PathBuf::from("<config>"),
+                message: format!("data.delimiter must be one ASCII character, got {:?}", self.delimiter),
+            }),
+        }
+    }
+
+    /// The deterministic image transform this config describes.
+    pub fn image_transform(&self) -> ImageTransform {
+        ImageTransform {
+            size: self.image_size,
+            mode: self.resize,
+            filter: self.resize_filter,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<CaptionTokenizer> {
+        CaptionTokenizer::from_spec(&self.tokenizer, self.text_max_length)
+    }
+
+    /// Loader settings for training (shuffled) or evaluation (in order).
+    pub fn loader(&self, shuffle: bool) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: self.batch_size,
+            num_workers: self.num_workers,
+            prefetch_batches: self.prefetch_batches,
+            shuffle,
+            seed: self.seed,
+            drop_last: false,
+        }
+    }
+}
+
+/// Reads only the `[data]` table of a config file (other tables are left to their owners),
+/// resolves its paths against the file's directory and validates it.
+pub fn load_data_config(path: &Path) -> Result<DataConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    parse_data_config(&text, path)
+}
+
+/// Like [`load_data_config`] for config text said to live at `path` (an embedded config).
+pub fn parse_data_config(text: &str, path: &Path) -> Result<DataConfig> {
+    #[derive(Deserialize)]
+    struct DataOnly {
+        data: DataConfig,
+        #[serde(flatten)]
+        _rest: toml::Table,
+    }
+    let parsed: DataOnly = toml::from_str(text).map_err(|e| DataError::Config {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut data = parsed.data;
+    data.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+    data.validate(path)?;
+    Ok(data)
+}
+
+/// Joins `path` onto `base` and removes `.` and `..` components lexically.
+pub(crate) fn join_clean(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("exp.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = DataConfig::new("results.csv", "images");
+        assert_eq!(c.format, CaptionFormat::Flickr30k);
+        assert_eq!((c.image_size, c.text_max_length, c.batch_size, c.num_workers), (224, 200, 32, 4));
+        assert_eq!((c.val_size, c.seed), (0.2, 42));
+        assert_eq!(c.mean, IMAGENET_MEAN);
+        assert!(c.augment.is_identity());
+    }
+
+    #[test]
+    fn joins_are_lexically_clean() {
+        assert_eq!(join_clean(Path::new("/a/configs"), Path::new("../d/./x.csv")), PathBuf::from("/a/d/x.csv"));
+        assert_eq!(join_clean(Path::new("configs"), Path::new("../../x")), PathBuf::from("../x"));
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file() {
+        let (dir, p) = write("[data]\ncaptions = \"d/results.csv\"\nimages = \"/abs/images\"\n[train]\nlr = 1e-3\n");
+        let c = load_data_config(&p).unwrap();
+        assert_eq!(c.captions, dir.path().join("d/results.csv"));
+        assert_eq!(c.images, PathBuf::from("/abs/images"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_key_and_file() {
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nimage_sise = 64\n");
+        let err = load_data_config(&p).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("image_sise") && err.contains("line 4"), "{err}");
+
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nval_size = 1.5\n");
+        let err = load_data_config(&p).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("data.val_size"), "{err}");
+
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\n[data.augment]\nflip = true\n");
+        let err = load_data_config(&p).unwrap_err().to_string();
+        assert!(err.contains("flip") && err.contains("horizontal_flip"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! Image–caption datasets: images grouped with all their captions, and the flat
+//! (image, caption) pair view that training iterates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport};
+use crate::config::DataConfig;
+use crate::error::{DataError, Result};
+
+/// One image and every caption that describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCaptions {
+    /// The name used in the captions file (and in saved splits).
+    pub name: String,
+    pub path: PathBuf,
+    pub captions: Vec<String>,
+}
+
+/// What loading a dataset found besides its images: damaged rows and missing images.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    pub caption_rows: usize,
+    pub parse: ParseReport,
+    /// Images named in the captions file but absent on disk (skipped under `skip_missing`).
+    pub missing_images: Vec<PathBuf>,
+}
+
+/// A whole image–caption dataset, images in captions-file order.
+#[derive(Debug, Clone)]
+pub struct CaptionDataset {
+    pub images: Vec<ImageCaptions>,
+    pub report: LoadReport,
+}
+
+impl CaptionDataset {
+    /// Loads the dataset a data config names: parses the captions, resolves image paths,
+    /// and checks that every image exists (or skips missing ones under `skip_missing`).
+    pub fn load(config: &DataConfig) -> Result<Self> {
+        let columns = ColumnSpec {
+            image: config.image_column.clone(),
+            caption: config.caption_column.clone(),
+            delimiter: config.delimiter_byte()?,
+        };
+        if let Some(synth) = &config.synthetic {
+            let dir = config.captions.parent().unwrap_or(Path::new("."));
+            crate::synth::ensure(dir, synth)?;
+        }
+        if !config.images.is_dir() {
+            return Err(DataError::Config {
+                path: config.images.clone(),
+                message: "`data.images` names no directory".into(),
+            });
+        }
+        let parsed = read_captions(&config.captions, config.format, &columns)?;
+        Self::from_records(&parsed.path, parsed.records, parsed.report, &config.images, config.skip_missing)
+    }
+
+    /// Groups caption records by image and resolves their files under `images_dir`.
+    pub fn from_records(
+        captions_path: &Path,
+        records: Vec<CaptionRecord>,
+        parse: ParseReport,
+        images_dir: &Path,
+        skip_missing: bool,
+    ) -> Result<Self> {
+        let caption_rows = records.len();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut images: Vec<ImageCaptions> = Vec::new();
+        let mut first_line: Vec<usize> = Vec::new();
+        for rec in records {
+            let i = *index.entry(rec.image.clone()).or_insert_with(|| {
+                images.push(ImageCaptions {
+                    path: images_dir.join(&rec.image),
+                    name: rec.image.clone(),
+                    captions: Vec::new(),
+                });
+                first_line.push(rec.line);
+                images.len() - 1
+            });
+            images[i].captions.push(rec.caption);
+        }
+
+        let missing: Vec<usize> = (0..images.len()).filter(|&i| !images[i].path.is_file()).collect();
+        if !missing.is_empty() && !skip_missing {
+            return Err(DataError::MissingImages {
+                captions: captions_path.into(),
+                images_dir: images_dir.into(),
+                count: missing.len(),
+                first: images[missing[0]].path.clone(),
+                line: first_line[missing[0]],
+            });
+        }
+        let missing_images = missing.iter().map(|&i| images[i].path.clone()).collect();
+        let mut keep = vec![true; images.len()];
+        for i in missing {
+            keep[i] = false;
+        }
+        let mut k = keep.into_iter();
+        images.retain(|_| k.next().unwrap_or(false));
+        if images.is_empty() {
+            return Err(DataError::Config {
+                path: images_dir.into(),
+                message: format!("none of the images named in {} were found here", captions_path.display()),
+            });
+        }
+        Ok(Self {
+            images,
+            report: LoadReport {
+                caption_rows,
+                parse,
+                missing_images,
+            },
+        })
+    }
+
+    pub fn num_captions(&self) -> usize {
+        self.images.iter().map(|i| i.captions.len()).sum()
+    }
+
+    /// The images whose names are listed, in the listed order; unknown names are an error.
+    pub fn select(&self, names: &[String], split_path: &Path) -> Result<Vec<ImageCaptions>> {
+        let by_name: HashMap<&str, &ImageCaptions> = self.images.iter().map(|i| (i.name.as_str(), i)).collect();
+        names
+            .iter()
+            .map(|n| {
+                by_name.get(n.as_str()).map(|i| (*i).clone()).ok_or_else(|| DataError::Split {
+                    path: split_path.into(),
+                    message: format!("image {n:?} is in the split but not in the dataset"),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One training example: an image and one of its captions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptionPair {
+    /// Index of the image within its [`PairDataset`] (shared by all its captions).
+    pub image_index: usize,
+    pub image_path: PathBuf,
+    pub caption: String,
+}
+
+/// The flat pair view of a set of images: one item per caption, as the seed iterates.
+#[derive(Debug, Clone)]
+pub struct PairDataset {
+    images: Arc<Vec<ImageCaptions>>,
+    pairs: Vec<(u32, u32)>,
+}
+
+impl PairDataset {
+    pub fn new(images: Vec<ImageCaptions>) -> Self {
+        let pairs = images
+            .iter()
+            .enumerate()
+            .flat_map(|(i, img)| (0..img.captions.len()).map(move |c| (i as u32, c as u32)))
+            .collect();
+        Self {
+            images: Arc::new(images),
+            pairs,
+        }
+    }
+
+    pub fn images(&self) -> &[ImageCaptions] {
+        &self.images
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    pub fn pair(&self, index: usize) -> Option<CaptionPair> {
+        let &(i, c) = self.pairs.get(index)?;
+        let img = &self.images[i as usize];
+        Some(CaptionPair {
+            image_index: i as usize,
+            image_path: img.path.clone(),
+            caption: img.captions[c as usize].clone(),
+        })
+    }
+}
+
+impl burn::data::dataset::Dataset<CaptionPair> for PairDataset {
+    fn get(&self, index: usize) -> Option<CaptionPair> {
+        self.pair(index)
+    }
+
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(line: usize, image: &str, caption: &str) -> CaptionRecord {
+        CaptionRecord {
+            line,
+            image: image.into(),
+            caption: caption.into(),
+        }
+    }
+
+    #[test]
+    fn groups_captions_by_image_and_reports_missing_images() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
+        let records = vec![rec(2, "a.jpg", "one"), rec(3, "b.jpg", "two"), rec(4, "a.jpg", "three")];
+        let err = CaptionDataset::from_records(Path::new("c.csv"), records.clone(), ParseReport::default(), dir.path(), false)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("1 image(s)") && msg.contains("b.jpg") && msg.contains("line 3"), "{msg}");
+
+        let ds = CaptionDataset::from_records(Path::new("c.csv"), records, ParseReport::default(), dir.path(), true).unwrap();
+        assert_eq!(ds.images.len(), 1);
+        assert_eq!(ds.images[0].captions, vec!["one", "three"]);
+        assert_eq!(ds.report.missing_images, vec![dir.path().join("b.jpg")]);
+
+        let pairs = PairDataset::new(ds.images.clone());
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs.pair(1).unwrap().caption, "three");
+        assert_eq!(pairs.pair(1).unwrap().image_index, 0);
+        assert!(pairs.pair(2).is_none());
+    }
+}

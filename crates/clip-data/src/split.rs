@@ -1,0 +1,120 @@
+//! Train/validation split by image: every caption of an image lands on the same side, the split
+//! is a pure function of (image names, val_size, seed), and it can be saved so that later
+//! evaluation scores exactly the images training never saw.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::fs::write_atomic;
+
+/// Which images train and which validate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub seed: u64,
+    pub val_size: f64,
+    pub train: Vec<String>,
+    pub val: Vec<String>,
+}
+
+impl Split {
+    /// Splits image names: `round(val_size * n)` images go to validation (at least one when
+    /// `val_size > 0` and there are two or more images). The input order does not matter.
+    pub fn by_image(names: &[String], val_size: f64, seed: u64) -> Self {
+        let mut sorted: Vec<&String> = names.iter().collect::<HashSet<_>>().into_iter().collect();
+        sorted.sort();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        sorted.shuffle(&mut rng);
+        let n = sorted.len();
+        let mut n_val = (val_size * n as f64).round() as usize;
+        if val_size > 0.0 && n >= 2 {
+            n_val = n_val.clamp(1, n - 1);
+        }
+        let n_val = n_val.min(n);
+        let mut val: Vec<String> = sorted[..n_val].iter().map(|s| s.to_string()).collect();
+        let mut train: Vec<String> = sorted[n_val..].iter().map(|s| s.to_string()).collect();
+        // Keep a stable, readable order in saved files; iteration order is the loader's business.
+        val.sort();
+        train.sort();
+        Self { seed, val_size, train, val }
+    }
+
+    /// Writes the split as JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("a split serializes");
+        write_atomic(path, &json)
+    }
+
+    /// Reads a saved split and checks that no image is on both sides.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let split: Split = serde_json::from_slice(&bytes).map_err(|e| DataError::Split {
+            path: path.into(),
+            message: format!("not a split file: {e}"),
+        })?;
+        let train: HashSet<&String> = split.train.iter().collect();
+        if let Some(both) = split.val.iter().find(|n| train.contains(n)) {
+            return Err(DataError::Split {
+                path: path.into(),
+                message: format!("image {both:?} is in both train and val"),
+            });
+        }
+        Ok(split)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{i:05}.jpg")).collect()
+    }
+
+    #[test]
+    fn deterministic_for_a_seed_and_input_order() {
+        let a = Split::by_image(&names(100), 0.2, 42);
+        let mut shuffled = names(100);
+        shuffled.reverse();
+        assert_eq!(a, Split::by_image(&shuffled, 0.2, 42));
+        assert_ne!(a.val, Split::by_image(&names(100), 0.2, 43).val);
+        assert_eq!(a.val.len(), 20);
+        assert_eq!(a.train.len(), 80);
+    }
+
+    #[test]
+    fn no_image_on_both_sides_and_none_lost() {
+        let s = Split::by_image(&names(31), 0.25, 1);
+        let train: HashSet<_> = s.train.iter().collect();
+        assert!(s.val.iter().all(|v| !train.contains(v)));
+        assert_eq!(s.train.len() + s.val.len(), 31);
+    }
+
+    #[test]
+    fn tiny_datasets_keep_both_sides() {
+        let s = Split::by_image(&names(3), 0.01, 0);
+        assert_eq!((s.train.len(), s.val.len()), (2, 1));
+        let s = Split::by_image(&names(3), 0.0, 0);
+        assert_eq!((s.train.len(), s.val.len()), (3, 0));
+    }
+
+    #[test]
+    fn round_trips_through_a_file_and_rejects_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("split.json");
+        let s = Split::by_image(&names(10), 0.3, 5);
+        s.save(&path).unwrap();
+        assert_eq!(Split::load(&path).unwrap(), s);
+
+        let mut bad = s.clone();
+        bad.val.push(bad.train[0].clone());
+        bad.save(&path).unwrap();
+        let err = Split::load(&path).unwrap_err().to_string();
+        assert!(err.contains("both train and val") && err.contains("split.json"), "{err}");
+    }
+}
