@@ -32,6 +32,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Data-pipeline benchmark: clip-data beside the seed's Python stack on the same JPEGs.
+    BenchData {
+        /// Where the benchmark JPEGs are written (and read).
+        #[arg(long, default_value = "/tmp/clip-bench-images")]
+        images: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,7 +59,22 @@ fn main() -> Result<()> {
                 println!("{} already holds this dataset (use --force to rewrite)", out.display());
             }
         }
+        Command::BenchData { images } => {
+            let peer = root.join("crates/clip-data/benches/data_peer.py");
+            run(std::process::Command::new("python3").arg(&peer).arg(&images))
+                .context("the Python peer needs numpy, pillow, opencv-python-headless, albumentations (torch and tokenizers for the loader line)")?;
+            run(std::process::Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["bench", "-p", "clip-data", "--bench", "pipeline", "--"])
+                .arg(&images))?;
+        }
     }
+    Ok(())
+}
+
+fn run(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed with {status}");
     Ok(())
 }
 
