@@ -1,1 +1,21 @@
-//! placeholder
+//! CLIP models in Burn: a ResNet image tower ([`resnet`]), a DistilBERT/BERT text tower
+//! ([`text`]), the seed's projection heads ([`projection`]), the model and its temperature
+//! ([`clip`]), contrastive losses ([`loss`]), mixed precision without autocast ([`precision`]),
+//! and weight import/export with upstream key names ([`import`]).
+
+pub mod batch_norm;
+pub mod clip;
+pub mod conv;
+pub mod import;
+pub mod loss;
+pub mod precision;
+pub mod projection;
+pub mod resnet;
+pub mod text;
+
+pub use clip::{ClipConfig, ClipModel, ClipOutput};
+pub use loss::ContrastiveLoss;
+pub use precision::Precision;
+pub use projection::{ProjectionHead, ProjectionHeadConfig};
+pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use text::{Pooling, TextTransformer, TextTransformerConfig};

@@ -1,0 +1,109 @@
+//! Batch normalization with PyTorch's semantics and parameter names (`weight`, `bias`,
+//! `running_mean`, `running_var`), so torchvision/timm state dicts load as they are.
+//!
+//! Differences from `burn::nn::BatchNorm`: the running variance is updated with the unbiased
+//! batch variance (as PyTorch does), and a layer whose parameters are frozen keeps using (and
+//! never updates) its running statistics, like a locked tower in open_clip.
+
+use burn::module::{Initializer, Module, Param, RunningState};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// `BatchNorm2d(num_features, eps=1e-5, momentum=0.1)`.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> BatchNorm2d<B> {
+    /// A fresh layer: weight 1 (or 0, to start a residual branch at zero), bias 0.
+    pub fn new(channels: usize, zero_weight: bool, device: &B::Device) -> Self {
+        let weight = if zero_weight { Initializer::Zeros } else { Initializer::Ones };
+        Self {
+            weight: weight.init([channels], device),
+            bias: Initializer::Zeros.init([channels], device),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum: 0.1,
+            epsilon: 1e-5,
+        }
+    }
+
+    /// Whether this call normalizes with batch statistics (training) or running ones.
+    pub fn uses_batch_statistics(&self, device: &B::Device) -> bool {
+        B::ad_enabled(device) && self.weight.is_require_grad()
+    }
+
+    /// `[batch, channels, h, w]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let [n, c, h, w] = x.dims();
+        let (mean, var) = if self.uses_batch_statistics(&device) {
+            let flat = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
+            let mean = flat.clone().mean_dim(1).reshape([c]);
+            let centered = flat - mean.clone().reshape([c, 1]);
+            let sum_sq = centered.square().sum_dim(1).reshape([c]);
+            let count = (n * h * w) as f64;
+            let var = sum_sq.clone().div_scalar(count);
+            let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
+            let m = self.momentum;
+            let running_mean = self.running_mean.value_sync().to_device(&device);
+            let running_var = self.running_var.value_sync().to_device(&device);
+            self.running_mean
+                .update(running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
+            self.running_var.update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+            (mean, var)
+        } else {
+            (self.running_mean.value_sync(), self.running_var.value_sync())
+        };
+        let scale = self.weight.val().div(var.add_scalar(self.epsilon).sqrt());
+        let shift = self.bias.val() - mean.mul(scale.clone());
+        x.mul(scale.reshape([1, c, 1, 1])).add(shift.reshape([1, c, 1, 1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+
+    type B = Autodiff<Flex>;
+
+    #[test]
+    fn training_normalizes_per_channel_and_tracks_unbiased_variance() {
+        let device = Default::default();
+        let bn = BatchNorm2d::<B>::new(2, false, &device);
+        let x = Tensor::<B, 4>::random([4, 2, 3, 3], Distribution::Normal(3.0, 2.0), &device);
+        let y = bn.forward(x.clone());
+        let per_channel = y.clone().swap_dims(0, 1).reshape([2, 36]);
+        let means = per_channel.clone().mean_dim(1).into_data();
+        means.assert_approx_eq::<f32>(&TensorData::from([[0.0f32], [0.0]]), Tolerance::absolute(1e-5));
+        let vars = per_channel.var_bias(1).into_data();
+        vars.assert_approx_eq::<f32>(&TensorData::from([[1.0f32], [1.0]]), Tolerance::absolute(1e-3));
+
+        let flat = x.swap_dims(0, 1).reshape([2, 36]);
+        let want_var = flat.clone().var(1).reshape([2]).mul_scalar(0.1).add_scalar(0.9);
+        bn.running_var.value_sync().into_data().assert_approx_eq::<f32>(&want_var.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    fn inference_and_frozen_layers_use_running_statistics() {
+        let device = Default::default();
+        let bn = BatchNorm2d::<B>::new(1, false, &device);
+        let x = Tensor::<B, 4>::from_floats([[[[1.0, 3.0]]]], &device);
+        // Running stats are mean 0, var 1: inference is the identity (up to eps).
+        let y = bn.valid().forward(x.clone().inner());
+        y.into_data().assert_approx_eq::<f32>(&TensorData::from([[[[1.0f32, 3.0]]]]), Tolerance::absolute(1e-4));
+        let frozen = bn.no_grad();
+        let y = frozen.forward(x);
+        y.into_data().assert_approx_eq::<f32>(&TensorData::from([[[[1.0f32, 3.0]]]]), Tolerance::absolute(1e-4));
+        assert_eq!(frozen.running_mean.value_sync().into_scalar(), 0.0);
+    }
+}

@@ -1,0 +1,292 @@
+//! The CLIP model: an image tower and a text tower, each followed by a projection head into a
+//! shared space, a temperature, and a contrastive loss.
+//!
+//! The module layout mirrors the seed notebook's (`image_encoder.model`, `image_encoder.projection`,
+//! `text_encoder.model`, `text_encoder.projection`), so its checkpoints load by name.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::loss::{infonce, logits_per_text, soft_targets, ContrastiveLoss};
+use crate::precision::Precision;
+use crate::projection::{ProjectionHead, ProjectionHeadConfig};
+use crate::resnet::{ResNet, ResNetConfig};
+use crate::text::{TextTransformer, TextTransformerConfig};
+
+/// Everything needed to build a [`ClipModel`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipConfig {
+    pub image: ResNetConfig,
+    pub text: TextTransformerConfig,
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: usize,
+    /// Dropout inside the projection heads.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Initial temperature: logits are `similarity / temperature` (the seed: 1.0; CLIP: 0.07).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Learn the temperature as CLIP's log logit scale (clamped to `max_logit_scale`).
+    #[serde(default)]
+    pub learnable_temperature: bool,
+    #[serde(default = "default_max_logit_scale")]
+    pub max_logit_scale: f64,
+    /// L2-normalize embeddings before the similarity (CLIP does; the seed does not).
+    #[serde(default)]
+    pub normalize_embeddings: bool,
+    /// Train the image tower's trunk (the projection head always trains).
+    #[serde(default = "yes")]
+    pub image_trainable: bool,
+    /// Train the text tower's trunk.
+    #[serde(default = "yes")]
+    pub text_trainable: bool,
+    #[serde(default)]
+    pub loss: ContrastiveLoss,
+}
+
+fn default_projection_dim() -> usize {
+    256
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_max_logit_scale() -> f64 {
+    100.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl ClipConfig {
+    /// The seed's model: ResNet-50 + DistilBERT, 256-d heads, dropout 0.1, temperature 1.0.
+    pub fn seed() -> Self {
+        Self::new(ResNetConfig::resnet50(), TextTransformerConfig::distilbert_base())
+    }
+
+    /// Seed defaults around the given towers.
+    pub fn new(image: ResNetConfig, text: TextTransformerConfig) -> Self {
+        Self {
+            image,
+            text,
+            projection_dim: default_projection_dim(),
+            dropout: default_dropout(),
+            temperature: default_temperature(),
+            learnable_temperature: false,
+            max_logit_scale: default_max_logit_scale(),
+            normalize_embeddings: false,
+            image_trainable: true,
+            text_trainable: true,
+            loss: ContrastiveLoss::Infonce,
+        }
+    }
+
+    /// Checks the values a config file can get wrong; messages name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature > 0.0) {
+            return Err(format!("model.temperature must be positive, got {}", self.temperature));
+        }
+        if self.learnable_temperature && !(self.max_logit_scale >= 1.0 / self.temperature) {
+            return Err(format!(
+                "model.max_logit_scale ({}) is below the initial scale 1/temperature ({})",
+                self.max_logit_scale,
+                1.0 / self.temperature
+            ));
+        }
+        if self.projection_dim == 0 {
+            return Err("model.projection_dim must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
+        }
+        let t = &self.text;
+        if t.num_heads == 0 || t.hidden_size % t.num_heads != 0 {
+            return Err(format!(
+                "model.text.hidden_size ({}) must be a multiple of model.text.num_heads ({})",
+                t.hidden_size, t.num_heads
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipModel<B> {
+        let head = |input: usize| {
+            ProjectionHeadConfig {
+                input_dim: input,
+                projection_dim: self.projection_dim,
+                dropout: self.dropout,
+            }
+            .init(device)
+        };
+        let mut image_model = self.image.init(device);
+        if !self.image_trainable {
+            image_model = image_model.no_grad();
+        }
+        let mut text_model = self.text.init(device);
+        if !self.text_trainable {
+            text_model = text_model.no_grad();
+        }
+        let scale = Tensor::from_floats([(1.0 / self.temperature).ln() as f32], device);
+        let logit_scale = Param::from_tensor(scale).set_require_grad(self.learnable_temperature);
+        ClipModel {
+            image_encoder: ImageEncoder {
+                model: image_model,
+                projection: head(self.image.out_features()),
+            },
+            text_encoder: TextEncoder {
+                model: text_model,
+                projection: head(self.text.hidden_size),
+            },
+            logit_scale,
+            settings: ClipSettings {
+                precision: Precision::Fp32,
+                normalize: self.normalize_embeddings,
+                max_logit_scale: self.max_logit_scale,
+                loss: self.loss,
+            },
+        }
+    }
+}
+
+/// ResNet trunk + projection head.
+#[derive(Module, Debug)]
+pub struct ImageEncoder<B: Backend> {
+    pub model: ResNet<B>,
+    pub projection: ProjectionHead<B>,
+}
+
+/// BERT-family trunk + projection head.
+#[derive(Module, Debug)]
+pub struct TextEncoder<B: Backend> {
+    pub model: TextTransformer<B>,
+    pub projection: ProjectionHead<B>,
+}
+
+/// Run-time settings that are not weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipSettings {
+    pub precision: Precision,
+    pub normalize: bool,
+    pub max_logit_scale: f64,
+    pub loss: ContrastiveLoss,
+}
+
+/// A CLIP model.
+#[derive(Module, Debug)]
+pub struct ClipModel<B: Backend> {
+    pub image_encoder: ImageEncoder<B>,
+    pub text_encoder: TextEncoder<B>,
+    /// Natural log of the logit scale (`ln(1 / temperature)`); trainable only when learnable.
+    pub logit_scale: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub settings: ClipSettings,
+}
+
+/// Embeddings, logits and loss of one batch.
+#[derive(Debug, Clone)]
+pub struct ClipOutput<B: Backend> {
+    /// `[batch, projection_dim]`.
+    pub image_embeddings: Tensor<B, 2>,
+    /// `[batch, projection_dim]`.
+    pub text_embeddings: Tensor<B, 2>,
+    /// `[batch, batch]`: text `i` against image `j`.
+    pub logits_per_text: Tensor<B, 2>,
+    /// Scalar, shape `[1]`.
+    pub loss: Tensor<B, 1>,
+}
+
+impl<B: Backend> ClipModel<B> {
+    /// The same model computing its heavy ops in another precision.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.settings.precision = precision;
+        self
+    }
+
+    /// Pooled image-tower features, before the head: `[batch, features]`.
+    pub fn image_features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.image_encoder.model.forward(images, self.settings.precision)
+    }
+
+    /// Pooled text-tower features, before the head: `[batch, hidden]`.
+    pub fn text_features(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        self.text_encoder.model.forward(input_ids, attention_mask, self.settings.precision)
+    }
+
+    /// Image embeddings in the shared space (L2-normalized if the model normalizes).
+    pub fn encode_image(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let p = self.settings.precision;
+        self.finish(self.image_encoder.projection.forward(self.image_features(images), p))
+    }
+
+    /// Text embeddings in the shared space (L2-normalized if the model normalizes).
+    pub fn encode_text(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let p = self.settings.precision;
+        self.finish(self.text_encoder.projection.forward(self.text_features(input_ids, attention_mask), p))
+    }
+
+    fn finish(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if self.settings.normalize {
+            l2_normalize(x)
+        } else {
+            x
+        }
+    }
+
+    /// `exp(logit_scale)`, the factor applied to similarities: `[1]`.
+    pub fn scale(&self) -> Tensor<B, 1> {
+        self.logit_scale.val().exp()
+    }
+
+    /// The current temperature (`1 / scale`).
+    pub fn temperature(&self) -> f64 {
+        use burn::tensor::ElementConversion;
+        let s: f64 = self.scale().into_scalar().elem();
+        1.0 / s
+    }
+
+    /// Embeds both sides of a batch and computes the contrastive loss.
+    pub fn forward(&self, images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> ClipOutput<B> {
+        let image_embeddings = self.encode_image(images);
+        let text_embeddings = self.encode_text(input_ids, attention_mask);
+        let scale = self.scale();
+        let logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
+        let loss = match self.settings.loss {
+            ContrastiveLoss::Infonce => infonce(logits.clone()),
+            ContrastiveLoss::SoftTargets => {
+                soft_targets(logits.clone(), text_embeddings.clone(), image_embeddings.clone(), scale.recip())
+            }
+        };
+        ClipOutput {
+            image_embeddings,
+            text_embeddings,
+            logits_per_text: logits,
+            loss,
+        }
+    }
+
+    /// Clamps a learnable logit scale to `[0, ln(max_logit_scale)]`, as CLIP does after each step.
+    pub fn clamp_logit_scale(mut self) -> Self {
+        let max = self.settings.max_logit_scale.ln();
+        let learnable = self.logit_scale.is_require_grad();
+        self.logit_scale = self.logit_scale.map(|t| {
+            let clamped = t.detach().clamp(0.0, max);
+            if learnable {
+                clamped.require_grad()
+            } else {
+                clamped
+            }
+        });
+        self
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}

@@ -1,0 +1,404 @@
+//! Weight import and export with the upstream key names.
+//!
+//! | file | keys | loads into |
+//! |---|---|---|
+//! | HF distilbert `model.safetensors` / `pytorch_model.bin` | `[distilbert.]embeddings.*`, `transformer.layer.N.*` | [`TextTransformer`] |
+//! | HF BERT / MiniLM | `[bert.]embeddings.*`, `encoder.layer.N.attention.self.query`, ... | [`TextTransformer`] |
+//! | timm / torchvision resnet state dict | `conv1`, `bn1`, `layerN.M.*`, `downsample.0/1` | [`ResNet`] |
+//! | the seed notebook's Lightning `.ckpt` (`state_dict`) or [`export_clip`]'s safetensors | `image_encoder.model.*`, `image_encoder.projection.*`, `text_encoder.model.*`, `text_encoder.projection.*` | [`ClipModel`] |
+//!
+//! Names differ from ours in a few places only; each difference is one rule below, used in both
+//! directions. Linear weights are transposed and LayerNorm `weight/bias` renamed `gamma/beta` by
+//! burn-store's PyTorch adapter. Tensors stored in f16/bf16 are converted to f32. Keys the model
+//! lacks are reported as unused; parameters the file lacks are errors unless allowed; a shape
+//! mismatch is always an error, so random weights are never silently kept.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use burn::module::{Module, ParamId};
+use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore, TensorSnapshot};
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use regex::Regex;
+
+use crate::clip::ClipModel;
+use crate::resnet::ResNet;
+use crate::text::TextTransformer;
+
+/// Why weights could not be imported or exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{path}: cannot read weights: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: unsupported weight file (expected .safetensors, .bin, .pt, .pth or .ckpt)")]
+    Extension { path: PathBuf },
+    #[error("{path}: shape mismatch for {}", .mismatches.join("; "))]
+    Shape { path: PathBuf, mismatches: Vec<String> },
+    #[error("{path}: {} parameter(s) of the model are not in the file: {}", .missing.len(), .missing.join(", "))]
+    Missing { path: PathBuf, missing: Vec<String> },
+    #[error("{path}: cannot write weights: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Parameters loaded from the file (our names).
+    pub applied: Vec<String>,
+    /// Parameters of the model the file lacks (kept as initialized; only when allowed).
+    pub missing: Vec<String>,
+    /// Tensors in the file the model has no place for (upstream names), e.g. a classifier.
+    pub unused: Vec<String>,
+    /// Known non-weights skipped on purpose (BatchNorm `num_batches_tracked`, `position_ids`).
+    pub ignored: Vec<String>,
+}
+
+/// The text checkpoint's naming scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextNaming {
+    DistilBert,
+    Bert,
+}
+
+/// A renaming between upstream and our key names. `{n}` matches a layer index; a leading `^`
+/// anchors the rule at the start of the key (after any prefix it is applied under). A rule whose
+/// `ours` is just `^` strips an optional upstream prefix and is used on import only.
+struct Rule {
+    upstream: &'static str,
+    ours: &'static str,
+}
+
+const DISTILBERT_RULES: &[Rule] = &[
+    Rule { upstream: "^distilbert.", ours: "^" },
+    Rule { upstream: "^embeddings.LayerNorm.", ours: "^embeddings.layer_norm." },
+];
+
+const BERT_RULES: &[Rule] = &[
+    Rule { upstream: "^bert.", ours: "^" },
+    Rule { upstream: "^embeddings.LayerNorm.", ours: "^embeddings.layer_norm." },
+    Rule { upstream: "^encoder.layer.{n}.attention.self.query.", ours: "^transformer.layer.{n}.attention.q_lin." },
+    Rule { upstream: "^encoder.layer.{n}.attention.self.key.", ours: "^transformer.layer.{n}.attention.k_lin." },
+    Rule { upstream: "^encoder.layer.{n}.attention.self.value.", ours: "^transformer.layer.{n}.attention.v_lin." },
+    Rule { upstream: "^encoder.layer.{n}.attention.output.dense.", ours: "^transformer.layer.{n}.attention.out_lin." },
+    Rule { upstream: "^encoder.layer.{n}.attention.output.LayerNorm.", ours: "^transformer.layer.{n}.sa_layer_norm." },
+    Rule { upstream: "^encoder.layer.{n}.intermediate.dense.", ours: "^transformer.layer.{n}.ffn.lin1." },
+    Rule { upstream: "^encoder.layer.{n}.output.dense.", ours: "^transformer.layer.{n}.ffn.lin2." },
+    Rule { upstream: "^encoder.layer.{n}.output.LayerNorm.", ours: "^transformer.layer.{n}.output_layer_norm." },
+];
+
+const RESNET_RULES: &[Rule] = &[
+    Rule { upstream: ".downsample.0.", ours: ".downsample.conv." },
+    Rule { upstream: ".downsample.1.", ours: ".downsample.bn." },
+];
+
+/// Tensors that are state, not weights, in upstream files.
+fn is_ignorable(key: &str) -> bool {
+    key.ends_with("num_batches_tracked") || key.ends_with("embeddings.position_ids")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Import,
+    Export,
+}
+
+/// Compiles rules, scoped under `prefix` (e.g. `text_encoder.model.`), for one direction.
+fn compile(rules: &[Rule], prefix: &str, dir: Direction) -> Vec<(Regex, String)> {
+    rules
+        .iter()
+        // Stripping an optional upstream prefix has no way back: export writes the bare names.
+        .filter(|r| !(dir == Direction::Export && r.ours == "^"))
+        .map(|r| {
+            let (from, to) = match dir {
+                Direction::Import => (r.upstream, r.ours),
+                Direction::Export => (r.ours, r.upstream),
+            };
+            let anchor = |s: &str| -> (bool, String) {
+                match s.strip_prefix('^') {
+                    Some(rest) => (true, rest.to_string()),
+                    None => (false, s.to_string()),
+                }
+            };
+            let (anchored, from) = anchor(from);
+            let (_, to) = anchor(to);
+            let body = regex::escape(&from).replace(r"\{n\}", r"(\d+)");
+            let pattern = if anchored {
+                format!("^{}{}", regex::escape(prefix), body)
+            } else {
+                body
+            };
+            let replacement = if anchored {
+                format!("{prefix}{}", to.replace("{n}", "${1}"))
+            } else {
+                to.replace("{n}", "${1}")
+            };
+            (Regex::new(&pattern).expect("rules are valid regexes"), replacement)
+        })
+        .collect()
+}
+
+fn rename(key: &str, rules: &[(Regex, String)]) -> String {
+    let mut k = key.to_string();
+    for (re, to) in rules {
+        k = re.replace(&k, to.as_str()).into_owned();
+    }
+    k
+}
+
+fn text_rules(naming: TextNaming) -> &'static [Rule] {
+    match naming {
+        TextNaming::DistilBert => DISTILBERT_RULES,
+        TextNaming::Bert => BERT_RULES,
+    }
+}
+
+/// Reads every tensor of a weight file, keyed by its upstream name.
+fn read_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, ImportError> {
+    let err = |message: String| ImportError::Read { path: path.into(), message };
+    if !path.is_file() {
+        return Err(err("no such file".into()));
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "safetensors" => {
+            let mut store = SafetensorsStore::from_file(path);
+            store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))
+        }
+        "bin" | "pt" | "pth" | "ckpt" => {
+            let mut store = PytorchStore::from_file(path);
+            let all = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+            // Lightning checkpoints (and some torch.save dicts) nest the weights under `state_dict`.
+            if all.keys().any(|k| k.starts_with("state_dict.")) {
+                let mut store = PytorchStore::from_file(path).with_top_level_key("state_dict");
+                return store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()));
+            }
+            Ok(all)
+        }
+        _ => Err(ImportError::Extension { path: path.into() }),
+    }
+}
+
+/// A snapshot under a new name, converted to f32 when stored in another float type.
+fn renamed(snapshot: &TensorSnapshot, name: &str) -> TensorSnapshot {
+    let data_fn = snapshot.clone_data_fn();
+    let float_half = matches!(snapshot.dtype, DType::F16 | DType::BF16 | DType::F64);
+    let data_fn: Rc<dyn Fn() -> _> = if float_half {
+        Rc::new(move || data_fn().map(|d| d.convert_dtype(DType::F32)))
+    } else {
+        data_fn
+    };
+    let dtype = if float_half { DType::F32 } else { snapshot.dtype };
+    TensorSnapshot::from_closure(
+        data_fn,
+        dtype,
+        snapshot.shape.clone(),
+        name.split('.').map(String::from).collect(),
+        vec![],
+        ParamId::new(),
+    )
+}
+
+/// Renames a file's tensors with `rules`, keeping only those under `keep_prefix` (which is then
+/// stripped), and applies them to `module`.
+fn apply<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
+    module: &mut M,
+    path: &Path,
+    snapshots: &BTreeMap<String, TensorSnapshot>,
+    rules: &[(Regex, String)],
+    keep_prefix: &str,
+    allow_missing: bool,
+    optional: &[&str],
+) -> Result<ImportReport, ImportError> {
+    let mut report = ImportReport::default();
+    let mut ours = Vec::new();
+    let mut origin = BTreeMap::new();
+    for (key, snap) in snapshots {
+        let Some(rest) = key.strip_prefix(keep_prefix) else {
+            continue;
+        };
+        if is_ignorable(rest) {
+            report.ignored.push(key.clone());
+            continue;
+        }
+        let name = rename(rest, rules);
+        origin.insert(name.clone(), key.clone());
+        ours.push(renamed(snap, &name));
+    }
+    let result = module.apply(ours, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+    let mismatches: Vec<String> = result
+        .errors
+        .iter()
+        .map(|e| match e {
+            ApplyError::ShapeMismatch { path: p, expected, found } => format!(
+                "{} (file {:?}, model {:?})",
+                origin.get(p).cloned().unwrap_or_else(|| p.clone()),
+                found.as_slice(),
+                expected.as_slice()
+            ),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if !mismatches.is_empty() {
+        return Err(ImportError::Shape { path: path.into(), mismatches });
+    }
+    // burn-store finds LayerNorm `weight`/`bias` under their burn names `gamma`/`beta` but still
+    // lists the file's names as unused: those were used.
+    let applied: std::collections::HashSet<&String> = result.applied.iter().collect();
+    let used_as_alias = |u: &str| {
+        let alias = |from: &str, to: &str| u.strip_suffix(from).map(|stem| format!("{stem}{to}"));
+        [alias(".weight", ".gamma"), alias(".bias", ".beta")].into_iter().flatten().any(|a| applied.contains(&a))
+    };
+    report.unused = result
+        .unused
+        .iter()
+        .filter(|u| !used_as_alias(u))
+        .map(|u| origin.get(u).cloned().unwrap_or_else(|| u.clone()))
+        .collect();
+    report.applied = result.applied;
+    report.missing = result
+        .missing
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !optional.contains(&p.as_str()))
+        .collect();
+    if !report.missing.is_empty() && !allow_missing {
+        return Err(ImportError::Missing { path: path.into(), missing: report.missing });
+    }
+    Ok(report)
+}
+
+/// Loads an HF DistilBERT or BERT/MiniLM checkpoint into a text tower.
+pub fn import_text<B: Backend>(
+    mut model: TextTransformer<B>,
+    path: &Path,
+    naming: TextNaming,
+) -> Result<(TextTransformer<B>, ImportReport), ImportError> {
+    let snapshots = read_snapshots(path)?;
+    let rules = compile(text_rules(naming), "", Direction::Import);
+    let report = apply(&mut model, path, &snapshots, &rules, "", false, &[])?;
+    Ok((model, report))
+}
+
+/// Loads a timm or torchvision ResNet state dict into an image tower (a classifier is unused).
+pub fn import_resnet<B: Backend>(mut model: ResNet<B>, path: &Path) -> Result<(ResNet<B>, ImportReport), ImportError> {
+    let snapshots = read_snapshots(path)?;
+    let rules = compile(RESNET_RULES, "", Direction::Import);
+    let report = apply(&mut model, path, &snapshots, &rules, "", false, &[])?;
+    Ok((model, report))
+}
+
+/// Key rules for a whole CLIP model in the seed's layout.
+fn clip_rules(naming: TextNaming, dir: Direction) -> Vec<(Regex, String)> {
+    let mut rules = compile(RESNET_RULES, "image_encoder.model.", dir);
+    rules.extend(compile(text_rules(naming), "text_encoder.model.", dir));
+    rules
+}
+
+/// The text naming a model's tower exports with: BERT when it has token types.
+fn naming_of<B: Backend>(model: &ClipModel<B>) -> TextNaming {
+    if model.text_encoder.model.embeddings.token_type_embeddings.is_some() {
+        TextNaming::Bert
+    } else {
+        TextNaming::DistilBert
+    }
+}
+
+/// Loads a whole CLIP model: the seed notebook's Lightning checkpoint, or a file written by
+/// [`export_clip`]. A missing `logit_scale` keeps the configured temperature.
+pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(ClipModel<B>, ImportReport), ImportError> {
+    let mut snapshots = read_snapshots(path)?;
+    // A LightningModule that wraps the model as `self.model` adds one more level.
+    if snapshots.keys().all(|k| k.starts_with("model.")) {
+        snapshots = snapshots.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
+    }
+    let rules = clip_rules(naming_of(&model), Direction::Import);
+    let report = apply(&mut model, path, &snapshots, &rules, "", false, &["logit_scale"])?;
+    if model.settings.max_logit_scale > 0.0 && report.applied.iter().any(|a| a == "logit_scale") {
+        model = model.clamp_logit_scale();
+    }
+    Ok((model, report))
+}
+
+/// Writes a CLIP model as safetensors with the seed's / upstream key names (timm ResNet,
+/// HF DistilBERT or BERT, the seed's heads, plus `logit_scale`), so that PyTorch code can
+/// `load_state_dict` it. Written atomically.
+pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), ImportError> {
+    let err = |message: String| ImportError::Write { path: path.into(), message };
+    let rules = clip_rules(naming_of(model), Direction::Export);
+    let snapshots = model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for snap in &snapshots {
+        let name = rename(&snap.full_path(), &rules);
+        let data = snap.to_data().map_err(|e| err(format!("{name}: {e:?}")))?.convert_dtype(DType::F32);
+        let shape = data.shape.to_vec();
+        if name.ends_with(".running_var") {
+            // PyTorch's BatchNorm2d also has this buffer; strict loading expects it.
+            let counter = name.trim_end_matches("running_var").to_string() + "num_batches_tracked";
+            tensors.push((counter, 0i64.to_le_bytes().to_vec(), vec![], safetensors::Dtype::I64));
+        }
+        tensors.push((name, data.into_bytes().to_vec(), shape, safetensors::Dtype::F32));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, bytes, shape, dt)| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(format!("{n}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    metadata.insert("producer".to_string(), "clip-model".to_string());
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"), std::process::id()));
+    std::fs::write(&tmp, &bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e.to_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bert_rules_round_trip() {
+        let import = compile(BERT_RULES, "", Direction::Import);
+        let export = compile(BERT_RULES, "", Direction::Export);
+        for key in [
+            "bert.encoder.layer.11.attention.self.query.weight",
+            "encoder.layer.0.attention.output.LayerNorm.bias",
+            "encoder.layer.3.output.dense.weight",
+            "embeddings.LayerNorm.weight",
+            "embeddings.word_embeddings.weight",
+        ] {
+            let ours = rename(key, &import);
+            assert!(!ours.contains("encoder.") && !ours.contains("LayerNorm"), "{key} -> {ours}");
+            assert_eq!(rename(&ours, &export), key.trim_start_matches("bert."));
+        }
+        assert_eq!(rename("encoder.layer.3.output.dense.weight", &import), "transformer.layer.3.ffn.lin2.weight");
+        assert_eq!(
+            rename("encoder.layer.3.attention.output.dense.weight", &import),
+            "transformer.layer.3.attention.out_lin.weight"
+        );
+    }
+
+    #[test]
+    fn scoped_rules_touch_only_their_prefix() {
+        let rules = clip_rules(TextNaming::DistilBert, Direction::Import);
+        assert_eq!(
+            rename("image_encoder.model.layer2.0.downsample.1.running_var", &rules),
+            "image_encoder.model.layer2.0.downsample.bn.running_var"
+        );
+        assert_eq!(
+            rename("text_encoder.model.embeddings.LayerNorm.weight", &rules),
+            "text_encoder.model.embeddings.layer_norm.weight"
+        );
+        assert_eq!(rename("image_encoder.projection.layer_norm.weight", &rules), "image_encoder.projection.layer_norm.weight");
+    }
+}
