@@ -25,7 +25,7 @@ use regex::Regex;
 
 use crate::clip::ClipModel;
 use crate::resnet::ResNet;
-use crate::text::TextTransformer;
+use crate::text::{Pooling, TextTransformer, TextTransformerConfig};
 
 /// Why weights could not be imported or exported.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +267,61 @@ fn apply<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
         return Err(ImportError::Missing { path: path.into(), missing: report.missing });
     }
     Ok(report)
+}
+
+/// Reads an HF `config.json` (DistilBERT or BERT family) into a tower config and its naming.
+/// Pooling defaults to `[CLS]`; set `pooling` for sentence-embedding models such as MiniLM.
+pub fn hf_text_config(path: &Path) -> Result<(TextTransformerConfig, TextNaming), ImportError> {
+    let err = |message: String| ImportError::Read { path: path.into(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let num = |key: &str| v.get(key).and_then(|x| x.as_f64());
+    let int = |key: &str| num(key).map(|x| x as usize).ok_or_else(|| err(format!("missing or non-numeric key `{key}`")));
+    let model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+    let act = v.get("hidden_act").or_else(|| v.get("activation")).and_then(|a| a.as_str()).unwrap_or("gelu");
+    if act != "gelu" {
+        return Err(err(format!("activation {act:?} is not supported (only exact \"gelu\")")));
+    }
+    let config = if model_type == "distilbert" {
+        (
+            TextTransformerConfig {
+                vocab_size: int("vocab_size")?,
+                hidden_size: int("dim")?,
+                num_layers: int("n_layers")?,
+                num_heads: int("n_heads")?,
+                intermediate_size: int("hidden_dim")?,
+                max_position_embeddings: int("max_position_embeddings")?,
+                type_vocab_size: 0,
+                layer_norm_eps: 1e-12,
+                dropout: num("dropout").unwrap_or(0.1),
+                attention_dropout: num("attention_dropout").unwrap_or(0.1),
+                attention_output_dropout: false,
+                pooling: Pooling::Cls,
+            },
+            TextNaming::DistilBert,
+        )
+    } else if ["bert", "roberta"].contains(&model_type) || v.get("num_hidden_layers").is_some() {
+        (
+            TextTransformerConfig {
+                vocab_size: int("vocab_size")?,
+                hidden_size: int("hidden_size")?,
+                num_layers: int("num_hidden_layers")?,
+                num_heads: int("num_attention_heads")?,
+                intermediate_size: int("intermediate_size")?,
+                max_position_embeddings: int("max_position_embeddings")?,
+                type_vocab_size: num("type_vocab_size").map(|x| x as usize).unwrap_or(2),
+                layer_norm_eps: num("layer_norm_eps").unwrap_or(1e-12),
+                dropout: num("hidden_dropout_prob").unwrap_or(0.1),
+                attention_dropout: num("attention_probs_dropout_prob").unwrap_or(0.1),
+                attention_output_dropout: true,
+                pooling: Pooling::Cls,
+            },
+            TextNaming::Bert,
+        )
+    } else {
+        return Err(err(format!("model_type {model_type:?} is neither DistilBERT nor BERT-family")));
+    };
+    Ok(config)
 }
 
 /// Loads an HF DistilBERT or BERT/MiniLM checkpoint into a text tower.

