@@ -1,5 +1,7 @@
 //! `clip`: train and use CLIP-style image–text models from config files.
 
+mod backend;
+mod bench;
 mod data;
 
 use std::path::PathBuf;
@@ -21,6 +23,11 @@ enum Command {
         #[command(subcommand)]
         command: data::DataCommand,
     },
+    /// Measure model throughput on synthetic batches.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// The built-in demo: generate the synthetic shapes dataset if missing and inspect it
     /// with the embedded `configs/quickstart.toml`.
     Quickstart {
@@ -28,6 +35,12 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Forward and training-step throughput of the seed model (ResNet-50 + DistilBERT).
+    Step(bench::StepArgs),
 }
 
 fn main() {
@@ -42,5 +55,6 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data { command } => data::run(command),
         Command::Quickstart { dir } => data::quickstart(&dir),
+        Command::Bench { command: BenchCommand::Step(args) } => bench::step(args),
     }
 }

@@ -1,0 +1,93 @@
+//! Backend choice at run time: `auto` (CUDA when a device answers, else the CPU), `cuda`, `cpu`.
+
+use anyhow::Result;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
+use clap::ValueEnum;
+
+/// Which backend runs the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when a GPU answers, otherwise the CPU.
+    #[default]
+    Auto,
+    /// NVIDIA GPU through CUDA (an error when none answers).
+    Cuda,
+    /// Burn's Flex CPU backend.
+    Cpu,
+}
+
+/// Work that runs on whichever autodiff backend was chosen.
+pub trait BackendTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output>;
+}
+
+/// Runs `task` on the chosen backend, saying which one it picked when the choice was `auto`.
+pub fn dispatch<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Output> {
+    match choice {
+        BackendChoice::Cpu => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
+        BackendChoice::Cuda => cuda::run(task),
+        BackendChoice::Auto => {
+            if cuda::available() {
+                eprintln!("backend: auto picked cuda");
+                cuda::run(task)
+            } else {
+                eprintln!("backend: auto picked cpu (flex): no CUDA device answered");
+                task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+    use burn::backend::cuda::CudaDevice;
+    use burn::backend::Cuda;
+    use burn::tensor::Tensor;
+
+    /// Whether a CUDA device answers: creating a tensor panics inside cubecl when no driver or
+    /// device is there, so the probe runs on its own thread with the panic caught and silenced.
+    pub fn available() -> bool {
+        static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *PROBE.get_or_init(|| {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let ok = std::thread::spawn(|| {
+                std::panic::catch_unwind(|| {
+                    let t = Tensor::<Cuda, 1>::ones([4], &CudaDevice::default());
+                    t.sum().into_scalar() == 4.0
+                })
+                .unwrap_or(false)
+            })
+            .join()
+            .unwrap_or(false);
+            std::panic::set_hook(hook);
+            ok
+        })
+    }
+
+    pub fn run<T: BackendTask>(task: T) -> Result<T::Output> {
+        anyhow::ensure!(
+            available(),
+            "backend `cuda` was asked for but no CUDA device answered (no NVIDIA driver, no GPU, or \
+             libcuda not on the library path); use `--backend cpu` or `auto`"
+        );
+        task.run::<Autodiff<Cuda>>(CudaDevice::default(), "cuda")
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::*;
+
+    pub fn available() -> bool {
+        false
+    }
+
+    pub fn run<T: BackendTask>(_task: T) -> Result<T::Output> {
+        anyhow::bail!("this `clip` was built without the `cuda` feature; use `--backend cpu`")
+    }
+}
