@@ -70,6 +70,7 @@ impl BackendTask for StepArgs {
             let t0 = Instant::now();
             model = one_step(model);
             let first = t0.elapsed().as_secs_f64();
+            eprintln!("first training step: {first:.2} s");
             for _ in 1..self.warmup.max(1) {
                 model = one_step(model);
             }
@@ -92,7 +93,11 @@ impl BackendTask for StepArgs {
                 let out = inner.forward(images.clone(), ids.clone(), mask.clone());
                 let _ = out.loss.into_data();
             };
-            for _ in 0..self.warmup.max(1) {
+            let t0 = Instant::now();
+            forward();
+            let first = t0.elapsed().as_secs_f64();
+            eprintln!("first forward: {first:.2} s");
+            for _ in 1..self.warmup.max(1) {
                 forward();
             }
             let t0 = Instant::now();
@@ -101,9 +106,10 @@ impl BackendTask for StepArgs {
             }
             let dt = t0.elapsed().as_secs_f64() / self.steps.max(1) as f64;
             println!(
-                "{{\"what\": \"forward\", \"stack\": \"clip (burn 0.21)\", {common}, \"ms_per_step\": {:.1}, \"samples_per_s\": {:.2}}}",
+                "{{\"what\": \"forward\", \"stack\": \"clip (burn 0.21)\", {common}, \"ms_per_step\": {:.1}, \"samples_per_s\": {:.2}, \"first_forward_s\": {:.2}}}",
                 dt * 1e3,
-                b as f64 / dt
+                b as f64 / dt,
+                first
             );
             let _ = <B::InnerBackend as Backend>::sync(&Default::default());
         }
