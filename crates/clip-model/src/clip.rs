@@ -5,7 +5,7 @@
 //! `text_encoder.model`, `text_encoder.projection`), so its checkpoints load by name.
 
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +147,7 @@ impl ClipConfig {
                 precision: Precision::Fp32,
                 normalize: self.normalize_embeddings,
                 max_logit_scale: self.max_logit_scale,
+                learnable_temperature: self.learnable_temperature,
                 loss: self.loss,
             },
         }
@@ -173,6 +174,7 @@ pub struct ClipSettings {
     pub precision: Precision,
     pub normalize: bool,
     pub max_logit_scale: f64,
+    pub learnable_temperature: bool,
     pub loss: ContrastiveLoss,
 }
 
@@ -269,18 +271,19 @@ impl<B: Backend> ClipModel<B> {
         }
     }
 
-    /// Clamps a learnable logit scale to `[0, ln(max_logit_scale)]`, as CLIP does after each step.
+}
+
+impl<B: AutodiffBackend> ClipModel<B> {
+    /// Clamps a learnable logit scale to `[0, ln(max_logit_scale)]`, as CLIP does after each
+    /// optimizer step. The result is a fresh leaf parameter, still trainable.
     pub fn clamp_logit_scale(mut self) -> Self {
+        if !self.settings.learnable_temperature {
+            return self;
+        }
         let max = self.settings.max_logit_scale.ln();
-        let learnable = self.logit_scale.is_require_grad();
-        self.logit_scale = self.logit_scale.map(|t| {
-            let clamped = t.detach().clamp(0.0, max);
-            if learnable {
-                clamped.require_grad()
-            } else {
-                clamped
-            }
-        });
+        self.logit_scale = self
+            .logit_scale
+            .map(|t| Tensor::from_inner(t.inner().clamp(0.0, max)).require_grad());
         self
     }
 }

@@ -370,9 +370,6 @@ pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(
     }
     let rules = clip_rules(naming_of(&model), Direction::Import);
     let report = apply(&mut model, path, &snapshots, &rules, "", false, &["logit_scale"])?;
-    if model.settings.max_logit_scale > 0.0 && report.applied.iter().any(|a| a == "logit_scale") {
-        model = model.clamp_logit_scale();
-    }
     Ok((model, report))
 }
 

