@@ -3,19 +3,12 @@
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
-use clap::ValueEnum;
+pub use clip_train::config::BackendChoice;
 
-/// Which backend runs the work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// CUDA when a GPU answers, otherwise the CPU.
-    #[default]
-    Auto,
-    /// NVIDIA GPU through CUDA (an error when none answers).
-    Cuda,
-    /// Burn's Flex CPU backend.
-    Cpu,
+/// Parses `--backend auto|cuda|cpu`.
+pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("unknown backend {s:?} (auto, cuda or cpu)"))
 }
 
 /// Work that runs on whichever autodiff backend was chosen.

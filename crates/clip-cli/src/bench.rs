@@ -15,7 +15,8 @@ use crate::backend::{dispatch, BackendChoice, BackendTask};
 
 #[derive(Args, Debug, Clone)]
 pub struct StepArgs {
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    /// auto, cuda or cpu.
+    #[arg(long, value_parser = crate::backend::parse_backend, default_value = "auto")]
     pub backend: BackendChoice,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,

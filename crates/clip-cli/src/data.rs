@@ -6,10 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use clip_data::inspect::{inspect, InspectReport};
 use clip_data::synth::{self, SynthConfig};
-use clip_data::{load_data_config, parse_data_config, DataConfig};
-
-/// The quickstart config, embedded so that `clip quickstart` needs no file.
-pub const QUICKSTART_TOML: &str = include_str!("../../../configs/quickstart.toml");
+use clip_data::{load_data_config, DataConfig};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -51,14 +48,6 @@ pub fn run(command: DataCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Runs the embedded quickstart config as if it lived in `<dir>/configs/`.
-pub fn quickstart(dir: &Path) -> Result<()> {
-    let config_path = dir.join("configs").join("quickstart.toml");
-    let data = parse_data_config(QUICKSTART_TOML, &config_path)?;
-    println!("quickstart: dataset under {}", data.images.parent().unwrap_or(dir).display());
-    report(&config_path, &data, 20, false)
 }
 
 fn report(config_path: &Path, data: &DataConfig, batches: usize, json: bool) -> Result<()> {

@@ -3,11 +3,15 @@
 mod backend;
 mod bench;
 mod data;
+mod train;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+/// The quickstart config, embedded so that `clip quickstart` needs no file.
+const QUICKSTART_TOML: &str = include_str!("../../../configs/quickstart.toml");
 
 #[derive(Parser)]
 #[command(name = "clip", version, about = "Train and use CLIP-style image-text models")]
@@ -18,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a CLIP model from an experiment config (or resume a run).
+    Train(train::TrainArgs),
     /// Inspect datasets and generate synthetic ones.
     Data {
         #[command(subcommand)]
@@ -28,12 +34,21 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// The built-in demo: generate the synthetic shapes dataset if missing and inspect it
-    /// with the embedded `configs/quickstart.toml`.
+    /// The built-in demo: train a small CLIP on the synthetic shapes dataset (generated if
+    /// missing) with the embedded `configs/quickstart.toml`, and report its recall.
     Quickstart {
-        /// Directory holding `datasets/` (created if missing).
+        /// Directory that holds (or will hold) `datasets/` and `runs/`.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// auto, cuda or cpu (default: auto).
+        #[arg(long, value_parser = backend::parse_backend)]
+        backend: Option<backend::BackendChoice>,
+        /// Override a config value, e.g. `--set train.epochs=2` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Plain progress lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
     },
 }
 
@@ -54,7 +69,12 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data { command } => data::run(command),
-        Command::Quickstart { dir } => data::quickstart(&dir),
+        Command::Train(args) => train::run(args).map(|_| ()),
+        Command::Quickstart { dir, backend, overrides, plain } => {
+            let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
+            let backend = backend.unwrap_or(config.train.backend);
+            train::train_config(config, backend, plain).map(|_| ())
+        }
         Command::Bench { command: BenchCommand::Step(args) } => bench::step(args),
     }
 }

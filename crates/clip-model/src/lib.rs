@@ -1,6 +1,6 @@
 //! CLIP models in Burn: a ResNet image tower ([`resnet`]), a DistilBERT/BERT text tower
 //! ([`text`]), the seed's projection heads ([`projection`]), the model and its temperature
-//! ([`clip`]), contrastive losses ([`loss`]), mixed precision without autocast ([`precision`]),
+//! ([`clip`]), contrastive losses ([`loss`]), retrieval metrics ([`retrieval`]), mixed precision without autocast ([`precision`]),
 //! and weight import/export with upstream key names ([`import`]).
 
 pub mod batch_norm;
@@ -11,6 +11,7 @@ pub mod loss;
 pub mod precision;
 pub mod projection;
 pub mod resnet;
+pub mod retrieval;
 pub mod text;
 
 pub use clip::{ClipConfig, ClipModel, ClipOutput};
@@ -18,4 +19,5 @@ pub use loss::ContrastiveLoss;
 pub use precision::Precision;
 pub use projection::{ProjectionHead, ProjectionHeadConfig};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use retrieval::{retrieval_metrics, RetrievalMetrics};
 pub use text::{Pooling, TextTransformer, TextTransformerConfig};

@@ -1,1 +1,21 @@
-//! placeholder
+//! Config-driven CLIP training: experiment configs with overrides ([`config`]), the training loop
+//! ([`trainer`]) with per-group learning rates, global-norm clipping and fp16 loss scaling
+//! ([`optim`], [`grads`]), schedules ([`schedule`]), atomic checkpoints and resume
+//! ([`checkpoint`]), metrics files and curves ([`metrics`], [`plots`]), and the live terminal
+//! dashboard ([`dashboard`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod dashboard;
+pub mod error;
+pub mod grads;
+pub mod metrics;
+pub mod optim;
+pub mod plots;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::RunDir;
+pub use config::ExperimentConfig;
+pub use error::{Result, TrainError};
+pub use trainer::{train, Observer, RunInfo, Silent, TrainSummary};

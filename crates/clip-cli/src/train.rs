@@ -1,0 +1,134 @@
+//! `clip train`: run an experiment from a config file, or resume a run.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use clip_train::dashboard::{Dashboard, PlainProgress};
+use clip_train::{ExperimentConfig, Observer, RunDir, TrainSummary};
+
+use crate::backend::{dispatch, BackendChoice, BackendTask};
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Experiment config (TOML).
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. `--set train.lr=3e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Write the run here instead of `<runs_dir>/<name>`.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// auto, cuda or cpu (default: the config's `train.backend`).
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    pub backend: Option<BackendChoice>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// A resolved request: config, run directory, and whether it resumes.
+struct Job {
+    config: ExperimentConfig,
+    run: RunDir,
+    resume: bool,
+    plain: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<TrainSummary> {
+    let (config, run, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let run = RunDir::new(dir);
+            let config = ExperimentConfig::load(&run.config(), &args.overrides)
+                .with_context(|| format!("{} is not a run directory (no readable config.toml)", dir.display()))?;
+            (config, run, true)
+        }
+        (None, Some(path)) => {
+            let config = ExperimentConfig::load(path, &args.overrides)?;
+            let run = match &args.run_dir {
+                Some(dir) => {
+                    anyhow::ensure!(
+                        !dir.join("config.toml").exists(),
+                        "{} already holds a run; use --resume {} to continue it",
+                        dir.display(),
+                        dir.display()
+                    );
+                    RunDir::new(dir)
+                }
+                None => RunDir::create_unique(&config.runs_dir, &config.name)?,
+            };
+            (config, run, false)
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
+    };
+    let backend = args.backend.unwrap_or(config.train.backend);
+    train_job(Job { config, run, resume, plain: args.plain }, backend)
+}
+
+/// Trains a config as the quickstart does (into a fresh run directory under its runs_dir).
+pub fn train_config(config: ExperimentConfig, backend: BackendChoice, plain: bool) -> Result<TrainSummary> {
+    let run = RunDir::create_unique(&config.runs_dir, &config.name)?;
+    train_job(Job { config, run, resume: false, plain }, backend)
+}
+
+fn train_job(job: Job, backend: BackendChoice) -> Result<TrainSummary> {
+    let summary = dispatch(backend, job)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+impl BackendTask for Job {
+    type Output = TrainSummary;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &str) -> Result<TrainSummary> {
+        let interactive = std::io::stdout().is_terminal() && !self.plain;
+        let mut dashboard;
+        let mut plain;
+        let observer: &mut dyn Observer = if interactive {
+            dashboard = Dashboard::new().context("cannot start the terminal dashboard (try --plain)")?;
+            &mut dashboard
+        } else {
+            plain = PlainProgress::new(std::io::stdout(), Duration::from_secs(5));
+            &mut plain
+        };
+        let summary = clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, observer)?;
+        Ok(summary)
+    }
+}
+
+fn print_summary(s: &TrainSummary) {
+    let state = if s.completed { "finished" } else { "stopped" };
+    println!("{state} after {} steps in {:.0} s: {}", s.steps, s.elapsed_s, s.run_dir);
+    if let Some(reason) = &s.stopped {
+        println!("  {reason}; continue with: clip train --resume {}", s.run_dir);
+    }
+    if let Some(e) = &s.last_epoch {
+        let r = &e.retrieval;
+        println!(
+            "  validation (epoch {}, {} images, {} captions): loss {:.4}\n  text→image R@1 {:.1}%  R@5 {:.1}%  R@10 {:.1}%\n  image→text R@1 {:.1}%  R@5 {:.1}%  R@10 {:.1}%",
+            e.epoch,
+            r.images,
+            r.captions,
+            e.val_loss,
+            r.t2i_r1 * 100.0,
+            r.t2i_r5 * 100.0,
+            r.t2i_r10 * 100.0,
+            r.i2t_r1 * 100.0,
+            r.i2t_r5 * 100.0,
+            r.i2t_r10 * 100.0
+        );
+    }
+    if s.skipped_steps > 0 {
+        println!("  {} fp16 steps skipped (non-finite gradients)", s.skipped_steps);
+    }
+    if s.completed {
+        println!("  curves: {}", Path::new(&s.run_dir).join("curves.png").display());
+    }
+}

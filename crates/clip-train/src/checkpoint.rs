@@ -1,0 +1,228 @@
+//! The run directory and its checkpoints.
+//!
+//! ```text
+//! runs/<name>/
+//!   config.toml            the resolved experiment config (absolute paths)
+//!   model.json             architecture + preprocessing, all inference needs
+//!   split.json             the train/val split by image
+//!   metrics/steps.jsonl    one line per optimizer step
+//!   metrics/epochs.jsonl   one line per epoch (validation loss, accuracy, recall@k)
+//!   checkpoints/step-000120/  model.mpk, optim-*.mpk, state.json (every N steps, epoch ends)
+//!   checkpoints/best/         the lowest validation loss so far
+//!   model.safetensors      the best model, upstream key names (PyTorch-loadable)
+//!   curves.png, summary.json
+//! ```
+//! Every checkpoint is written into a temporary directory and renamed into place, so a crash never
+//! leaves a half-written one; `state.json` is written last inside it.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::AutodiffBackend;
+use clip_model::ClipModel;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::{ClipOptimizer, LossScaler};
+
+/// Where a run lives.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// A fresh directory under `runs_dir` named `name`, or `name-2`, `name-3`... if taken.
+    pub fn create_unique(runs_dir: &Path, name: &str) -> Result<Self> {
+        std::fs::create_dir_all(runs_dir).map_err(|e| TrainError::io(runs_dir, e))?;
+        for n in 1.. {
+            let candidate = if n == 1 { runs_dir.join(name) } else { runs_dir.join(format!("{name}-{n}")) };
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => return Ok(Self::new(candidate)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(TrainError::io(&candidate, e)),
+            }
+        }
+        unreachable!()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn model_json(&self) -> PathBuf {
+        self.root.join("model.json")
+    }
+    pub fn split(&self) -> PathBuf {
+        self.root.join("split.json")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.checkpoints().join("best")
+    }
+    pub fn exported_model(&self) -> PathBuf {
+        self.root.join("model.safetensors")
+    }
+
+    /// Step checkpoints that are complete (have `state.json`), oldest first.
+    pub fn step_checkpoints(&self) -> Vec<(usize, PathBuf)> {
+        let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(self.checkpoints())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let step = name.strip_prefix("step-")?.parse().ok()?;
+                e.path().join("state.json").is_file().then(|| (step, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The newest complete checkpoint.
+    pub fn latest(&self) -> Option<PathBuf> {
+        self.step_checkpoints().pop().map(|(_, p)| p)
+    }
+}
+
+/// Everything besides weights and optimizer moments that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// The epoch the next batch belongs to, and its index within that epoch.
+    pub epoch: usize,
+    pub batch: usize,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Running sum and count of the current epoch's training loss (for its mean).
+    pub epoch_loss_sum: f64,
+    pub epoch_loss_count: usize,
+    pub scaler: LossScaler,
+    /// Training time so far (seconds), across resumptions.
+    pub elapsed_s: f64,
+}
+
+impl TrainState {
+    pub fn new(scaler: LossScaler) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch: 0,
+            best_val_loss: None,
+            best_step: None,
+            epoch_loss_sum: 0.0,
+            epoch_loss_count: 0,
+            scaler,
+            elapsed_s: 0.0,
+        }
+    }
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+fn write_dir_atomically(final_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = final_dir.parent().expect("checkpoint dirs have a parent");
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    let name = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Replace an existing directory of the same name: move it aside first.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = final_dir.exists();
+    if had_old {
+        std::fs::rename(final_dir, &old).map_err(|e| TrainError::io(final_dir, e))?;
+    }
+    std::fs::rename(&tmp, final_dir).map_err(|e| TrainError::io(final_dir, e))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves model, optimizer and state as `checkpoints/step-NNNNNN`, then keeps only the newest
+/// `keep_last` step checkpoints.
+pub fn save_checkpoint<B: AutodiffBackend>(
+    run: &RunDir,
+    model: &ClipModel<B>,
+    optim: &ClipOptimizer<B>,
+    state: &TrainState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let dir = run.checkpoints().join(format!("step-{:06}", state.step));
+    write_dir_atomically(&dir, |tmp| {
+        save_model(model, &tmp.join("model"))?;
+        optim.save(tmp)?;
+        write_state(tmp, state)
+    })?;
+    let all = run.step_checkpoints();
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(dir)
+}
+
+/// Saves the model as the best so far (`checkpoints/best`).
+pub fn save_best<B: AutodiffBackend>(run: &RunDir, model: &ClipModel<B>, state: &TrainState) -> Result<PathBuf> {
+    let dir = run.best();
+    write_dir_atomically(&dir, |tmp| {
+        save_model(model, &tmp.join("model"))?;
+        write_state(tmp, state)
+    })?;
+    Ok(dir)
+}
+
+fn save_model<B: AutodiffBackend>(model: &ClipModel<B>, path: &Path) -> Result<()> {
+    model
+        .clone()
+        .save_file(path.to_path_buf(), &recorder())
+        .map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })
+}
+
+fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
+    let path = dir.join("state.json");
+    let json = serde_json::to_vec_pretty(state).expect("state serializes");
+    clip_data::fs::write_atomic(&path, &json)?;
+    Ok(())
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+}
+
+/// Loads the weights of a checkpoint directory into `model` (parameter ids included, so the
+/// optimizer state matches them).
+pub fn load_model<B: AutodiffBackend>(model: ClipModel<B>, dir: &Path, device: &B::Device) -> Result<ClipModel<B>> {
+    let path = dir.join("model.mpk");
+    let settings = model.settings;
+    model
+        .load_file(dir.join("model"), &recorder(), device)
+        .map(|mut m| {
+            m.settings = settings;
+            m
+        })
+        .map_err(|e| TrainError::Checkpoint { path, message: format!("cannot load weights: {e}") })
+}

@@ -1,0 +1,478 @@
+//! Experiment configs: one TOML file with `[data]`, `[model]`, `[train]` and `[checkpoint]`,
+//! command-line overrides (`--set train.lr=3e-4`), and the resolved config saved in each run.
+//!
+//! Unknown keys and bad values are errors naming the key and the file. Relative paths are
+//! relative to the config file; the resolved config holds absolute ones.
+
+use std::path::{Path, PathBuf};
+
+use clip_data::DataConfig;
+use clip_model::import::hf_text_config;
+use clip_model::{ClipConfig, ContrastiveLoss, Pooling, Precision, ResNetConfig, TextTransformerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name: runs go to `<runs_dir>/<name>`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Where runs are written (relative to the config file).
+    #[serde(default = "default_runs_dir")]
+    pub runs_dir: PathBuf,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub train: TrainSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+}
+
+fn default_name() -> String {
+    "experiment".into()
+}
+fn default_runs_dir() -> PathBuf {
+    "../runs".into()
+}
+
+/// `[model]`: the towers by name (or a custom shape), heads, temperature and initial weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSpec {
+    /// `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`, or `custom` (then `[model.image]`).
+    pub image_encoder: String,
+    pub image: Option<ResNetConfig>,
+    /// `distilbert-base-uncased`, `all-minilm-l6-v2`, a Hugging Face model directory (its
+    /// `config.json`), or `custom` (then `[model.text]`).
+    pub text_encoder: String,
+    pub text: Option<TextTransformerConfig>,
+    /// Pooling of the text tower (default: `cls` for DistilBERT/BERT, `mean` for MiniLM).
+    pub pooling: Option<Pooling>,
+    /// Width of the image features; checked against the encoder when given (the seed: 2048).
+    pub image_embedding: Option<usize>,
+    /// Width of the text features; checked against the encoder when given (the seed: 768).
+    pub text_embedding: Option<usize>,
+    pub projection_dim: usize,
+    pub dropout: f64,
+    pub temperature: f64,
+    pub learnable_temperature: bool,
+    pub max_logit_scale: f64,
+    pub normalize_embeddings: bool,
+    pub loss: ContrastiveLoss,
+    /// Start the towers from pretrained weights (`image_weights` / `text_weights`; nothing is
+    /// downloaded).
+    pub pretrained: bool,
+    /// A timm/torchvision ResNet state dict.
+    pub image_weights: Option<PathBuf>,
+    /// An HF `model.safetensors` / `pytorch_model.bin`, or the directory holding one.
+    pub text_weights: Option<PathBuf>,
+    /// A whole CLIP checkpoint to start from (the seed notebook's `.ckpt`, or an exported model).
+    pub checkpoint: Option<PathBuf>,
+    /// Train both towers' trunks (the heads always train).
+    pub trainable: bool,
+    pub image_trainable: Option<bool>,
+    pub text_trainable: Option<bool>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            image_encoder: "resnet50".into(),
+            image: None,
+            text_encoder: "distilbert-base-uncased".into(),
+            text: None,
+            pooling: None,
+            image_embedding: None,
+            text_embedding: None,
+            projection_dim: 256,
+            dropout: 0.1,
+            temperature: 1.0,
+            learnable_temperature: false,
+            max_logit_scale: 100.0,
+            normalize_embeddings: false,
+            loss: ContrastiveLoss::Infonce,
+            pretrained: false,
+            image_weights: None,
+            text_weights: None,
+            checkpoint: None,
+            trainable: true,
+            image_trainable: None,
+            text_trainable: None,
+        }
+    }
+}
+
+/// Optimizer family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam with L2 weight decay added to the gradient (PyTorch `Adam(weight_decay=...)`).
+    Adam,
+    /// Adam with decoupled weight decay.
+    Adamw,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// `lr` throughout (after the optional warmup).
+    Constant,
+    /// Linear warmup, then cosine decay to `min_lr` at the last step.
+    Cosine,
+}
+
+/// Which backend trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when a GPU answers, otherwise the CPU.
+    #[default]
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+/// `[train]`: optimization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSpec {
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (smoke runs), even mid-epoch.
+    pub max_steps: Option<usize>,
+    pub lr: f64,
+    /// Learning rates per parameter group; each defaults to `lr`.
+    pub image_encoder_lr: Option<f64>,
+    pub text_encoder_lr: Option<f64>,
+    pub head_lr: Option<f64>,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: usize,
+    pub min_lr: f64,
+    /// Clip the global gradient norm to this value (off when absent).
+    pub grad_clip_norm: Option<f64>,
+    pub precision: Precision,
+    /// fp16-mixed: initial loss scale, and good steps before it doubles.
+    pub loss_scale: f64,
+    pub loss_scale_growth_interval: usize,
+    pub backend: BackendChoice,
+    /// Seed of initialization and dropout (data order uses `data.seed`).
+    pub seed: u64,
+    /// Validate (loss, in-batch accuracy, retrieval recall) every this many epochs.
+    pub val_every_epochs: usize,
+    /// Drop the last, smaller training batch of an epoch (a 1-sample batch has no negatives).
+    pub drop_last: bool,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            epochs: 4,
+            max_steps: None,
+            lr: 1e-3,
+            image_encoder_lr: None,
+            text_encoder_lr: None,
+            head_lr: None,
+            weight_decay: 1e-3,
+            optimizer: OptimizerKind::Adamw,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: ScheduleKind::Constant,
+            warmup_steps: 0,
+            min_lr: 0.0,
+            grad_clip_norm: None,
+            precision: Precision::Fp32,
+            loss_scale: 65536.0,
+            loss_scale_growth_interval: 2000,
+            backend: BackendChoice::Auto,
+            seed: 42,
+            val_every_epochs: 1,
+            drop_last: true,
+        }
+    }
+}
+
+/// `[checkpoint]`: when to save and what to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSpec {
+    /// Also save every this many steps (0: only at epoch ends).
+    pub every_steps: usize,
+    /// Step/epoch checkpoints kept (older ones are deleted); the best is always kept.
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        Self { every_steps: 0, keep_last: 2 }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads a config file, applies `key=value` overrides, resolves paths and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Like [`load`](Self::load) for config text said to live at `path` (an embedded config).
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
+        let bad = |message: String| TrainError::Config { path: path.into(), message };
+        // Parse strictly first so that errors in the file carry its line numbers.
+        let mut config: ExperimentConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if !overrides.is_empty() {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+            for o in overrides {
+                apply_override(&mut table, o).map_err(|m| bad(format!("--set {o}: {m}")))?;
+            }
+            config = ExperimentConfig::deserialize(toml::Value::Table(table))
+                .map_err(|e| bad(format!("after --set {}: {e}", overrides.join(" "))))?;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        self.data.resolve_paths(base);
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = clean_join(base, p);
+            }
+        };
+        fix(&mut self.runs_dir);
+        for p in [&mut self.model.image_weights, &mut self.model.text_weights, &mut self.model.checkpoint]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        if looks_like_path(&self.model.text_encoder) && Path::new(&self.model.text_encoder).is_relative() {
+            self.model.text_encoder = clean_join(base, Path::new(&self.model.text_encoder)).display().to_string();
+        }
+    }
+
+    /// Checks every value; messages name the key and the file.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |message: String| Err(TrainError::Config { path: path.into(), message });
+        self.data.validate(path).map_err(|e| TrainError::Config { path: path.into(), message: e.to_string() })?;
+        let t = &self.train;
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return bad("train.epochs must be at least 1".into());
+        }
+        for (key, v) in [("train.lr", Some(t.lr)), ("train.image_encoder_lr", t.image_encoder_lr), ("train.text_encoder_lr", t.text_encoder_lr), ("train.head_lr", t.head_lr)] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return bad(format!("{key} must be a positive number, got {v}"));
+                }
+            }
+        }
+        if !(t.weight_decay >= 0.0) {
+            return bad(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
+        }
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            return bad(format!("train.min_lr must be in [0, train.lr], got {}", t.min_lr));
+        }
+        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(format!("train.betas must be in [0, 1), got {:?}", t.betas));
+        }
+        if let Some(c) = t.grad_clip_norm {
+            if !(c > 0.0) {
+                return bad(format!("train.grad_clip_norm must be positive, got {c}"));
+            }
+        }
+        if !(t.loss_scale >= 1.0) || t.loss_scale_growth_interval == 0 {
+            return bad("train.loss_scale must be >= 1 and train.loss_scale_growth_interval >= 1".into());
+        }
+        if t.val_every_epochs == 0 {
+            return bad("train.val_every_epochs must be at least 1".into());
+        }
+        if self.checkpoint.keep_last == 0 {
+            return bad("checkpoint.keep_last must be at least 1".into());
+        }
+        self.clip_config().map(|_| ()).map_err(|m| TrainError::Config { path: path.into(), message: m })
+    }
+
+    /// The model architecture this config describes.
+    pub fn clip_config(&self) -> std::result::Result<ClipConfig, String> {
+        let m = &self.model;
+        let image = match m.image_encoder.as_str() {
+            "custom" => m.image.clone().ok_or("model.image_encoder = \"custom\" needs a [model.image] table")?,
+            name => {
+                if m.image.is_some() {
+                    return Err(format!("[model.image] is only read when model.image_encoder = \"custom\" (it is {name:?})"));
+                }
+                let depth = name.strip_prefix("resnet").and_then(|d| d.parse().ok());
+                depth.and_then(ResNetConfig::depth).ok_or_else(|| {
+                    format!("model.image_encoder {name:?} is unknown (resnet18, resnet34, resnet50, resnet101, resnet152 or custom)")
+                })?
+            }
+        };
+        let mut text = match m.text_encoder.as_str() {
+            "custom" => m.text.clone().ok_or("model.text_encoder = \"custom\" needs a [model.text] table")?,
+            "distilbert-base-uncased" | "distilbert" => TextTransformerConfig::distilbert_base(),
+            "all-minilm-l6-v2" | "minilm-l6" => TextTransformerConfig::minilm_l6(),
+            other if looks_like_path(other) => {
+                let dir = Path::new(other);
+                hf_text_config(&dir.join("config.json")).map_err(|e| format!("model.text_encoder: {e}"))?.0
+            }
+            other => {
+                return Err(format!(
+                    "model.text_encoder {other:?} is unknown (distilbert-base-uncased, all-minilm-l6-v2, a model directory, or custom)"
+                ))
+            }
+        };
+        if m.text.is_some() && m.text_encoder != "custom" {
+            return Err("[model.text] is only read when model.text_encoder = \"custom\"".into());
+        }
+        if let Some(p) = m.pooling {
+            text.pooling = p;
+        }
+        if let Some(w) = m.image_embedding {
+            if w != image.out_features() {
+                return Err(format!("model.image_embedding = {w} but {} gives {} features", m.image_encoder, image.out_features()));
+            }
+        }
+        if let Some(w) = m.text_embedding {
+            if w != text.hidden_size {
+                return Err(format!("model.text_embedding = {w} but {} gives {} features", m.text_encoder, text.hidden_size));
+            }
+        }
+        if m.pretrained && m.image_weights.is_none() && m.text_weights.is_none() {
+            return Err(
+                "model.pretrained = true needs model.image_weights and/or model.text_weights (weights are never downloaded; \
+                 see datasets/README.md)"
+                    .into(),
+            );
+        }
+        if !m.pretrained && (m.image_weights.is_some() || m.text_weights.is_some()) {
+            return Err("model.image_weights / model.text_weights are only read when model.pretrained = true".into());
+        }
+        let config = ClipConfig {
+            image,
+            text,
+            projection_dim: m.projection_dim,
+            dropout: m.dropout,
+            temperature: m.temperature,
+            learnable_temperature: m.learnable_temperature,
+            max_logit_scale: m.max_logit_scale,
+            normalize_embeddings: m.normalize_embeddings,
+            image_trainable: m.image_trainable.unwrap_or(m.trainable),
+            text_trainable: m.text_trainable.unwrap_or(m.trainable),
+            loss: m.loss,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved config as TOML (what a run directory stores).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config serializes")
+    }
+}
+
+fn looks_like_path(s: &str) -> bool {
+    s.contains('/') || s.starts_with('.')
+}
+
+fn clean_join(base: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or("expected KEY=VALUE")?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("bad key {key:?}"));
+    }
+    let mut t = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| format!("{part} is not a table"))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("exp.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    const MINIMAL: &str = "[data]\ncaptions = \"d/results.csv\"\nimages = \"d/images\"\n";
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let (_d, p) = write(MINIMAL);
+        let c = ExperimentConfig::load(&p, &[]).unwrap();
+        let clip = c.clip_config().unwrap();
+        assert_eq!(clip, ClipConfig::seed());
+        assert_eq!((c.train.lr, c.train.weight_decay, c.train.epochs), (1e-3, 1e-3, 4));
+    }
+
+    #[test]
+    fn overrides_apply_and_unknown_keys_are_named() {
+        let (_d, p) = write(MINIMAL);
+        let c = ExperimentConfig::load(&p, &["train.lr=3e-4".into(), "model.image_encoder=resnet18".into()]).unwrap();
+        assert_eq!(c.train.lr, 3e-4);
+        assert_eq!(c.clip_config().unwrap().image.out_features(), 512);
+        let err = ExperimentConfig::load(&p, &["train.lrr=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("lrr"), "{err}");
+        let err = ExperimentConfig::load(&p, &["train.lr=-1".into()]).unwrap_err().to_string();
+        assert!(err.contains("train.lr"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_name_key_line_and_file() {
+        let (_d, p) = write(&format!("{MINIMAL}[train]\nepochz = 3\n"));
+        let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("epochz") && err.contains("line 5"), "{err}");
+        let (_d, p) = write(&format!("{MINIMAL}[model]\nimage_encoder = \"resnet51\"\n"));
+        let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
+        assert!(err.contains("resnet51") && err.contains("model.image_encoder"), "{err}");
+        let (_d, p) = write(&format!("{MINIMAL}[model]\ntext_embedding = 512\n"));
+        let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
+        assert!(err.contains("model.text_embedding"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let (_d, p) = write(MINIMAL);
+        let c = ExperimentConfig::load(&p, &["train.precision=\"bf16-mixed\"".into()]).unwrap();
+        assert_eq!(c.train.precision, Precision::Bf16Mixed);
+        let back: ExperimentConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+}

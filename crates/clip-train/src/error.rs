@@ -1,0 +1,34 @@
+//! The trainer's error type.
+
+use std::path::PathBuf;
+
+/// What stops a training run; each variant names the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    Data(#[from] clip_data::DataError),
+    #[error(transparent)]
+    Import(#[from] clip_model::import::ImportError),
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("training diverged at step {step}: the loss is {loss}")]
+    Diverged { step: usize, loss: f64 },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

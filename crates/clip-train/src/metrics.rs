@@ -1,0 +1,119 @@
+//! What a run records: one JSON line per step and per epoch in `metrics/`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clip_model::RetrievalMetrics;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// One optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// 1-based count of optimizer steps (skipped fp16 steps included).
+    pub step: usize,
+    pub epoch: usize,
+    /// 0-based batch index within the epoch.
+    pub batch: usize,
+    pub batches_per_epoch: usize,
+    pub total_steps: usize,
+    pub loss: f64,
+    /// In-batch top-1: image → its caption, and caption → its image.
+    pub acc_i2t: f64,
+    pub acc_t2i: f64,
+    /// Learning rate of the heads group (the others scale with it).
+    pub lr: f64,
+    pub temperature: f64,
+    pub samples_per_s: f64,
+    pub grad_norm: Option<f64>,
+    pub loss_scale: Option<f64>,
+    pub skipped_steps: usize,
+    pub elapsed_s: f64,
+    pub eta_s: f64,
+}
+
+/// One validation pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    /// Mean training loss of the epoch (absent when no step of it ran in this process).
+    pub train_loss: Option<f64>,
+    pub val_loss: f64,
+    pub val_acc_i2t: f64,
+    pub val_acc_t2i: f64,
+    pub retrieval: RetrievalMetrics,
+    pub elapsed_s: f64,
+}
+
+/// Appends JSON lines to a file, flushing each one.
+pub struct JsonlWriter {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonlWriter {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+        Ok(Self { path: path.into(), file })
+    }
+
+    pub fn write<T: Serialize>(&mut self, row: &T) -> Result<()> {
+        let mut line = serde_json::to_vec(row).expect("metrics serialize");
+        line.push(b'\n');
+        self.file.write_all(&line).and_then(|_| self.file.flush()).map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Reads the rows of a JSONL file (a torn last line, from a crash, is ignored).
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Rewrites a metrics file keeping only rows at or before `step` (used when resuming, so the
+/// curve continues where the checkpoint was taken, without the steps that are redone).
+pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    clip_data::fs::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_earlier_steps_and_drops_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m/steps.jsonl");
+        let mut w = JsonlWriter::open(&p).unwrap();
+        for step in 1..=5 {
+            w.write(&serde_json::json!({ "step": step })).unwrap();
+        }
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"step\": 6, \"lo").unwrap();
+        truncate_after(&p, 3).unwrap();
+        let rows: Vec<serde_json::Value> = read_jsonl(&p);
+        assert_eq!(rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+}

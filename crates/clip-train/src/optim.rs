@@ -1,0 +1,246 @@
+//! The optimizer side of a training step: per-group learning rates (image trunk, text trunk,
+//! heads + temperature), global-norm gradient clipping, and fp16 dynamic loss scaling. burn 0.21
+//! has no parameter groups, no global-norm clipping and no loss scaler, so they are built here.
+
+use std::path::Path;
+
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use clip_model::ClipModel;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{OptimizerKind, TrainSpec};
+use crate::error::{Result, TrainError};
+use crate::grads;
+
+enum AnyOptim<B: AutodiffBackend> {
+    Adam(OptimizerAdaptor<Adam, ClipModel<B>, B>),
+    AdamW(OptimizerAdaptor<AdamW, ClipModel<B>, B>),
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+impl<B: AutodiffBackend> AnyOptim<B> {
+    fn new(spec: &TrainSpec) -> Self {
+        let [b1, b2] = spec.betas.map(|b| b as f32);
+        match spec.optimizer {
+            OptimizerKind::Adam => AnyOptim::Adam(
+                AdamConfig::new()
+                    .with_beta_1(b1)
+                    .with_beta_2(b2)
+                    .with_epsilon(spec.eps as f32)
+                    .with_weight_decay((spec.weight_decay > 0.0).then(|| WeightDecayConfig::new(spec.weight_decay as f32)))
+                    .init(),
+            ),
+            OptimizerKind::Adamw => AnyOptim::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(b1)
+                    .with_beta_2(b2)
+                    .with_epsilon(spec.eps as f32)
+                    .with_weight_decay(spec.weight_decay as f32)
+                    .init(),
+            ),
+        }
+    }
+
+    fn step(&mut self, lr: f64, model: ClipModel<B>, grads: GradientsParams) -> ClipModel<B> {
+        match self {
+            AnyOptim::Adam(o) => o.step(lr, model, grads),
+            AnyOptim::AdamW(o) => o.step(lr, model, grads),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let err = |e: burn::record::RecorderError| TrainError::Checkpoint { path: path.into(), message: e.to_string() };
+        match self {
+            AnyOptim::Adam(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
+            AnyOptim::AdamW(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
+        }
+    }
+
+    fn load(self, path: &Path, device: &B::Device) -> Result<Self> {
+        let err = |e: burn::record::RecorderError| TrainError::Checkpoint {
+            path: path.into(),
+            message: format!("cannot read optimizer state: {e}"),
+        };
+        Ok(match self {
+            AnyOptim::Adam(o) => AnyOptim::Adam(o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?)),
+            AnyOptim::AdamW(o) => AnyOptim::AdamW(o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?)),
+        })
+    }
+}
+
+/// Dynamic loss scaling for fp16: scale the loss up so small gradients survive in half
+/// precision, skip steps whose gradients overflowed and halve the scale, double it after a run
+/// of good steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossScaler {
+    pub enabled: bool,
+    pub scale: f64,
+    pub growth_interval: usize,
+    pub good_steps: usize,
+    /// Steps skipped because a gradient was infinite or NaN.
+    pub skipped_steps: usize,
+}
+
+impl LossScaler {
+    pub fn new(spec: &TrainSpec) -> Self {
+        Self {
+            enabled: spec.precision == clip_model::Precision::Fp16Mixed,
+            scale: spec.loss_scale,
+            growth_interval: spec.loss_scale_growth_interval,
+            good_steps: 0,
+            skipped_steps: 0,
+        }
+    }
+
+    /// The factor the loss is multiplied by before `backward` (1 when disabled).
+    pub fn factor(&self) -> f64 {
+        if self.enabled {
+            self.scale
+        } else {
+            1.0
+        }
+    }
+
+    fn update(&mut self, finite: bool) {
+        if !self.enabled {
+            return;
+        }
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps >= self.growth_interval {
+                self.scale = (self.scale * 2.0).min(2f64.powi(24));
+                self.good_steps = 0;
+            }
+        } else {
+            self.skipped_steps += 1;
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        }
+    }
+}
+
+/// What an optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// False when the step was skipped (non-finite gradients under fp16 loss scaling).
+    pub applied: bool,
+    /// Global gradient norm before clipping (unscaled), when it was computed.
+    pub grad_norm: Option<f64>,
+}
+
+/// Optimizers for the three parameter groups plus clipping and loss scaling.
+pub struct ClipOptimizer<B: AutodiffBackend> {
+    image: AnyOptim<B>,
+    text: AnyOptim<B>,
+    heads: AnyOptim<B>,
+    lrs: [f64; 3],
+    clip_norm: Option<f64>,
+    pub scaler: LossScaler,
+}
+
+const GROUP_FILES: [&str; 3] = ["optim-image.mpk", "optim-text.mpk", "optim-heads.mpk"];
+
+impl<B: AutodiffBackend> ClipOptimizer<B> {
+    pub fn new(spec: &TrainSpec) -> Self {
+        Self {
+            image: AnyOptim::new(spec),
+            text: AnyOptim::new(spec),
+            heads: AnyOptim::new(spec),
+            lrs: [
+                spec.image_encoder_lr.unwrap_or(spec.lr),
+                spec.text_encoder_lr.unwrap_or(spec.lr),
+                spec.head_lr.unwrap_or(spec.lr),
+            ],
+            clip_norm: spec.grad_clip_norm,
+            scaler: LossScaler::new(spec),
+        }
+    }
+
+    /// Base learning rates of the image trunk, text trunk and heads.
+    pub fn base_lrs(&self) -> [f64; 3] {
+        self.lrs
+    }
+
+    /// Applies one step from the gradients of the *scaled* loss: split them into the three
+    /// groups, unscale, check (fp16), clip the global norm, update each group with its learning
+    /// rate times `lr_factor`, clamp the temperature.
+    pub fn step(
+        &mut self,
+        model: ClipModel<B>,
+        mut raw: B::Gradients,
+        lr_factor: f64,
+        want_norm: bool,
+    ) -> (ClipModel<B>, StepReport) {
+        let device = model.logit_scale.device();
+        let mut image = GradientsParams::from_module(&mut raw, &model.image_encoder.model);
+        let mut text = GradientsParams::from_module(&mut raw, &model.text_encoder.model);
+        let mut heads = GradientsParams::from_grads(raw, &model);
+        let factor = |v: f64| Tensor::<B::InnerBackend, 1>::from_floats([v as f32], &device);
+
+        if self.scaler.enabled {
+            let inv = factor(1.0 / self.scaler.scale);
+            grads::scale(&model.image_encoder.model, &mut image, inv.clone());
+            grads::scale(&model.text_encoder.model, &mut text, inv.clone());
+            grads::scale(&model, &mut heads, inv);
+        }
+        let mut norm = None;
+        if self.scaler.enabled || self.clip_norm.is_some() || want_norm {
+            let parts = [
+                grads::sum_squares(&model.image_encoder.model, &mut image),
+                grads::sum_squares(&model.text_encoder.model, &mut text),
+                grads::sum_squares(&model, &mut heads),
+            ];
+            if let Some(total) = parts.into_iter().flatten().reduce(|a, b| a + b) {
+                let total = total.sqrt();
+                if let Some(max) = self.clip_norm {
+                    // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when above max.
+                    let f = total.clone().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
+                    grads::scale(&model.image_encoder.model, &mut image, f.clone());
+                    grads::scale(&model.text_encoder.model, &mut text, f.clone());
+                    grads::scale(&model, &mut heads, f);
+                }
+                norm = Some(total.into_scalar().elem::<f64>());
+            }
+        }
+        let finite = norm.is_none_or(f64::is_finite);
+        self.scaler.update(finite);
+        if self.scaler.enabled && !finite {
+            return (model, StepReport { applied: false, grad_norm: norm });
+        }
+        let mut model = model;
+        if image.len() > 0 {
+            model = self.image.step(self.lrs[0] * lr_factor, model, image);
+        }
+        if text.len() > 0 {
+            model = self.text.step(self.lrs[1] * lr_factor, model, text);
+        }
+        if heads.len() > 0 {
+            model = self.heads.step(self.lrs[2] * lr_factor, model, heads);
+        }
+        (model.clamp_logit_scale(), StepReport { applied: true, grad_norm: norm })
+    }
+
+    /// Writes the three optimizer states into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        for (optim, file) in [&self.image, &self.text, &self.heads].into_iter().zip(GROUP_FILES) {
+            optim.save(&dir.join(file))?;
+        }
+        Ok(())
+    }
+
+    /// Restores the three optimizer states from `dir`.
+    pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
+        self.image = self.image.load(&dir.join(GROUP_FILES[0]), device)?;
+        self.text = self.text.load(&dir.join(GROUP_FILES[1]), device)?;
+        self.heads = self.heads.load(&dir.join(GROUP_FILES[2]), device)?;
+        Ok(self)
+    }
+}

@@ -1,0 +1,53 @@
+//! `curves.png`: the run's metrics as charts, drawn from its JSONL files.
+
+use clip_plot::{plot_panels, Panel, Series};
+
+use crate::checkpoint::RunDir;
+use crate::error::{Result, TrainError};
+use crate::metrics::{read_jsonl, EpochMetrics, StepMetrics};
+
+/// Draws loss, recall@k, learning rate and temperature/accuracy from `metrics/*.jsonl`.
+pub fn write_curves(run: &RunDir) -> Result<()> {
+    let steps: Vec<StepMetrics> = read_jsonl(&run.metrics().join("steps.jsonl"));
+    let epochs: Vec<EpochMetrics> = read_jsonl(&run.metrics().join("epochs.jsonl"));
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let s = |name: &str, f: &dyn Fn(&StepMetrics) -> f64| Series {
+        name: name.into(),
+        points: steps.iter().map(|m| (m.step as f64, f(m))).collect(),
+    };
+    let e = |name: &str, f: &dyn Fn(&EpochMetrics) -> f64| Series {
+        name: name.into(),
+        points: epochs.iter().map(|m| (m.step as f64, f(m))).collect(),
+    };
+    let panels = vec![
+        Panel {
+            title: "loss".into(),
+            x_label: "step".into(),
+            series: vec![s("train (per step)", &|m| m.loss), e("validation", &|m| m.val_loss)],
+        },
+        Panel {
+            title: "validation retrieval recall".into(),
+            x_label: "step".into(),
+            series: vec![
+                e("text→image R@1", &|m| m.retrieval.t2i_r1),
+                e("text→image R@5", &|m| m.retrieval.t2i_r5),
+                e("image→text R@1", &|m| m.retrieval.i2t_r1),
+                e("image→text R@5", &|m| m.retrieval.i2t_r5),
+            ],
+        },
+        Panel {
+            title: "in-batch accuracy".into(),
+            x_label: "step".into(),
+            series: vec![s("train image→text", &|m| m.acc_i2t), s("train text→image", &|m| m.acc_t2i), e("val image→text", &|m| m.val_acc_i2t)],
+        },
+        Panel {
+            title: "learning rate and temperature".into(),
+            x_label: "step".into(),
+            series: vec![s("lr × 1000", &|m| m.lr * 1e3), s("temperature", &|m| m.temperature)],
+        },
+    ];
+    let path = run.root.join("curves.png");
+    plot_panels(&path, &panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))
+}

@@ -1,0 +1,374 @@
+//! The training loop. burn-train's `Learner` checkpoints only per epoch, cannot restore the data
+//! order, clips gradient norms per tensor and has no loss scaling or CLIP retrieval metrics, so
+//! the loop is written here over burn's autodiff, optimizers and records:
+//! data order is a function of (seed, epoch), dropout is reseeded from (seed, step), and a resumed
+//! run continues the very same loss curve.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
+use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
+use clip_model::loss::in_batch_accuracy;
+use clip_model::{ClipConfig, ClipModel};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
+use crate::config::ExperimentConfig;
+use crate::error::{Result, TrainError};
+use crate::metrics::{read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
+use crate::optim::ClipOptimizer;
+use crate::schedule::lr_factor;
+
+/// What a run shows while it trains: the dashboard, plain progress lines, or nothing.
+pub trait Observer {
+    fn on_start(&mut self, _info: &RunInfo) {}
+    fn on_step(&mut self, _m: &StepMetrics) {}
+    fn on_epoch(&mut self, _m: &EpochMetrics) {}
+    fn on_checkpoint(&mut self, _path: &Path, _kind: &str) {}
+    fn on_message(&mut self, _msg: &str) {}
+    /// Polled after every step: true asks for a graceful stop (checkpoint, then exit).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+    fn on_finish(&mut self, _summary: &TrainSummary) {}
+}
+
+/// An observer that shows nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Facts about a run, given to the observer at the start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_dir: String,
+    pub backend: String,
+    pub train_pairs: usize,
+    pub val_pairs: usize,
+    pub val_images: usize,
+    pub batch_size: usize,
+    pub batches_per_epoch: usize,
+    pub epochs: usize,
+    pub total_steps: usize,
+    pub start_step: usize,
+    pub parameters: usize,
+    pub precision: String,
+    /// Past steps and epochs when resuming, so curves can continue.
+    pub history_steps: Vec<StepMetrics>,
+    pub history_epochs: Vec<EpochMetrics>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub run_dir: String,
+    pub steps: usize,
+    pub completed: bool,
+    /// Why it stopped early, if it did.
+    pub stopped: Option<String>,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    /// The last validation's metrics.
+    pub last_epoch: Option<EpochMetrics>,
+    pub skipped_steps: usize,
+    pub elapsed_s: f64,
+}
+
+/// Everything inference needs to rebuild the model and its preprocessing (`model.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub clip: ClipConfig,
+    pub data: clip_data::DataConfig,
+}
+
+/// Starts a new run in `run` (an empty directory) or resumes the one there.
+pub fn train<B: AutodiffBackend>(
+    config: &ExperimentConfig,
+    run: &RunDir,
+    resume: bool,
+    device: &B::Device,
+    backend_name: &str,
+    observer: &mut dyn Observer,
+) -> Result<TrainSummary> {
+    let t = &config.train;
+    std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
+
+    // Data: the split is saved with the run (and reused on resume).
+    let dataset = CaptionDataset::load(&config.data)?;
+    let split = if resume {
+        Split::load(&run.split())?
+    } else {
+        let s = SplitDataset::new(&dataset, &config.data)?.split;
+        s.save(&run.split())?;
+        s
+    };
+    let split = SplitDataset::from_split(&dataset, split, &run.split())?;
+    if split.train.len() < 2 {
+        return Err(TrainError::Config {
+            path: run.config(),
+            message: format!("the training split has {} caption(s); contrastive training needs at least 2", split.train.len()),
+        });
+    }
+    let mut train_cfg = config.data.loader(true);
+    train_cfg.drop_last = t.drop_last && split.train.len() > config.data.batch_size;
+    let train_loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config.data)?, train_cfg);
+    let val_loader = ClipLoader::new(split.val.clone(), ExamplePipeline::eval(&config.data)?, config.data.loader(false));
+
+    // Model and optimizer, fresh or from the latest checkpoint.
+    let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
+    B::seed(device, t.seed);
+    let mut model = clip_config.init::<B>(device);
+    let mut optim = ClipOptimizer::<B>::new(t);
+    let mut state = TrainState::new(optim.scaler.clone());
+    if resume {
+        let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
+            path: run.checkpoints(),
+            message: "no complete checkpoint to resume from".into(),
+        })?;
+        model = load_model(model, &dir, device)?;
+        optim = optim.load(&dir, device)?;
+        state = read_state(&dir)?;
+        optim.scaler = state.scaler.clone();
+        truncate_after(&run.metrics().join("steps.jsonl"), state.step)?;
+        truncate_after(&run.metrics().join("epochs.jsonl"), state.step)?;
+        observer.on_message(&format!("resumed from {} (step {})", dir.display(), state.step));
+    } else {
+        std::fs::write(run.config(), config.to_toml()).map_err(|e| TrainError::io(run.config(), e))?;
+        let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
+        clip_data::fs::write_atomic(&run.model_json(), &serde_json::to_vec_pretty(&card).expect("card serializes"))?;
+        model = initial_weights(model, config, observer)?;
+    }
+    let model_precision = t.precision;
+    let mut model = model.with_precision(model_precision);
+
+    let batches_per_epoch = train_loader.num_batches();
+    let mut total_steps = config.train.epochs * batches_per_epoch;
+    if let Some(max) = t.max_steps {
+        total_steps = total_steps.min(max).max(if config.train.epochs == 0 { max } else { 0 });
+    }
+    let epochs = if batches_per_epoch == 0 { 0 } else { total_steps.div_ceil(batches_per_epoch) };
+    let mut steps_log = JsonlWriter::open(&run.metrics().join("steps.jsonl"))?;
+    let mut epochs_log = JsonlWriter::open(&run.metrics().join("epochs.jsonl"))?;
+    observer.on_start(&RunInfo {
+        run_dir: run.root.display().to_string(),
+        backend: backend_name.to_string(),
+        train_pairs: split.train.len(),
+        val_pairs: split.val.len(),
+        val_images: split.val.images().len(),
+        batch_size: config.data.batch_size,
+        batches_per_epoch,
+        epochs,
+        total_steps,
+        start_step: state.step,
+        parameters: model.num_params(),
+        precision: serde_json::to_value(model_precision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        history_steps: read_jsonl(&run.metrics().join("steps.jsonl")),
+        history_epochs: read_jsonl(&run.metrics().join("epochs.jsonl")),
+    });
+
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let session_start_step = state.step;
+    let mut last_epoch: Option<EpochMetrics> = read_jsonl::<EpochMetrics>(&run.metrics().join("epochs.jsonl")).pop();
+    let mut stopped = None;
+    let mut window = Instant::now();
+
+    'epochs: while state.step < total_steps {
+        let epoch = state.epoch;
+        let mut batches = train_loader.epoch_from(epoch, state.batch);
+        while state.step < total_steps {
+            let Some(batch) = batches.next() else { break };
+            let batch = batch?;
+            let n = batch.len();
+            // Dropout draws from the backend's generator: reseed it per step so a resumed run
+            // draws what the uninterrupted one would have.
+            B::seed(device, t.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1));
+            let on_device = batch.to_device::<B>(device);
+            let out = model.forward(on_device.images, on_device.input_ids, on_device.attention_mask);
+            let loss_value: f64 = out.loss.clone().into_scalar().elem();
+            if !loss_value.is_finite() && !optim.scaler.enabled {
+                return Err(TrainError::Diverged { step: state.step + 1, loss: loss_value });
+            }
+            let acc_t2i = in_batch_accuracy(out.logits_per_text.clone().inner());
+            let acc_i2t = in_batch_accuracy(out.logits_per_text.clone().inner().transpose());
+            let scaled = out.loss.mul_scalar(optim.scaler.factor());
+            let factor = lr_factor(t, state.step, total_steps);
+            let (next, report) = optim.step(model, scaled.backward(), factor, false);
+            model = next;
+            state.step += 1;
+            state.batch = batches.position();
+            state.scaler = optim.scaler.clone();
+            if report.applied && loss_value.is_finite() {
+                state.epoch_loss_sum += loss_value * n as f64;
+                state.epoch_loss_count += n;
+            }
+
+            let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+            state.elapsed_s = elapsed;
+            let dt = window.elapsed().as_secs_f64();
+            window = Instant::now();
+            let session_steps = state.step - session_start_step;
+            let session_s = started.elapsed().as_secs_f64();
+            let m = StepMetrics {
+                step: state.step,
+                epoch,
+                batch: state.batch.saturating_sub(1),
+                batches_per_epoch,
+                total_steps,
+                loss: loss_value,
+                acc_i2t,
+                acc_t2i,
+                lr: optim.base_lrs()[2] * factor,
+                temperature: model.temperature(),
+                samples_per_s: n as f64 / dt.max(1e-9),
+                grad_norm: report.grad_norm,
+                loss_scale: optim.scaler.enabled.then_some(optim.scaler.scale),
+                skipped_steps: optim.scaler.skipped_steps,
+                elapsed_s: elapsed,
+                eta_s: session_s / session_steps as f64 * (total_steps - state.step) as f64,
+            };
+            steps_log.write(&m)?;
+            observer.on_step(&m);
+
+            let stop = observer.should_stop();
+            let periodic = config.checkpoint.every_steps > 0 && state.step % config.checkpoint.every_steps == 0;
+            if stop || (periodic && state.step < total_steps && state.batch < batches_per_epoch) {
+                let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
+                observer.on_checkpoint(&path, if stop { "stop" } else { "periodic" });
+            }
+            if stop {
+                stopped = Some("stopped on request".to_string());
+                break 'epochs;
+            }
+        }
+        drop(batches);
+        let epoch_done = state.batch >= batches_per_epoch;
+        let run_done = state.step >= total_steps;
+        let finished_epoch_loss = (state.epoch_loss_sum, state.epoch_loss_count);
+        if epoch_done {
+            state.epoch += 1;
+            state.batch = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_loss_count = 0;
+        }
+
+        // Epoch end (or the end of a run cut short by max_steps): validate, keep the best.
+        let validate = run_done || (epoch_done && state.epoch % t.val_every_epochs == 0);
+        if validate && !split.val.is_empty() {
+            observer.on_message(&format!("validating epoch {} on {} captions", epoch + 1, split.val.len()));
+            let eval_model = model.valid();
+            let e = clip_infer::evaluate(&eval_model, &val_loader, device)?;
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                step: state.step,
+                train_loss: (finished_epoch_loss.1 > 0).then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64),
+                val_loss: e.loss,
+                val_acc_i2t: e.acc_i2t,
+                val_acc_t2i: e.acc_t2i,
+                retrieval: e.retrieval,
+                elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
+            };
+            epochs_log.write(&m)?;
+            observer.on_epoch(&m);
+            if state.best_val_loss.is_none_or(|b| m.val_loss < b) {
+                state.best_val_loss = Some(m.val_loss);
+                state.best_step = Some(state.step);
+                let path = save_best(run, &model, &state)?;
+                observer.on_checkpoint(&path, "best");
+            }
+            last_epoch = Some(m);
+        }
+        let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
+        observer.on_checkpoint(&path, if run_done { "final" } else { "epoch" });
+        if run_done {
+            break;
+        }
+        if observer.should_stop() {
+            stopped = Some("stopped on request".to_string());
+            break;
+        }
+    }
+
+    let completed = stopped.is_none() && state.step >= total_steps;
+    if completed {
+        finish_run(run, &clip_config, device, model, observer)?;
+    }
+    let summary = TrainSummary {
+        run_dir: run.root.display().to_string(),
+        steps: state.step,
+        completed,
+        stopped,
+        best_val_loss: state.best_val_loss,
+        best_step: state.best_step,
+        last_epoch,
+        skipped_steps: optim.scaler.skipped_steps,
+        elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
+    };
+    clip_data::fs::write_atomic(&run.root.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
+    crate::plots::write_curves(run)?;
+    observer.on_finish(&summary);
+    Ok(summary)
+}
+
+/// Loads the configured initial weights into a fresh model.
+fn initial_weights<B: AutodiffBackend>(mut model: ClipModel<B>, config: &ExperimentConfig, observer: &mut dyn Observer) -> Result<ClipModel<B>> {
+    let m = &config.model;
+    if let Some(path) = &m.checkpoint {
+        let (loaded, report) = import_clip(model, path)?;
+        observer.on_message(&format!("{}: {} tensors loaded", path.display(), report.applied.len()));
+        model = loaded;
+    }
+    if m.pretrained {
+        if let Some(path) = &m.image_weights {
+            let (tower, report) = import_resnet(model.image_encoder.model, path)?;
+            observer.on_message(&format!("{}: {} tensors loaded, unused: {:?}", path.display(), report.applied.len(), report.unused));
+            model.image_encoder.model = tower;
+        }
+        if let Some(path) = &m.text_weights {
+            let file = if path.is_dir() {
+                ["model.safetensors", "pytorch_model.bin"].iter().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+                    TrainError::Config { path: path.clone(), message: "model.text_weights: no model.safetensors or pytorch_model.bin here".into() }
+                })?
+            } else {
+                path.clone()
+            };
+            let naming = if model.text_encoder.model.embeddings.token_type_embeddings.is_some() {
+                TextNaming::Bert
+            } else {
+                TextNaming::DistilBert
+            };
+            let (tower, report) = import_text(model.text_encoder.model, &file, naming)?;
+            observer.on_message(&format!("{}: {} tensors loaded, unused: {:?}", file.display(), report.applied.len(), report.unused));
+            model.text_encoder.model = tower;
+        }
+    }
+    // Freezing applies to imported weights too.
+    if !config.model.image_trainable.unwrap_or(config.model.trainable) {
+        model.image_encoder.model = burn::module::Module::no_grad(model.image_encoder.model);
+    }
+    if !config.model.text_trainable.unwrap_or(config.model.trainable) {
+        model.text_encoder.model = burn::module::Module::no_grad(model.text_encoder.model);
+    }
+    Ok(model)
+}
+
+/// Exports the best (or last) model with upstream key names.
+fn finish_run<B: AutodiffBackend>(
+    run: &RunDir,
+    clip_config: &ClipConfig,
+    device: &B::Device,
+    last: ClipModel<B>,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let best = if run.best().join("model.mpk").is_file() {
+        load_model(clip_config.init::<B>(device), &run.best(), device)?
+    } else {
+        last
+    };
+    clip_model::import::export_clip(&best.valid(), &run.exported_model())?;
+    observer.on_checkpoint(&run.exported_model(), "export");
+    Ok(())
+}
