@@ -476,3 +476,29 @@ mod tests {
         assert_eq!(back, c);
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// Every experiment in `configs/` parses and validates.
+    #[test]
+    fn every_config_in_the_repository_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = ExperimentConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+                c.clip_config().unwrap();
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2);
+        let seed = ExperimentConfig::load(&dir.join("flickr30k-rn50-distilbert.toml"), &[]).unwrap();
+        let mut want = ClipConfig::seed();
+        want.image_trainable = true;
+        assert_eq!(seed.clip_config().unwrap(), want);
+        assert_eq!((seed.data.batch_size, seed.data.image_size, seed.data.text_max_length), (32, 224, 200));
+    }
+}

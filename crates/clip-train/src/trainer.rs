@@ -120,7 +120,7 @@ pub fn train<B: AutodiffBackend>(
     // Model and optimizer, fresh or from the latest checkpoint.
     let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
     B::seed(device, t.seed);
-    let mut model = clip_config.init::<B>(device);
+    let mut model = materialize(clip_config.init::<B>(device));
     let mut optim = ClipOptimizer::<B>::new(t);
     let mut state = TrainState::new(optim.scaler.clone());
     if resume {
@@ -311,6 +311,18 @@ pub fn train<B: AutodiffBackend>(
     crate::plots::write_curves(run)?;
     observer.on_finish(&summary);
     Ok(summary)
+}
+
+/// Initializes every (lazily initialized) parameter now, while the generator holds the init seed.
+fn materialize<B: AutodiffBackend>(model: ClipModel<B>) -> ClipModel<B> {
+    struct Touch;
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+    model
 }
 
 /// Loads the configured initial weights into a fresh model.

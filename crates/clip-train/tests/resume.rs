@@ -1,0 +1,113 @@
+//! Resuming a stopped run continues the very same loss curve. In a test binary of its own: the
+//! backend's random generator is global to the process, and tests running in parallel threads
+//! would draw from it between our steps.
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use clip_train::checkpoint::read_state;
+use clip_train::metrics::{read_jsonl, StepMetrics};
+use clip_train::{train, ExperimentConfig, Observer, RunDir, Silent};
+
+type B = Autodiff<Flex>;
+
+/// A small experiment on `images` generated shapes of 32 px.
+fn config(dir: &Path, images: usize, overrides: &[&str]) -> ExperimentConfig {
+    let text = format!(
+        r#"
+name = "test"
+runs_dir = "runs"
+[data]
+captions = "data/results.csv"
+images = "data/images"
+image_size = 32
+text_max_length = 40
+batch_size = 32
+num_workers = 2
+val_size = 0.2
+[data.synthetic]
+images = {images}
+image_size = 32
+[model]
+image_encoder = "custom"
+text_encoder = "custom"
+projection_dim = 32
+dropout = 0.0
+normalize_embeddings = true
+learnable_temperature = true
+temperature = 0.07
+[model.image]
+block = "basic"
+layers = [1, 1, 1, 1]
+channels = [8, 16, 32, 64]
+stem_channels = 8
+zero_init_residual = false
+[model.text]
+vocab_size = 30522
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+intermediate_size = 64
+max_position_embeddings = 48
+dropout = 0.1
+attention_dropout = 0.0
+[train]
+epochs = 2
+lr = 2e-3
+weight_decay = 1e-4
+schedule = "cosine"
+warmup_steps = 5
+backend = "cpu"
+"#
+    );
+    let path = dir.join("exp.toml");
+    std::fs::write(&path, text).unwrap();
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    ExperimentConfig::load(&path, &overrides).unwrap()
+}
+
+fn steps(run: &RunDir) -> Vec<StepMetrics> {
+    read_jsonl(&run.metrics().join("steps.jsonl"))
+}
+
+/// Asks for a graceful stop after `at` steps.
+struct StopAt(usize, usize);
+impl Observer for StopAt {
+    fn on_step(&mut self, m: &StepMetrics) {
+        self.1 = m.step;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+#[test]
+fn a_stopped_run_resumes_with_the_same_loss_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout on, augmentation on, shuffling on: everything that draws random numbers.
+    let overrides = ["train.max_steps=14", "data.augment.horizontal_flip=true", "data.augment.random_resized_crop=true"];
+    let c = config(dir.path(), 120, &overrides);
+    assert_eq!(c.train.max_steps, Some(14));
+
+    let straight = RunDir::new(dir.path().join("straight"));
+    train::<B>(&c, &straight, false, &Default::default(), "cpu", &mut Silent).unwrap();
+
+    let resumed = RunDir::new(dir.path().join("resumed"));
+    let s = train::<B>(&c, &resumed, false, &Default::default(), "cpu", &mut StopAt(4, 0)).unwrap();
+    assert!(!s.completed && s.steps == 4);
+    assert_eq!(read_state(&resumed.latest().unwrap()).unwrap().step, 4);
+    // An epoch has 3 batches here: step 4 is mid-epoch, so the data order must be restored.
+    let s = train::<B>(&c, &resumed, true, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(s.completed && s.steps == 14);
+
+    let a = steps(&straight);
+    let b = steps(&resumed);
+    assert_eq!(a.len(), 14);
+    assert_eq!(b.iter().map(|m| m.step).collect::<Vec<_>>(), (1..=14).collect::<Vec<_>>());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.loss - y.loss).abs() < 1e-5, "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert_eq!((x.epoch, x.batch), (y.epoch, y.batch));
+    }
+}
+
