@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::Module;
 use clip_train::metrics::{read_jsonl, EpochMetrics, StepMetrics};
 use clip_train::{train, ExperimentConfig, RunDir, Silent};
 

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::Module;
 use clip_train::checkpoint::read_state;
 use clip_train::metrics::{read_jsonl, StepMetrics};
 use clip_train::{train, ExperimentConfig, Observer, RunDir, Silent};
