@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod data;
+mod infer;
 mod train;
 
 use std::path::PathBuf;
@@ -24,6 +25,14 @@ struct Cli {
 enum Command {
     /// Train a CLIP model from an experiment config (or resume a run).
     Train(train::TrainArgs),
+    /// Embed a folder of images (or a run's split) into an index; re-running embeds only new images.
+    Embed(infer::EmbedArgs),
+    /// Search an index by text or by image, or rank captions for an image.
+    Search(infer::SearchArgs),
+    /// Classify images by prompt templates; with ground truth, accuracy and a confusion matrix.
+    ZeroShot(infer::ZeroShotArgs),
+    /// Retrieval recall@1/5/10, both directions, on a run's validation split.
+    Eval(infer::EvalArgs),
     /// Inspect datasets and generate synthetic ones.
     Data {
         #[command(subcommand)]
@@ -70,6 +79,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data { command } => data::run(command),
         Command::Train(args) => train::run(args).map(|_| ()),
+        Command::Embed(args) => infer::embed(args),
+        Command::Search(args) => infer::search_cmd(args),
+        Command::ZeroShot(args) => infer::zero_shot(args),
+        Command::Eval(args) => infer::eval(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

@@ -152,3 +152,120 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// Trains a tiny model for a few steps and returns its run directory.
+fn tiny_run(dir: &Path, name: &str, seed: u64) -> std::path::PathBuf {
+    let config = write_config(dir, 30, 1);
+    let run = dir.join(name);
+    let out = clip()
+        .args(["train", "--plain", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["--set", "train.max_steps=3", "--set", &format!("train.seed={seed}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run
+}
+
+fn run_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = clip().args(args).args(["--backend", "cpu"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn run_err(args: &[&std::ffi::OsStr]) -> String {
+    let out = clip().args(args).args(["--backend", "cpu"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn embed_search_zero_shot_and_eval_on_a_trained_run() {
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "run", 1);
+    let images = dir.path().join("data/images");
+    // A folder with a few images, a non-image file that claims to be one, and a text file.
+    let folder = dir.path().join("folder");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    for name in ["00000.jpg", "00001.jpg", "00002.jpg"] {
+        std::fs::copy(images.join(name), folder.join(name)).unwrap();
+    }
+    std::fs::copy(images.join("00003.jpg"), folder.join("sub/00003.jpg")).unwrap();
+    std::fs::write(folder.join("broken.jpg"), b"not a picture").unwrap();
+    std::fs::write(folder.join("notes.txt"), b"ignored").unwrap();
+    let index = dir.path().join("index");
+    let o = |s: &str| OsStr::new(s).to_os_string();
+    let (run_s, folder_s, index_s) = (run.as_os_str(), folder.as_os_str(), index.as_os_str());
+
+    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), index_s]);
+    assert!(out.contains("5 images: 0 already indexed, 5 to embed"), "{out}");
+    assert!(out.contains("skipped") && out.contains("broken.jpg"), "{out}");
+    assert!(out.contains("index") && out.contains("4 images"), "{out}");
+    // numpy-readable matrix, one row per image.
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index.join("index.json")).unwrap()).unwrap();
+    let npy = std::fs::read(index.join(meta["embeddings"].as_str().unwrap())).unwrap();
+    assert!(npy.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&npy[..128]).contains("'shape': (4, 16)"));
+
+    // A grown folder: only the new image is embedded.
+    std::fs::copy(images.join("00004.jpg"), folder.join("00004.jpg")).unwrap();
+    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), index_s]);
+    assert!(out.contains("6 images: 4 already indexed, 2 to embed"), "{out}");
+
+    let grid = dir.path().join("grid.png");
+    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("a large red circle"), &o("-k"), &o("4"), &o("--grid"), grid.as_os_str()]);
+    assert_eq!(out.lines().filter(|l| l.contains("folder/")).count(), 4, "{out}");
+    assert!(grid.is_file());
+    let query = folder.join("00001.jpg");
+    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("--image"), query.as_os_str(), &o("-k"), &o("1"), &o("--grid"), grid.as_os_str()]);
+    assert!(out.lines().any(|l| l.starts_with("1.0000") && l.contains("00001.jpg")), "an image finds itself first: {out}");
+    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("--image"), query.as_os_str(), &o("--captions"), &o("a red circle,a blue square")]);
+    assert_eq!(out.lines().filter(|l| l.contains("a red circle") || l.contains("a blue square")).count(), 2, "{out}");
+
+    // Zero-shot with folder names as ground truth.
+    let classes = dir.path().join("classes");
+    for (class, name) in [("red", "00000.jpg"), ("red", "00001.jpg"), ("blue", "00002.jpg")] {
+        std::fs::create_dir_all(classes.join(class)).unwrap();
+        std::fs::copy(images.join(name), classes.join(class).join(name)).unwrap();
+    }
+    let report = dir.path().join("zs.json");
+    let out = run_ok(&[&o("zero-shot"), &o("--checkpoint"), run_s, &o("--images"), classes.as_os_str(), &o("--labels"), &o("red,blue"), &o("--json"), report.as_os_str()]);
+    assert!(out.contains("on 3 labelled images") && out.contains("true\\pred"), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["evaluated"], 3);
+    let total: u64 = r["confusion"]["matrix"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 3);
+
+    let out = run_ok(&[&o("eval"), &o("--checkpoint"), run_s]);
+    assert!(out.contains("text→image") && out.contains("median rank"), "{out}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
+    assert_eq!(e["retrieval"]["images"], 6);
+
+    // An index made by another model is refused.
+    let other = tiny_run(dir.path(), "other", 2);
+    let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--checkpoint"), other.as_os_str()]);
+    assert!(err.contains("built by model") && err.contains("index"), "{err}");
+    let err = run_err(&[&o("embed"), &o("--checkpoint"), other.as_os_str(), &o("--images"), folder_s, &o("--out"), index_s]);
+    assert!(err.contains("another model"), "{err}");
+
+    // An empty index says so.
+    let empty_dir = dir.path().join("empty");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let empty_index = dir.path().join("empty-index");
+    run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), empty_dir.as_os_str(), &o("--out"), empty_index.as_os_str()]);
+    let err = run_err(&[&o("search"), &o("--index"), empty_index.as_os_str(), &o("red")]);
+    assert!(err.contains("empty"), "{err}");
+
+    // A run whose weights belong to another architecture: a clear error.
+    let card_path = other.join("model.json");
+    let mut card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["clip"]["projection_dim"] = serde_json::json!(24);
+    std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
+    let err = run_err(&[&o("eval"), &o("--checkpoint"), other.as_os_str()]);
+    assert!(err.contains("shape mismatch") && err.contains("projection"), "{err}");
+}

@@ -1,6 +1,19 @@
-//! What users do with a trained CLIP model. So far: evaluation of a split (loss, in-batch accuracy
-//! and retrieval recall with the multi-caption protocol), shared with the trainer's validation.
+//! What users do with a trained CLIP model: load it from a run directory ([`card`]), embed images
+//! and texts ([`embed`]) into an on-disk index ([`index`]), search it ([`search`]), classify
+//! zero-shot ([`zeroshot`]), and evaluate retrieval on a split ([`evaluate`], which training also
+//! uses for validation).
 
+pub mod card;
+pub mod embed;
+pub mod error;
 pub mod evaluate;
+pub mod index;
+pub mod search;
+pub mod zeroshot;
 
+pub use card::{LoadedModel, ModelCard};
+pub use error::{InferError, Result};
 pub use evaluate::{evaluate, Evaluation};
+pub use index::EmbeddingIndex;
+pub use search::{search, Hit};
+pub use zeroshot::{Confusion, ZeroShotClassifier};

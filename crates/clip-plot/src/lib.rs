@@ -1,9 +1,11 @@
-//! PNG figures for CLIP runs: line charts of training curves, with an embedded font
+//! PNG figures for CLIP runs: line charts of training curves and image grids, with an embedded font
 //! (DejaVu Sans, see `assets/LICENSE-DejaVu.txt`) so text renders on machines with no fonts.
 
 pub mod curves;
+pub mod grid;
 
 pub use curves::{plot_panels, Panel, Series};
+pub use grid::{image_grid, Tile};
 
 /// Why a figure could not be made.
 #[derive(Debug, thiserror::Error)]

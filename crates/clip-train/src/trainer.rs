@@ -13,6 +13,7 @@ use burn::tensor::ElementConversion;
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_model::loss::in_batch_accuracy;
+use clip_infer::ModelCard;
 use clip_model::{ClipConfig, ClipModel};
 use serde::{Deserialize, Serialize};
 
@@ -75,13 +76,6 @@ pub struct TrainSummary {
     pub last_epoch: Option<EpochMetrics>,
     pub skipped_steps: usize,
     pub elapsed_s: f64,
-}
-
-/// Everything inference needs to rebuild the model and its preprocessing (`model.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelCard {
-    pub clip: ClipConfig,
-    pub data: clip_data::DataConfig,
 }
 
 /// Starts a new run in `run` (an empty directory) or resumes the one there.

@@ -1,0 +1,417 @@
+//! `clip embed`, `clip search`, `clip zero-shot`, `clip eval`: using a trained model.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
+use clip_infer::embed::list_images;
+use clip_infer::index::{EmbeddingIndex, IndexEntry};
+use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
+use clip_infer::{search, Confusion, LoadedModel, ZeroShotClassifier};
+use clip_plot::{image_grid, Tile};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::backend::{dispatch, BackendChoice, BackendTask};
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    crate::backend::parse_backend(s)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EmbedArgs {
+    /// Run directory of the model.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Folder of images to embed (recursively).
+    #[arg(long, conflicts_with = "split")]
+    pub images: Option<PathBuf>,
+    /// Embed the images of the run's `train` or `val` split instead.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Index directory (created, or updated with new and changed images).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    #[arg(long, value_parser = parse_backend, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// Index directory made by `clip embed`.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Text query (text → image).
+    pub query: Option<String>,
+    /// Image query: image → image, or image → text with --captions.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Captions to rank for --image, comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "image")]
+    pub captions: Vec<String>,
+    /// Captions to rank for --image, one per line.
+    #[arg(long, requires = "image")]
+    pub captions_file: Option<PathBuf>,
+    #[arg(short, long, default_value_t = 9)]
+    pub k: usize,
+    /// Grid PNG of the matches.
+    #[arg(long, default_value = "search-results.png")]
+    pub grid: PathBuf,
+    /// Use this run's model instead of the one recorded in the index (must be the same model).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long, value_parser = parse_backend, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ZeroShotArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Folder of images to classify (recursively).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Class names, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub labels: Vec<String>,
+    /// Prompt templates, one per line with `{}` for the label (default: "a photo of a {}.").
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// CSV giving each image's true label (columns `image` and --label-column); without it,
+    /// an image's folder name is its label when it is one of the labels.
+    #[arg(long)]
+    pub ground_truth: Option<PathBuf>,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Labels shown per image.
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+    /// Print every image (default: the first 20).
+    #[arg(long)]
+    pub all: bool,
+    /// Write predictions, accuracy and the confusion matrix here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, value_parser = parse_backend, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// `val` (default) or `train`.
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Where to write the JSON (default: RUN/eval-<split>.json).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_parser = parse_backend, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+fn progress_bar(total: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})").expect("template").progress_chars("=> "));
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The image files of a run's split.
+fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
+    let s = Split::load(&run.join("split.json"))?;
+    let names = match split {
+        "val" => s.val,
+        "train" => s.train,
+        other => bail!("--split must be `train` or `val`, not {other:?}"),
+    };
+    Ok(names.iter().map(|n| card.data.images.join(n)).collect())
+}
+
+impl BackendTask for EmbedArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let files = match (&self.images, &self.split) {
+            (Some(dir), _) => list_images(dir).with_context(|| format!("listing {}", dir.display()))?,
+            (None, Some(split)) => split_images(&self.checkpoint, split, &model.card)?,
+            (None, None) => bail!("give --images DIR or --split train|val"),
+        };
+        let files: Vec<PathBuf> = files.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        let mut index = if EmbeddingIndex::exists(&self.out) {
+            let index = EmbeddingIndex::load(&self.out)?;
+            if index.meta.model_id != model.id {
+                bail!(
+                    "{}: this index was built by another model ({} from {}); this is {} from {}. Use a new --out",
+                    self.out.display(),
+                    index.meta.model_id,
+                    index.meta.run_dir.display(),
+                    model.id,
+                    self.checkpoint.display()
+                );
+            }
+            index
+        } else {
+            EmbeddingIndex::new(&model.id, &std::fs::canonicalize(&self.checkpoint).unwrap_or(self.checkpoint.clone()), model.card.clip.projection_dim)
+        };
+        // Keep rows of files still there and unchanged; embed the new and the changed.
+        let wanted: HashSet<&PathBuf> = files.iter().collect();
+        let mut kept = EmbeddingIndex::new(&index.meta.model_id, &index.meta.run_dir, index.meta.dim);
+        kept.meta.embeddings = index.meta.embeddings.clone();
+        let mut have = HashSet::new();
+        for (i, e) in index.meta.entries.iter().enumerate() {
+            if wanted.contains(&e.path) && IndexEntry::of(&e.path).is_ok_and(|now| &now == e) {
+                kept.meta.entries.push(e.clone());
+                kept.rows.extend_from_slice(index.row(i));
+                have.insert(e.path.clone());
+            }
+        }
+        let todo: Vec<PathBuf> = files.iter().filter(|p| !have.contains(*p)).cloned().collect();
+        println!(
+            "{} images: {} already indexed, {} to embed, {} removed ({backend})",
+            files.len(),
+            have.len(),
+            todo.len(),
+            index.len() - have.len()
+        );
+        let bar = progress_bar(todo.len(), "embedding");
+        let emb = model.embed_images(&todo, self.batch, self.workers, &device, &mut |done, _| bar.set_position(done as u64));
+        bar.finish_and_clear();
+        for (p, reason) in &emb.skipped {
+            eprintln!("skipped {}: {reason}", p.display());
+        }
+        for (i, p) in emb.paths.iter().enumerate() {
+            kept.meta.entries.push(IndexEntry::of(p)?);
+            kept.rows.extend_from_slice(&emb.rows[i * emb.dim..(i + 1) * emb.dim]);
+        }
+        index = kept;
+        index.save(&self.out)?;
+        println!("index {}: {} images, {} dimensions ({} skipped as unreadable)", self.out.display(), index.len(), index.meta.dim, emb.skipped.len());
+        Ok(())
+    }
+}
+
+impl BackendTask for SearchArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+        let index = EmbeddingIndex::load(&self.index)?;
+        let run = self.checkpoint.clone().unwrap_or_else(|| index.meta.run_dir.clone());
+        let model = LoadedModel::<B::InnerBackend>::from_run(&run, &device)?;
+        if model.id != index.meta.model_id {
+            bail!(
+                "{}: the index was built by model {} ({}), but {} holds model {}; embed again with this model",
+                self.index.display(),
+                index.meta.model_id,
+                index.meta.run_dir.display(),
+                run.display(),
+                model.id
+            );
+        }
+        let mut captions = self.captions.clone();
+        if let Some(f) = &self.captions_file {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            captions.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        }
+        let (query, label) = match (&self.query, &self.image) {
+            (Some(text), None) => (model.embed_texts(std::slice::from_ref(text), &device)?.0, format!("\"{text}\"")),
+            (None, Some(img)) => {
+                let e = model.embed_images(std::slice::from_ref(img), 1, 1, &device, &mut |_, _| {});
+                if let Some((p, reason)) = e.skipped.first() {
+                    bail!("{}: cannot use as a query: {reason}", p.display());
+                }
+                (e.rows, img.display().to_string())
+            }
+            (Some(_), Some(_)) => bail!("give a text query or --image, not both"),
+            (None, None) => bail!("give a text query or --image FILE"),
+        };
+        if !captions.is_empty() {
+            // Image → text: rank the given captions.
+            let (rows, dim) = model.embed_texts(&captions, &device)?;
+            let hits = &search(&rows, &query, dim, captions.len(), 1)[0];
+            println!("captions for {label}:");
+            for h in hits {
+                println!("{:.4}  {}", h.score, captions[h.index]);
+            }
+            return Ok(());
+        }
+        if index.is_empty() {
+            bail!("{}: the index is empty, nothing to search", self.index.display());
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hits = &search(&index.rows, &query, index.meta.dim, self.k, threads)[0];
+        println!("top {} of {} for {label}:", hits.len(), index.len());
+        let mut tiles = Vec::new();
+        for h in hits {
+            let path = &index.meta.entries[h.index].path;
+            println!("{:.4}  {}", h.score, path.display());
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            tiles.push(Tile { image: path.clone(), caption: format!("{:.3} {name}", h.score) });
+        }
+        let columns = (hits.len() as f64).sqrt().ceil() as usize;
+        image_grid(&self.grid, &label, &tiles, columns, 200).map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("grid: {}", self.grid.display());
+        Ok(())
+    }
+}
+
+/// Each image's true label from a CSV (`image` column + a label column), keyed by file name.
+fn read_ground_truth(path: &Path, column: &str) -> Result<HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
+    let find = |name: &str| headers.iter().position(|h| h.trim() == name);
+    let (Some(ic), Some(lc)) = (find("image"), find(column)) else {
+        bail!("{}: needs columns `image` and `{column}`; found {:?}", path.display(), headers.iter().collect::<Vec<_>>());
+    };
+    let mut map = HashMap::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("{}: line {}", path.display(), i + 2))?;
+        if let (Some(img), Some(label)) = (row.get(ic), row.get(lc)) {
+            map.insert(img.trim().to_string(), label.trim().to_string());
+        }
+    }
+    Ok(map)
+}
+
+#[derive(serde::Serialize)]
+struct ZeroShotReport {
+    labels: Vec<String>,
+    templates: Vec<String>,
+    predictions: Vec<(String, Vec<(String, f32)>)>,
+    accuracy: Option<f64>,
+    evaluated: usize,
+    confusion: Option<Confusion>,
+    skipped: Vec<String>,
+}
+
+impl BackendTask for ZeroShotArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let labels: Vec<String> = self.labels.iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let templates = match &self.templates {
+            Some(p) => parse_templates(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
+            None => vec![DEFAULT_TEMPLATE.to_string()],
+        };
+        let classifier = ZeroShotClassifier::new(&model, &labels, &templates, &device)?;
+        let files = list_images(&self.images).with_context(|| format!("listing {}", self.images.display()))?;
+        if files.is_empty() {
+            bail!("{}: no images found", self.images.display());
+        }
+        let bar = progress_bar(files.len(), "classifying");
+        let emb = model.embed_images(&files, self.batch, 4, &device, &mut |done, _| bar.set_position(done as u64));
+        bar.finish_and_clear();
+        for (p, reason) in &emb.skipped {
+            eprintln!("skipped {}: {reason}", p.display());
+        }
+        let truth_map = match &self.ground_truth {
+            Some(p) => Some(read_ground_truth(p, &self.label_column)?),
+            None => None,
+        };
+        let label_of = |p: &Path| -> Option<usize> {
+            let name = match &truth_map {
+                Some(m) => m.get(p.file_name()?.to_str()?)?.clone(),
+                None => p.parent()?.file_name()?.to_str()?.to_string(),
+            };
+            labels.iter().position(|l| *l == name)
+        };
+        let scale = model.model.scale().into_scalar();
+        let scale: f32 = burn::tensor::ElementConversion::elem(scale);
+        let mut confusion = Confusion::new(&labels);
+        let mut predictions = Vec::new();
+        for (i, p) in emb.paths.iter().enumerate() {
+            let probs = classifier.probabilities(&emb.rows[i * emb.dim..(i + 1) * emb.dim], scale);
+            let mut order: Vec<usize> = (0..labels.len()).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let top: Vec<(String, f32)> = order.iter().take(self.top).map(|&l| (labels[l].clone(), probs[l])).collect();
+            if self.all || i < 20 {
+                let shown: Vec<String> = top.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
+                println!("{}: {}", p.display(), shown.join(", "));
+            }
+            if let Some(t) = label_of(p) {
+                confusion.add(t, order[0]);
+            }
+            predictions.push((p.display().to_string(), top));
+        }
+        if !self.all && emb.paths.len() > 20 {
+            println!("... {} more (--all shows every image)", emb.paths.len() - 20);
+        }
+        let evaluated = confusion.total();
+        let (accuracy, confusion) = if evaluated > 0 {
+            println!("\naccuracy {:.2}% on {evaluated} labelled images\n{}", confusion.accuracy() * 100.0, confusion.table());
+            (Some(confusion.accuracy()), Some(confusion))
+        } else {
+            (None, None)
+        };
+        if let Some(path) = &self.json {
+            let report = ZeroShotReport {
+                labels,
+                templates,
+                predictions,
+                accuracy,
+                evaluated,
+                confusion,
+                skipped: emb.skipped.iter().map(|(p, r)| format!("{}: {r}", p.display())).collect(),
+            };
+            clip_data::fs::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+impl BackendTask for EvalArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let data = &model.card.data;
+        let dataset = CaptionDataset::load(data)?;
+        let split_path = self.checkpoint.join("split.json");
+        let split = SplitDataset::from_split(&dataset, Split::load(&split_path)?, &split_path)?;
+        let pairs = match self.split.as_str() {
+            "val" => split.val,
+            "train" => split.train,
+            other => bail!("--split must be `train` or `val`, not {other:?}"),
+        };
+        if pairs.is_empty() {
+            bail!("the {} split of {} is empty", self.split, self.checkpoint.display());
+        }
+        println!("evaluating {} on the {} split: {} images, {} captions ({backend})", model.weights.display(), self.split, pairs.images().len(), pairs.len());
+        let loader = ClipLoader::new(pairs, ExamplePipeline::eval(data)?, data.loader(false));
+        let e = clip_infer::evaluate(&model.model, &loader, &device)?;
+        let r = &e.retrieval;
+        println!("loss {:.4}   in-batch accuracy image→text {:.1}%  text→image {:.1}%", e.loss, e.acc_i2t * 100.0, e.acc_t2i * 100.0);
+        println!("{:<14} {:>7} {:>7} {:>7} {:>11} {:>13}", "direction", "R@1", "R@5", "R@10", "mean rank", "median rank");
+        println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "text→image", r.t2i_r1 * 100.0, r.t2i_r5 * 100.0, r.t2i_r10 * 100.0, r.t2i_mean_rank, r.t2i_median_rank);
+        println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", r.i2t_r1 * 100.0, r.i2t_r5 * 100.0, r.i2t_r10 * 100.0, r.i2t_mean_rank, r.i2t_median_rank);
+        let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
+        clip_data::fs::write_atomic(&path, &serde_json::to_vec_pretty(&e)?)?;
+        println!("wrote {}", path.display());
+        Ok(())
+    }
+}
+
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    dispatch(args.backend, args)
+}
+pub fn search_cmd(args: SearchArgs) -> Result<()> {
+    dispatch(args.backend, args)
+}
+pub fn zero_shot(args: ZeroShotArgs) -> Result<()> {
+    dispatch(args.backend, args)
+}
+pub fn eval(args: EvalArgs) -> Result<()> {
+    dispatch(args.backend, args)
+}

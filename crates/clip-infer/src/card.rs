@@ -1,0 +1,103 @@
+//! A trained model as inference sees it: `model.json` (architecture and preprocessing) and the
+//! weights of a run directory, with an identity that indexes record.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::Backend;
+use clip_data::{CaptionTokenizer, DataConfig, ImageTransform};
+use clip_model::{ClipConfig, ClipModel};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{InferError, Result};
+
+/// Everything needed to rebuild a model and its preprocessing; written by training as `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub clip: ClipConfig,
+    pub data: DataConfig,
+}
+
+/// A model loaded from a run directory, with what it needs to embed images and captions.
+pub struct LoadedModel<B: Backend> {
+    pub model: ClipModel<B>,
+    pub card: ModelCard,
+    pub transform: ImageTransform,
+    pub tokenizer: CaptionTokenizer,
+    /// Identifies architecture + weights: indexes built by another model are refused.
+    pub id: String,
+    pub run_dir: PathBuf,
+    pub weights: PathBuf,
+}
+
+/// 64-bit FNV-1a, stable across platforms and Rust versions.
+pub(crate) fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The weights a run directory offers, best first: the exported best model, the best checkpoint,
+/// the latest step checkpoint.
+fn find_weights(run: &Path) -> Option<PathBuf> {
+    let exported = run.join("model.safetensors");
+    if exported.is_file() {
+        return Some(exported);
+    }
+    let best = run.join("checkpoints/best/model.mpk");
+    if best.is_file() {
+        return Some(best);
+    }
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) && p.join("model.mpk").is_file())
+        .collect();
+    steps.sort();
+    steps.pop().map(|p| p.join("model.mpk"))
+}
+
+impl<B: Backend> LoadedModel<B> {
+    /// Loads the model of a run directory (`model.json` + its best weights).
+    pub fn from_run(run: &Path, device: &B::Device) -> Result<Self> {
+        let card_path = run.join("model.json");
+        let bytes = std::fs::read(&card_path).map_err(|e| InferError::Run {
+            path: run.into(),
+            message: format!("not a run directory: cannot read model.json ({e})"),
+        })?;
+        let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| InferError::Run {
+            path: card_path.clone(),
+            message: format!("not a model card: {e}"),
+        })?;
+        let weights = find_weights(run).ok_or_else(|| InferError::Run {
+            path: run.into(),
+            message: "no weights (model.safetensors or checkpoints/) in this run".into(),
+        })?;
+        let fresh = card.clip.init::<B>(device);
+        let model = if weights.extension().is_some_and(|e| e == "safetensors") {
+            clip_model::import::import_clip(fresh, &weights)?.0
+        } else {
+            let settings = fresh.settings;
+            let mut m = fresh
+                .load_file(weights.with_extension(""), &NamedMpkFileRecorder::<FullPrecisionSettings>::new(), device)
+                .map_err(|e| InferError::Run { path: weights.clone(), message: format!("cannot load weights: {e}") })?;
+            m.settings = settings;
+            m
+        };
+        let weight_bytes = std::fs::read(&weights).map_err(|e| InferError::io(&weights, e))?;
+        let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&serde_json::to_vec(&card.clip).expect("serializes"), 0xcbf2_9ce4_8422_2325)));
+        let tokenizer = card.data.tokenizer()?;
+        Ok(Self {
+            transform: card.data.image_transform(),
+            model,
+            card,
+            tokenizer,
+            id,
+            run_dir: run.into(),
+            weights,
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! An embedding index on disk: a directory with `index.json` (the model that made it, and one
+//! entry per image) and a NumPy `.npy` float32 matrix of L2-normalized embeddings, row `i` for
+//! entry `i` (`numpy.load` reads it).
+//!
+//! Saving writes a new `.npy` under a fresh name, then replaces `index.json` atomically, then
+//! removes the old matrix: a reader sees the old index or the new one, never a half-written one.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{InferError, Result};
+
+/// One indexed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub path: PathBuf,
+    /// Size and modification time when embedded: a changed file is embedded again.
+    pub size: u64,
+    pub modified: u64,
+}
+
+impl IndexEntry {
+    /// The entry describing `path` as it is on disk now.
+    pub fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| InferError::io(path, e))?;
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        Ok(Self { path: path.into(), size: meta.len(), modified })
+    }
+}
+
+/// `index.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexMeta {
+    pub version: u32,
+    /// The identity of the model that made the embeddings (see `LoadedModel::id`).
+    pub model_id: String,
+    /// The run directory of that model (used to embed queries).
+    pub run_dir: PathBuf,
+    pub dim: usize,
+    /// The matrix file, relative to the index directory.
+    pub embeddings: String,
+    pub entries: Vec<IndexEntry>,
+}
+
+/// An index in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingIndex {
+    pub meta: IndexMeta,
+    /// `[entries, dim]`, row-major, L2-normalized rows.
+    pub rows: Vec<f32>,
+}
+
+impl EmbeddingIndex {
+    pub fn new(model_id: &str, run_dir: &Path, dim: usize) -> Self {
+        Self {
+            meta: IndexMeta {
+                version: 1,
+                model_id: model_id.into(),
+                run_dir: run_dir.into(),
+                dim,
+                embeddings: String::new(),
+                entries: Vec::new(),
+            },
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.meta.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meta.entries.is_empty()
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.rows[i * self.meta.dim..(i + 1) * self.meta.dim]
+    }
+
+    /// Whether `dir` holds an index.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("index.json").is_file()
+    }
+
+    /// Reads the index in `dir`, checking that the matrix agrees with the entries.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let json = dir.join("index.json");
+        let bad = |message: String| InferError::Index { path: dir.into(), message };
+        let bytes = std::fs::read(&json).map_err(|e| bad(format!("no index here (cannot read index.json: {e})")))?;
+        let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index.json is not an index: {e}")))?;
+        if meta.entries.is_empty() {
+            return Ok(Self { meta, rows: Vec::new() });
+        }
+        let npy = dir.join(&meta.embeddings);
+        let (shape, rows) = read_npy_f32(&npy)?;
+        if shape != [meta.entries.len(), meta.dim] {
+            return Err(bad(format!(
+                "{} holds a {:?} matrix but index.json lists {} entries of {} dimensions",
+                meta.embeddings,
+                shape,
+                meta.entries.len(),
+                meta.dim
+            )));
+        }
+        Ok(Self { meta, rows })
+    }
+
+    /// Writes the index into `dir` (created if needed), atomically.
+    pub fn save(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| InferError::io(dir, e))?;
+        assert_eq!(self.rows.len(), self.meta.entries.len() * self.meta.dim, "rows match entries");
+        let old = self.meta.embeddings.clone();
+        let stamp = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("embeddings-{stamp:x}.npy");
+        let npy = write_npy_f32(&self.rows, [self.meta.entries.len(), self.meta.dim]);
+        clip_data::fs::write_atomic(&dir.join(&name), &npy)?;
+        self.meta.embeddings = name;
+        let json = serde_json::to_vec_pretty(&self.meta).expect("meta serializes");
+        if let Err(e) = clip_data::fs::write_atomic(&dir.join("index.json"), &json) {
+            let _ = std::fs::remove_file(dir.join(&self.meta.embeddings));
+            self.meta.embeddings = old;
+            return Err(e.into());
+        }
+        if !old.is_empty() && old != self.meta.embeddings {
+            let _ = std::fs::remove_file(dir.join(old));
+        }
+        Ok(())
+    }
+}
+
+/// Serializes a float32 matrix in NumPy's `.npy` format (version 1.0, C order).
+pub fn write_npy_f32(data: &[f32], shape: [usize; 2]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", shape[0], shape[1]);
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Reads a 2-D little-endian float32 `.npy` file (version 1 or 2, C order).
+pub fn read_npy_f32(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
+    let bytes = std::fs::read(path).map_err(|e| InferError::io(path, e))?;
+    let bad = |m: &str| InferError::Index { path: path.into(), message: format!("not a float32 .npy matrix: {m}") };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("bad magic"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => return Err(bad("unknown version")),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header"))?;
+    if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
+        return Err(bad("only little-endian float32 in C order"));
+    }
+    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| bad("shape"))).collect::<Result<_>>()?;
+    let [n, d] = dims[..] else { return Err(bad("expected a 2-D matrix")) };
+    let body = &bytes[start + len..];
+    if body.len() != n * d * 4 {
+        return Err(bad(&format!("expected {} bytes of data, found {} (truncated?)", n * d * 4, body.len())));
+    }
+    let data = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok(([n, d], data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trip_and_truncation_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        std::fs::write(&p, write_npy_f32(&data, [3, 4])).unwrap();
+        assert_eq!(read_npy_f32(&p).unwrap(), ([3, 4], data));
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!((bytes.len() - 48) % 64, 0, "header aligned to 64 bytes");
+        std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(read_npy_f32(&p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn save_replaces_the_matrix_and_load_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = EmbeddingIndex::new("abc", Path::new("/runs/x"), 2);
+        idx.meta.entries.push(IndexEntry { path: "a.jpg".into(), size: 1, modified: 2 });
+        idx.rows = vec![1.0, 0.0];
+        idx.save(dir.path()).unwrap();
+        let first = idx.meta.embeddings.clone();
+        idx.meta.entries.push(IndexEntry { path: "b.jpg".into(), size: 1, modified: 2 });
+        idx.rows.extend([0.0, 1.0]);
+        idx.save(dir.path()).unwrap();
+        assert_ne!(first, idx.meta.embeddings);
+        assert!(!dir.path().join(&first).exists(), "old matrix removed");
+        let back = EmbeddingIndex::load(dir.path()).unwrap();
+        assert_eq!(back, idx);
+        // A matrix that disagrees with index.json is an error, not a silent mismatch.
+        std::fs::write(dir.path().join(&idx.meta.embeddings), write_npy_f32(&[1.0, 0.0], [1, 2])).unwrap();
+        let err = EmbeddingIndex::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("2 entries"), "{err}");
+        assert!(EmbeddingIndex::load(&dir.path().join("nothing")).unwrap_err().to_string().contains("no index here"));
+    }
+}
