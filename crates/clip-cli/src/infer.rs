@@ -11,7 +11,7 @@ use clip_infer::embed::list_images;
 use clip_infer::index::{EmbeddingIndex, IndexEntry};
 use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
 use clip_infer::{search, Confusion, LoadedModel, ZeroShotClassifier};
-use clip_plot::{image_grid, Tile};
+use clip_plot::{render_grid, Tile};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
@@ -259,7 +259,8 @@ impl BackendTask for SearchArgs {
             tiles.push(Tile { image: path.clone(), caption: format!("{:.3} {name}", h.score) });
         }
         let columns = (hits.len() as f64).sqrt().ceil() as usize;
-        image_grid(&self.grid, &label, &tiles, columns, 200).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let png = render_grid(&label, &tiles, columns, 200)?;
+        clip_data::fs::write_atomic(&self.grid, &png)?;
         println!("grid: {}", self.grid.display());
         Ok(())
     }

@@ -256,7 +256,7 @@ pub fn parse_data_config(text: &str, path: &Path) -> Result<DataConfig> {
 }
 
 /// Joins `path` onto `base` and removes `.` and `..` components lexically.
-pub(crate) fn join_clean(base: &Path, path: &Path) -> PathBuf {
+pub fn join_clean(base: &Path, path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in base.join(path).components() {

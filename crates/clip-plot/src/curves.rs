@@ -1,10 +1,8 @@
 //! A grid of line charts (one panel per quantity), as a PNG.
 
-use std::path::Path;
-
 use plotters::prelude::*;
 
-use crate::{ensure_font, write_png, PlotError};
+use crate::{encode_png, ensure_font, PlotError};
 
 /// One line.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,10 +28,10 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// Draws `panels` in a grid of two columns and writes a PNG of `width` × `height`.
-pub fn plot_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<(), PlotError> {
+/// Draws `panels` in a grid of two columns: a PNG of `width` × `height`.
+pub fn render_panels(panels: &[Panel], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
     ensure_font();
-    let err = |e: String| PlotError::Draw { path: path.into(), message: e };
+    let err = PlotError;
     let mut buf = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
@@ -45,7 +43,7 @@ pub fn plot_panels(path: &Path, panels: &[Panel], width: u32, height: u32) -> Re
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    write_png(path, width, height, buf)
+    encode_png(width, height, buf)
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, panel: &Panel) -> Result<(), String> {
@@ -108,16 +106,14 @@ mod tests {
 
     #[test]
     fn writes_a_png_with_ink_in_every_panel() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("curves.png");
         let line = |name: &str, k: f64| Series { name: name.into(), points: (0..20).map(|i| (i as f64, k * (i as f64).sqrt())).collect() };
         let panels = vec![
             Panel { title: "loss".into(), x_label: "step".into(), series: vec![line("train", 1.0), line("val", 2.0)] },
             Panel { title: "recall".into(), x_label: "epoch".into(), series: vec![line("r@1", 0.1)] },
             Panel { title: "empty".into(), x_label: "step".into(), series: vec![] },
         ];
-        plot_panels(&path, &panels, 800, 600).unwrap();
-        let img = image::open(&path).unwrap().to_rgb8();
+        let png = render_panels(&panels, 800, 600).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (800, 600));
         // Non-white pixels in the top-left and top-right panels (axes, lines, text).
         let ink = |x0: u32, x1: u32| (x0..x1).flat_map(|x| (0..300).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0 != [255, 255, 255]).count();

@@ -1,11 +1,11 @@
 //! A grid of images with a caption under each (search results with their scores).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use image::{imageops, Rgb, RgbImage};
 use plotters::prelude::*;
 
-use crate::{ensure_font, write_png, PlotError};
+use crate::{encode_png, ensure_font, PlotError};
 
 /// One cell: a picture and the text under it.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,9 +17,9 @@ pub struct Tile {
 const TEXT_HEIGHT: u32 = 26;
 const PAD: u32 = 6;
 
-/// Draws `tiles` in rows of `columns`, each picture fitted into a `cell` × `cell` square, and writes a PNG.
+/// Draws `tiles` in rows of `columns`, each picture fitted into a `cell` × `cell` square: a PNG.
 /// A picture that cannot be read becomes a grey square saying so.
-pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, cell: u32) -> Result<(), PlotError> {
+pub fn render_grid(title: &str, tiles: &[Tile], columns: usize, cell: u32) -> Result<Vec<u8>, PlotError> {
     ensure_font();
     let columns = columns.max(1) as u32;
     let rows = (tiles.len() as u32).div_ceil(columns).max(1);
@@ -50,7 +50,7 @@ pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, cell
     let mut buf = canvas.into_raw();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        let err = |e: String| PlotError::Draw { path: path.into(), message: e };
+        let err = PlotError;
         let font = ("sans-serif", 16).into_font().color(&BLACK);
         if !title.is_empty() {
             root.draw(&Text::new(title.to_string(), (PAD as i32, (PAD + 2) as i32), ("sans-serif", 20).into_font().color(&BLACK)))
@@ -71,7 +71,7 @@ pub fn image_grid(path: &Path, title: &str, tiles: &[Tile], columns: usize, cell
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    write_png(path, w, h, buf)
+    encode_png(w, h, buf)
 }
 
 #[cfg(test)]
@@ -90,9 +90,8 @@ mod tests {
             Tile { image: junk, caption: "0.500 junk.jpg".into() },
             Tile { image: red, caption: "0.100 red again".into() },
         ];
-        let out = dir.path().join("grid.png");
-        image_grid(&out, "query", &tiles, 2, 100).unwrap();
-        let img = image::open(&out).unwrap().to_rgb8();
+        let png = render_grid("query", &tiles, 2, 100).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.width(), 2 * 106 + 6);
         // The first picture is red in the middle of its cell; the second cell is grey.
         let title = TEXT_HEIGHT + PAD;

@@ -1,24 +1,17 @@
 //! PNG figures for CLIP runs: line charts of training curves and image grids, with an embedded font
 //! (DejaVu Sans, see `assets/LICENSE-DejaVu.txt`) so text renders on machines with no fonts.
+//! Figures come back as PNG bytes; the caller writes them (atomically).
 
 pub mod curves;
 pub mod grid;
 
-pub use curves::{plot_panels, Panel, Series};
-pub use grid::{image_grid, Tile};
+pub use curves::{render_panels, Panel, Series};
+pub use grid::{render_grid, Tile};
 
-/// Why a figure could not be made.
+/// Why a figure could not be drawn.
 #[derive(Debug, thiserror::Error)]
-pub enum PlotError {
-    #[error("{path}: {message}")]
-    Draw { path: std::path::PathBuf, message: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+#[error("cannot draw the figure: {0}")]
+pub struct PlotError(String);
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -30,21 +23,11 @@ pub(crate) fn ensure_font() {
     });
 }
 
-/// Encodes an RGB buffer as PNG and writes it atomically (temp file + rename).
-pub(crate) fn write_png(path: &std::path::Path, width: u32, height: u32, rgb: Vec<u8>) -> Result<(), PlotError> {
-    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| PlotError::Draw {
-        path: path.into(),
-        message: "buffer size does not match the figure".into(),
-    })?;
+/// Encodes an RGB buffer as PNG.
+pub(crate) fn encode_png(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, PlotError> {
+    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| PlotError("buffer size does not match the figure".into()))?;
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| PlotError::Draw { path: path.into(), message: e.to_string() })?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("figure"), std::process::id()));
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            PlotError::Io { path: path.into(), source }
-        })
+        .map_err(|e| PlotError(e.to_string()))?;
+    Ok(bytes)
 }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use clip_data::config::join_clean;
 use clip_data::DataConfig;
 use clip_model::import::hf_text_config;
 use clip_model::{ClipConfig, ContrastiveLoss, Pooling, Precision, ResNetConfig, TextTransformerConfig};
@@ -245,7 +246,7 @@ impl ExperimentConfig {
         self.data.resolve_paths(base);
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = clean_join(base, p);
+                *p = join_clean(base, p);
             }
         };
         fix(&mut self.runs_dir);
@@ -256,7 +257,7 @@ impl ExperimentConfig {
             fix(p);
         }
         if looks_like_path(&self.model.text_encoder) && Path::new(&self.model.text_encoder).is_relative() {
-            self.model.text_encoder = clean_join(base, Path::new(&self.model.text_encoder)).display().to_string();
+            self.model.text_encoder = join_clean(base, Path::new(&self.model.text_encoder)).display().to_string();
         }
     }
 
@@ -381,21 +382,6 @@ impl ExperimentConfig {
 
 fn looks_like_path(s: &str) -> bool {
     s.contains('/') || s.starts_with('.')
-}
-
-fn clean_join(base: &Path, p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in base.join(p).components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.

@@ -1,6 +1,6 @@
 //! `curves.png`: the run's metrics as charts, drawn from its JSONL files.
 
-use clip_plot::{plot_panels, Panel, Series};
+use clip_plot::{render_panels, Panel, Series};
 
 use crate::checkpoint::RunDir;
 use crate::error::{Result, TrainError};
@@ -48,6 +48,7 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             series: vec![s("lr × 1000", &|m| m.lr * 1e3), s("temperature", &|m| m.temperature)],
         },
     ];
-    let path = run.root.join("curves.png");
-    plot_panels(&path, &panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))
+    let png = render_panels(&panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))?;
+    clip_data::fs::write_atomic(&run.root.join("curves.png"), &png)?;
+    Ok(())
 }

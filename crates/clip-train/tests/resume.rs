@@ -2,73 +2,15 @@
 //! backend's random generator is global to the process, and tests running in parallel threads
 //! would draw from it between our steps.
 
-use std::path::Path;
 
-use burn::backend::{Autodiff, Flex};
 use clip_train::checkpoint::read_state;
-use clip_train::metrics::{read_jsonl, StepMetrics};
-use clip_train::{train, ExperimentConfig, Observer, RunDir, Silent};
+use clip_train::metrics::StepMetrics;
+use clip_train::{train, Observer, RunDir, Silent};
 
-type B = Autodiff<Flex>;
+mod common;
 
-/// A small experiment on `images` generated shapes of 32 px.
-fn config(dir: &Path, images: usize, overrides: &[&str]) -> ExperimentConfig {
-    let text = format!(
-        r#"
-name = "test"
-runs_dir = "runs"
-[data]
-captions = "data/results.csv"
-images = "data/images"
-image_size = 32
-text_max_length = 40
-batch_size = 32
-num_workers = 2
-val_size = 0.2
-[data.synthetic]
-images = {images}
-image_size = 32
-[model]
-image_encoder = "custom"
-text_encoder = "custom"
-projection_dim = 32
-dropout = 0.0
-normalize_embeddings = true
-learnable_temperature = true
-temperature = 0.07
-[model.image]
-block = "basic"
-layers = [1, 1, 1, 1]
-channels = [8, 16, 32, 64]
-stem_channels = 8
-zero_init_residual = false
-[model.text]
-vocab_size = 30522
-hidden_size = 32
-num_layers = 1
-num_heads = 2
-intermediate_size = 64
-max_position_embeddings = 48
-dropout = 0.1
-attention_dropout = 0.0
-[train]
-epochs = 2
-lr = 2e-3
-weight_decay = 1e-4
-schedule = "cosine"
-warmup_steps = 5
-backend = "cpu"
-"#
-    );
-    let path = dir.join("exp.toml");
-    std::fs::write(&path, text).unwrap();
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    ExperimentConfig::load(&path, &overrides).unwrap()
-}
+use common::{config, steps, B};
 
-fn steps(run: &RunDir) -> Vec<StepMetrics> {
-    read_jsonl(&run.metrics().join("steps.jsonl"))
-}
 
 /// Asks for a graceful stop after `at` steps.
 struct StopAt(usize, usize);
