@@ -226,3 +226,40 @@ pub fn load_model<B: AutodiffBackend>(model: ClipModel<B>, dir: &Path, device: &
         })
         .map_err(|e| TrainError::Checkpoint { path, message: format!("cannot load weights: {e}") })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_the_old_directory_and_no_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("checkpoints/best");
+        write_dir_atomically(&target, |tmp| std::fs::write(tmp.join("state.json"), b"1").map_err(|e| TrainError::io(tmp, e))).unwrap();
+        let failed = write_dir_atomically(&target, |tmp| {
+            std::fs::write(tmp.join("state.json"), b"2").map_err(|e| TrainError::io(tmp, e))?;
+            Err(TrainError::Other("disk full".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"1");
+        write_dir_atomically(&target, |tmp| std::fs::write(tmp.join("state.json"), b"3").map_err(|e| TrainError::io(tmp, e))).unwrap();
+        assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"3");
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["best".to_string()]);
+    }
+
+    #[test]
+    fn only_complete_step_checkpoints_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        for (name, complete) in [("step-000010", true), ("step-000020", false), ("step-000005", true), ("best", true)] {
+            let d = run.checkpoints().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            if complete {
+                std::fs::write(d.join("state.json"), b"{}").unwrap();
+            }
+        }
+        assert_eq!(run.step_checkpoints().iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 10]);
+        assert_eq!(run.latest().unwrap(), run.checkpoints().join("step-000010"));
+    }
+}

@@ -244,3 +244,78 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{Module, ModuleVisitor, Param};
+    use clip_model::{BlockKind, ClipConfig, ResNetConfig, TextTransformerConfig};
+
+    type B = Autodiff<Flex>;
+
+    fn tiny() -> ClipModel<B> {
+        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, zero_init_residual: false };
+        let text = TextTransformerConfig { vocab_size: 50, hidden_size: 8, num_layers: 1, num_heads: 2, intermediate_size: 16, max_position_embeddings: 8, ..TextTransformerConfig::distilbert_base() };
+        ClipConfig { projection_dim: 4, dropout: 0.0, ..ClipConfig::new(image, text) }.init(&Default::default())
+    }
+
+    /// Sum of squared gradients over all parameters, the plain way.
+    fn manual_norm(model: &ClipModel<B>, grads: &<B as AutodiffBackend>::Gradients) -> f64 {
+        struct V<'a>(&'a <B as AutodiffBackend>::Gradients, f64);
+        impl ModuleVisitor<B> for V<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<B, D>>) {
+                if let Some(g) = p.grad(self.0) {
+                    self.1 += g.square().sum().into_scalar().elem::<f64>();
+                }
+            }
+        }
+        let mut v = V(grads, 0.0);
+        model.visit(&mut v);
+        v.1.sqrt()
+    }
+
+    fn grads(model: &ClipModel<B>) -> <B as AutodiffBackend>::Gradients {
+        let device = Default::default();
+        let images = Tensor::<B, 4>::random([3, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let ids = Tensor::<B, 2, burn::tensor::Int>::from_ints([[1, 5, 7], [1, 9, 2], [1, 3, 3]], &device);
+        let mask = Tensor::<B, 2, burn::tensor::Int>::ones([3, 3], &device);
+        model.forward(images, ids, mask).loss.mul_scalar(100.0).backward()
+    }
+
+    #[test]
+    fn global_norm_is_the_norm_over_all_groups_and_clipping_bounds_the_update() {
+        let model = tiny();
+        let g = grads(&model);
+        let want = manual_norm(&model, &g);
+        assert!(want > 1.0, "{want}");
+        let spec = TrainSpec { grad_clip_norm: Some(0.5), optimizer: OptimizerKind::Adam, weight_decay: 0.0, ..TrainSpec::default() };
+        let mut optim = ClipOptimizer::<B>::new(&spec);
+        let (_, report) = optim.step(model.clone(), g, 1.0, true);
+        assert!(report.applied);
+        assert!((report.grad_norm.unwrap() - want).abs() / want < 1e-4, "{:?} vs {want}", report.grad_norm);
+
+        // Scaling (what clipping and loss-scale removal do) multiplies every gradient: the sum of
+        // squares scales by the factor squared.
+        let mut g = grads(&model);
+        let mut image = GradientsParams::from_module(&mut g, &model.image_encoder.model);
+        let s = grads::sum_squares(&model.image_encoder.model, &mut image).unwrap().into_scalar().elem::<f64>();
+        let f = Tensor::<<B as AutodiffBackend>::InnerBackend, 1>::from_floats([0.25], &Default::default());
+        grads::scale(&model.image_encoder.model, &mut image, f);
+        let scaled = grads::sum_squares(&model.image_encoder.model, &mut image).unwrap().into_scalar().elem::<f64>();
+        assert!((scaled - s * 0.0625).abs() / s < 1e-5);
+    }
+
+    #[test]
+    fn loss_scale_grows_after_good_steps_and_halves_on_overflow() {
+        let mut s = LossScaler { enabled: true, scale: 1024.0, growth_interval: 2, good_steps: 0, skipped_steps: 0 };
+        s.update(true);
+        s.update(true);
+        assert_eq!(s.scale, 2048.0);
+        s.update(false);
+        assert_eq!((s.scale, s.skipped_steps, s.good_steps), (1024.0, 1, 0));
+        let mut off = LossScaler { enabled: false, ..s.clone() };
+        off.update(false);
+        assert_eq!(off.skipped_steps, 1, "disabled scalers count nothing new");
+    }
+}
