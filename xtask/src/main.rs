@@ -32,6 +32,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Build the release `clip` (CUDA in) and put a stripped copy in .gpu/ for a lent GPU machine;
+    /// then run `bench/gpu/bench.sh` there (device tool, carry [".gpu"]).
+    BenchGpu,
     /// Data-pipeline benchmark: clip-data beside the seed's Python stack on the same JPEGs.
     BenchData {
         /// Where the benchmark JPEGs are written (and read).
@@ -58,6 +61,16 @@ fn main() -> Result<()> {
             } else {
                 println!("{} already holds this dataset (use --force to rewrite)", out.display());
             }
+        }
+        Command::BenchGpu => {
+            run(std::process::Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "clip-cli"]))?;
+            let dir = root.join(".gpu");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let bin = dir.join("clip");
+            std::fs::copy(root.join("target/release/clip"), &bin).context("copying the release binary")?;
+            run(std::process::Command::new("strip").arg(&bin)).context("stripping (the copy must stay under the 64 MiB a device call carries)")?;
+            println!("ready: {} ({} MB). On the GPU machine: bash bench/gpu/bench.sh (carry [\".gpu\"]); results in $OUT/results.jsonl",
+                bin.display(), std::fs::metadata(&bin).map(|m| m.len() / 1_000_000).unwrap_or(0));
         }
         Command::BenchData { images } => {
             let peer = root.join("crates/clip-data/benches/data_peer.py");
