@@ -111,19 +111,8 @@ fn print_summary(s: &TrainSummary) {
     }
     if let Some(e) = &s.last_epoch {
         let r = &e.retrieval;
-        println!(
-            "  validation (epoch {}, {} images, {} captions): loss {:.4}\n  text→image R@1 {:.1}%  R@5 {:.1}%  R@10 {:.1}%\n  image→text R@1 {:.1}%  R@5 {:.1}%  R@10 {:.1}%",
-            e.epoch,
-            r.images,
-            r.captions,
-            e.val_loss,
-            r.t2i_r1 * 100.0,
-            r.t2i_r5 * 100.0,
-            r.t2i_r10 * 100.0,
-            r.i2t_r1 * 100.0,
-            r.i2t_r5 * 100.0,
-            r.i2t_r10 * 100.0
-        );
+        println!("  validation (epoch {}, {} images, {} captions): loss {:.4}", e.epoch, r.images, r.captions, e.val_loss);
+        println!("  {r}");
     }
     if s.skipped_steps > 0 {
         println!("  {} fp16 steps skipped (non-finite gradients)", s.skipped_steps);

@@ -31,6 +31,22 @@ pub struct RetrievalMetrics {
     pub i2t_median_rank: f64,
 }
 
+impl std::fmt::Display for RetrievalMetrics {
+    /// `text→image R@1 a% R@5 b% R@10 c% | image→text R@1 d% R@5 e% R@10 f%`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "text→image R@1 {:.1}% R@5 {:.1}% R@10 {:.1}% | image→text R@1 {:.1}% R@5 {:.1}% R@10 {:.1}%",
+            self.t2i_r1 * 100.0,
+            self.t2i_r5 * 100.0,
+            self.t2i_r10 * 100.0,
+            self.i2t_r1 * 100.0,
+            self.i2t_r5 * 100.0,
+            self.i2t_r10 * 100.0
+        )
+    }
+}
+
 /// Zero-based ranks: for each caption, how many images score above its own image; for each
 /// image, how many captions score above its best caption.
 pub fn ranks<B: Backend>(

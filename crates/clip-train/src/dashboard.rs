@@ -397,19 +397,13 @@ impl<W: Write> Observer for PlainProgress<W> {
         }
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
-        let r = &m.retrieval;
         let _ = writeln!(
             self.out,
-            "epoch {} done: train loss {} val loss {:.4} | text→image R@1 {:.1}% R@5 {:.1}% R@10 {:.1}% | image→text R@1 {:.1}% R@5 {:.1}% R@10 {:.1}%",
+            "epoch {} done: train loss {} val loss {:.4} | {}",
             m.epoch,
             m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
             m.val_loss,
-            r.t2i_r1 * 100.0,
-            r.t2i_r5 * 100.0,
-            r.t2i_r10 * 100.0,
-            r.i2t_r1 * 100.0,
-            r.i2t_r5 * 100.0,
-            r.i2t_r10 * 100.0
+            m.retrieval
         );
     }
     fn on_checkpoint(&mut self, path: &Path, kind: &str) {
