@@ -115,6 +115,13 @@ pub struct EvalArgs {
     /// Where to write the JSON (default: RUN/eval-<split>.json).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// CSV of image labels (columns `image` = file name, and --label-column): also report
+    /// class-level retrieval, where any item of the same label is a hit (for datasets whose
+    /// captions name a class, such as Fashion-MNIST's labels.csv).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
     #[arg(long, value_parser = parse_backend, default_value = "auto")]
     pub backend: BackendChoice,
 }
@@ -390,13 +397,42 @@ impl BackendTask for EvalArgs {
             bail!("the {} split of {} is empty", self.split, self.checkpoint.display());
         }
         println!("evaluating {} on the {} split: {} images, {} captions ({backend})", model.weights.display(), self.split, pairs.images().len(), pairs.len());
+        let image_labels = match &self.labels {
+            Some(path) => {
+                let map = read_ground_truth(path, &self.label_column)?;
+                let mut names: Vec<&String> = map.values().collect();
+                names.sort();
+                names.dedup();
+                let labels = pairs
+                    .images()
+                    .iter()
+                    .map(|img| {
+                        let file = Path::new(&img.name).file_name().and_then(|f| f.to_str()).unwrap_or(&img.name);
+                        let label = map.get(file).or_else(|| map.get(&img.name)).with_context(|| {
+                            format!("{}: no `{}` for image {}", path.display(), self.label_column, img.name)
+                        })?;
+                        Ok(names.binary_search(&label).expect("label is in the map"))
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                Some(labels)
+            }
+            None => None,
+        };
         let loader = ClipLoader::new(pairs, ExamplePipeline::eval(data)?, data.loader(false));
-        let e = clip_infer::evaluate(&model.model, &loader, &device)?;
+        let e = match &image_labels {
+            Some(labels) => clip_infer::evaluate_by_label(&model.model, &loader, &device, labels)?,
+            None => clip_infer::evaluate(&model.model, &loader, &device)?,
+        };
         let r = &e.retrieval;
         println!("loss {:.4}   in-batch accuracy image→text {:.1}%  text→image {:.1}%", e.loss, e.acc_i2t * 100.0, e.acc_t2i * 100.0);
         println!("{:<14} {:>7} {:>7} {:>7} {:>11} {:>13}", "direction", "R@1", "R@5", "R@10", "mean rank", "median rank");
         println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "text→image", r.t2i_r1 * 100.0, r.t2i_r5 * 100.0, r.t2i_r10 * 100.0, r.t2i_mean_rank, r.t2i_median_rank);
         println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", r.i2t_r1 * 100.0, r.i2t_r5 * 100.0, r.i2t_r10 * 100.0, r.i2t_mean_rank, r.i2t_median_rank);
+        if let Some(l) = &e.label_retrieval {
+            println!("class level (a hit is any item of the same `{}`):", self.label_column);
+            println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "text→image", l.t2i_r1 * 100.0, l.t2i_r5 * 100.0, l.t2i_r10 * 100.0, l.t2i_mean_rank, l.t2i_median_rank);
+            println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", l.i2t_r1 * 100.0, l.i2t_r5 * 100.0, l.i2t_r10 * 100.0, l.i2t_mean_rank, l.i2t_median_rank);
+        }
         let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
         clip_data::fs::write_atomic(&path, &serde_json::to_vec_pretty(&e)?)?;
         println!("wrote {}", path.display());

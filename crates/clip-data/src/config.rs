@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
 use crate::captions::CaptionFormat;
+use crate::dataset::CaptionSampling;
 use crate::error::{DataError, Result};
 use crate::imaging::{ImageTransform, ResizeFilter, ResizeMode, IMAGENET_MEAN, IMAGENET_STD};
 use crate::loader::LoaderConfig;
@@ -44,6 +45,10 @@ pub struct DataConfig {
     /// A saved split to reuse instead of computing one.
     #[serde(default)]
     pub split_file: Option<PathBuf>,
+    /// Training epochs visit every caption (`all`, the seed's) or every image once with a
+    /// caption drawn per epoch (`one-per-image`). Evaluation always scores every caption.
+    #[serde(default)]
+    pub caption_sampling: CaptionSampling,
     /// Side of the square images fed to the image encoder.
     #[serde(default = "default_image_size")]
     pub image_size: u32,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport};
 use crate::config::DataConfig;
@@ -145,11 +145,26 @@ pub struct CaptionPair {
     pub caption: String,
 }
 
-/// The flat pair view of a set of images: one item per caption, as the seed iterates.
+/// Which captions an epoch visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptionSampling {
+    /// Every caption once (an image with five captions is seen five times), as the seed does.
+    #[default]
+    All,
+    /// Every image once, with one of its captions drawn per epoch (as open_clip does for
+    /// multi-caption data): epochs are shorter and every image weighs the same.
+    OnePerImage,
+}
+
+/// The flat pair view of a set of images: one item per caption, as the seed iterates (or one per
+/// image, see [`CaptionSampling`]).
 #[derive(Debug, Clone)]
 pub struct PairDataset {
     images: Arc<Vec<ImageCaptions>>,
     pairs: Vec<(u32, u32)>,
+    sampling: CaptionSampling,
+    seed: u64,
 }
 
 impl PairDataset {
@@ -162,23 +177,53 @@ impl PairDataset {
         Self {
             images: Arc::new(images),
             pairs,
+            sampling: CaptionSampling::All,
+            seed: 0,
         }
+    }
+
+    /// The same images visited as `sampling` says; `seed` draws the caption of each (image, epoch).
+    pub fn with_sampling(mut self, sampling: CaptionSampling, seed: u64) -> Self {
+        self.sampling = sampling;
+        self.seed = seed;
+        self
+    }
+
+    pub fn sampling(&self) -> CaptionSampling {
+        self.sampling
     }
 
     pub fn images(&self) -> &[ImageCaptions] {
         &self.images
     }
 
+    /// Items per epoch.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        match self.sampling {
+            CaptionSampling::All => self.pairs.len(),
+            CaptionSampling::OnePerImage => self.images.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.len() == 0
     }
 
+    /// Item `index` of epoch 0.
     pub fn pair(&self, index: usize) -> Option<CaptionPair> {
-        let &(i, c) = self.pairs.get(index)?;
+        self.pair_in_epoch(index, 0)
+    }
+
+    /// Item `index` of `epoch` (only one-per-image sampling depends on the epoch).
+    pub fn pair_in_epoch(&self, index: usize, epoch: usize) -> Option<CaptionPair> {
+        let (i, c) = match self.sampling {
+            CaptionSampling::All => *self.pairs.get(index)?,
+            CaptionSampling::OnePerImage => {
+                let n = self.images.get(index)?.captions.len().max(1);
+                let mut rng = crate::augment::item_rng(self.seed ^ 0xc0ffee, epoch as u64, index as u64);
+                (index as u32, rand::Rng::random_range(&mut rng, 0..n) as u32)
+            }
+        };
         let img = &self.images[i as usize];
         Some(CaptionPair {
             image_index: i as usize,
@@ -194,7 +239,7 @@ impl burn::data::dataset::Dataset<CaptionPair> for PairDataset {
     }
 
     fn len(&self) -> usize {
-        self.pairs.len()
+        PairDataset::len(self)
     }
 }
 
@@ -230,5 +275,27 @@ mod tests {
         assert_eq!(pairs.pair(1).unwrap().caption, "three");
         assert_eq!(pairs.pair(1).unwrap().image_index, 0);
         assert!(pairs.pair(2).is_none());
+    }
+
+    #[test]
+    fn one_caption_per_image_draws_per_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.jpg", "b.jpg"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let records: Vec<_> = (0..10).map(|k| rec(k + 2, if k < 5 { "a.jpg" } else { "b.jpg" }, &format!("c{k}"))).collect();
+        let ds = CaptionDataset::from_records(Path::new("c.csv"), records, ParseReport::default(), dir.path(), false).unwrap();
+        let pairs = PairDataset::new(ds.images.clone()).with_sampling(CaptionSampling::OnePerImage, 7);
+        assert_eq!(pairs.len(), 2);
+        assert!(pairs.pair_in_epoch(2, 0).is_none());
+        let mut seen = std::collections::HashSet::new();
+        for epoch in 0..40 {
+            let p = pairs.pair_in_epoch(1, epoch).unwrap();
+            assert_eq!(p.image_index, 1);
+            assert!(ds.images[1].captions.contains(&p.caption));
+            assert_eq!(p, pairs.pair_in_epoch(1, epoch).unwrap(), "a pure function of (seed, epoch, item)");
+            seen.insert(p.caption);
+        }
+        assert_eq!(seen.len(), 5, "every caption gets drawn over 40 epochs");
     }
 }

@@ -24,7 +24,7 @@ pub use augment::AugmentConfig;
 pub use batch::{ClipBatch, ExamplePipeline, HostBatch};
 pub use captions::{CaptionFormat, CaptionRecord, ParseReport, RowIssue};
 pub use config::{load_data_config, parse_data_config, DataConfig};
-pub use dataset::{CaptionDataset, CaptionPair, ImageCaptions, PairDataset};
+pub use dataset::{CaptionDataset, CaptionPair, CaptionSampling, ImageCaptions, PairDataset};
 pub use error::{DataError, Result};
 pub use imaging::{ImageTransform, ResizeFilter, ResizeMode};
 pub use loader::{ClipLoader, EpochBatches, LoaderConfig};

@@ -158,7 +158,7 @@ fn build_batch(
     let mut tokens = Vec::with_capacity(items.len());
     let mut image_indices = Vec::with_capacity(items.len());
     for (row, &item) in items.iter().enumerate() {
-        let pair = pairs.pair(item).expect("order holds valid items");
+        let pair = pairs.pair_in_epoch(item, epoch).expect("order holds valid items");
         tokens.push(pipeline.example_into(&pair, epoch, item, &mut images[row * numel..(row + 1) * numel])?);
         image_indices.push(pair.image_index);
     }

@@ -5,7 +5,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use clip_data::{ClipLoader, DataError};
 use clip_model::loss::in_batch_accuracy;
-use clip_model::{retrieval_metrics, ClipModel, RetrievalMetrics};
+use clip_model::retrieval::{from_ranks, label_ranks};
+use clip_model::{retrieval_metrics, ClipModel, RetrievalMetrics, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 /// The result of [`evaluate`].
@@ -16,10 +17,46 @@ pub struct Evaluation {
     pub acc_i2t: f64,
     pub acc_t2i: f64,
     pub retrieval: RetrievalMetrics,
+    /// Class-level retrieval (a hit is any item of the same label), when labels were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_retrieval: Option<RetrievalMetrics>,
 }
 
-/// Runs `model` over every batch of `loader` (epoch 0, in the loader's order).
+/// Runs `model` over every batch of `loader` (epoch 0, in the loader's order). The text tower
+/// runs once per distinct caption.
 pub fn evaluate<B: Backend>(model: &ClipModel<B>, loader: &ClipLoader, device: &B::Device) -> Result<Evaluation, DataError> {
+    evaluate_with_cache(model, loader, device, &mut TextFeatureCache::new(usize::MAX))
+}
+
+/// [`evaluate`] plus class-level retrieval: `image_labels[i]` is the label of the loader's image
+/// `i`; a caption's label is its image's.
+pub fn evaluate_by_label<B: Backend>(
+    model: &ClipModel<B>,
+    loader: &ClipLoader,
+    device: &B::Device,
+    image_labels: &[usize],
+) -> Result<Evaluation, DataError> {
+    run(model, loader, device, &mut TextFeatureCache::new(usize::MAX), Some(image_labels))
+}
+
+/// [`evaluate`] with a text-feature cache that outlives it: one filled by a frozen text tower
+/// during training can be reused, as long as the text tower has not changed.
+pub fn evaluate_with_cache<B: Backend>(
+    model: &ClipModel<B>,
+    loader: &ClipLoader,
+    device: &B::Device,
+    cache: &mut TextFeatureCache,
+) -> Result<Evaluation, DataError> {
+    run(model, loader, device, cache, None)
+}
+
+fn run<B: Backend>(
+    model: &ClipModel<B>,
+    loader: &ClipLoader,
+    device: &B::Device,
+    cache: &mut TextFeatureCache,
+    image_labels: Option<&[usize]>,
+) -> Result<Evaluation, DataError> {
     let pairs = loader.dataset();
     let n_txt = pairs.len();
     let n_img = pairs.images().len();
@@ -31,37 +68,72 @@ pub fn evaluate<B: Backend>(model: &ClipModel<B>, loader: &ClipLoader, device: &
     for batch in loader.epoch(0) {
         let batch = batch?;
         let b = batch.len();
-        let on_device = batch.to_device::<B>(device);
-        let out = model.forward(on_device.images, on_device.input_ids, on_device.attention_mask);
+        let features = cache.features(
+            || model.text_encoder.model.clone(),
+            model.settings.precision,
+            device,
+            &batch.input_ids,
+            &batch.attention_mask,
+            batch.seq_len,
+        );
+        let text_features = Tensor::<B, 2>::from_data(TensorData::new(features, [b, cache.dim()]), device);
+        let text_embeddings = model.encode_text_features(text_features);
+        dim = text_embeddings.dims()[1];
+
+        // Each image is embedded once, however many captions it has (eval mode: the same result).
+        let mut fresh: Vec<usize> = Vec::new();
+        for (row, &img) in batch.image_indices.iter().enumerate() {
+            if image_rows[img].is_none() && !fresh.iter().any(|&r| batch.image_indices[r] == img) {
+                fresh.push(row);
+            }
+        }
+        if !fresh.is_empty() {
+            let s = batch.image_size;
+            let numel = 3 * s * s;
+            let mut pixels = Vec::with_capacity(fresh.len() * numel);
+            for &row in &fresh {
+                pixels.extend_from_slice(&batch.images[row * numel..(row + 1) * numel]);
+            }
+            let images = Tensor::<B, 4>::from_data(TensorData::new(pixels, [fresh.len(), 3, s, s]), device);
+            let embedded: Vec<f32> = model.encode_image(images).into_data().convert::<f32>().to_vec().unwrap_or_default();
+            for (k, &row) in fresh.iter().enumerate() {
+                image_rows[batch.image_indices[row]] = Some(embedded[k * dim..(k + 1) * dim].to_vec());
+            }
+        }
+        let mut paired = Vec::with_capacity(b * dim);
+        for &img in &batch.image_indices {
+            paired.extend_from_slice(image_rows[img].as_deref().expect("embedded above"));
+        }
+        let image_embeddings = Tensor::<B, 2>::from_data(TensorData::new(paired, [b, dim]), device);
+
+        let out = model.contrast(image_embeddings, text_embeddings);
         loss_sum += out.loss.into_scalar().elem::<f64>() * b as f64;
         acc_t2i += in_batch_accuracy(out.logits_per_text.clone()) * b as f64;
         acc_i2t += in_batch_accuracy(out.logits_per_text.transpose()) * b as f64;
         seen += b;
-        dim = out.text_embeddings.dims()[1];
         let texts: Vec<f32> = out.text_embeddings.into_data().convert::<f32>().to_vec().unwrap_or_default();
-        let images: Vec<f32> = out.image_embeddings.into_data().convert::<f32>().to_vec().unwrap_or_default();
         for (row, (&item, &img)) in batch.items.iter().zip(&batch.image_indices).enumerate() {
             text_rows[item] = Some(texts[row * dim..(row + 1) * dim].to_vec());
             caption_image[item] = img;
-            if image_rows[img].is_none() {
-                image_rows[img] = Some(images[row * dim..(row + 1) * dim].to_vec());
-            }
         }
     }
     if seen == 0 {
-        return Ok(Evaluation { loss: 0.0, acc_i2t: 0.0, acc_t2i: 0.0, retrieval: RetrievalMetrics::default() });
+        return Ok(Evaluation { loss: 0.0, acc_i2t: 0.0, acc_t2i: 0.0, retrieval: RetrievalMetrics::default(), label_retrieval: None });
     }
     // Every item and image is seen when the loader keeps the last partial batch.
     let texts: Vec<f32> = text_rows.into_iter().flatten().flatten().collect();
     let images: Vec<f32> = image_rows.into_iter().flatten().flatten().collect();
-    let retrieval = if texts.len() == n_txt * dim && images.len() == n_img * dim {
-        retrieval_metrics(
-            Tensor::<B, 2>::from_data(TensorData::new(images, [n_img, dim]), device),
-            Tensor::<B, 2>::from_data(TensorData::new(texts, [n_txt, dim]), device),
-            &caption_image,
-        )
-    } else {
-        RetrievalMetrics::default()
+    let complete = texts.len() == n_txt * dim && images.len() == n_img * dim;
+    let image_t = || Tensor::<B, 2>::from_data(TensorData::new(images.clone(), [n_img, dim]), device);
+    let text_t = || Tensor::<B, 2>::from_data(TensorData::new(texts.clone(), [n_txt, dim]), device);
+    let retrieval = if complete { retrieval_metrics(image_t(), text_t(), &caption_image) } else { RetrievalMetrics::default() };
+    let label_retrieval = match image_labels {
+        Some(labels) if complete && labels.len() == n_img => {
+            let text_labels: Vec<usize> = caption_image.iter().map(|&i| labels[i]).collect();
+            let (t2i, i2t) = label_ranks(image_t(), text_t(), labels, &text_labels, 1024);
+            Some(from_ranks(&t2i, &i2t))
+        }
+        _ => None,
     };
     let n = seen as f64;
     Ok(Evaluation {
@@ -69,5 +141,6 @@ pub fn evaluate<B: Backend>(model: &ClipModel<B>, loader: &ClipLoader, device: &
         acc_i2t: acc_i2t / n,
         acc_t2i: acc_t2i / n,
         retrieval,
+        label_retrieval,
     })
 }

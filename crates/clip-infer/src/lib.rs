@@ -13,7 +13,7 @@ pub mod zeroshot;
 
 pub use card::{LoadedModel, ModelCard};
 pub use error::{InferError, Result};
-pub use evaluate::{evaluate, Evaluation};
+pub use evaluate::{evaluate, evaluate_by_label, evaluate_with_cache, Evaluation};
 pub use index::EmbeddingIndex;
 pub use search::{search, Hit};
 pub use zeroshot::{Confusion, ZeroShotClassifier};

@@ -255,6 +255,24 @@ impl<B: Backend> ClipModel<B> {
     pub fn forward(&self, images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> ClipOutput<B> {
         let image_embeddings = self.encode_image(images);
         let text_embeddings = self.encode_text(input_ids, attention_mask);
+        self.contrast(image_embeddings, text_embeddings)
+    }
+
+    /// Like [`forward`](Self::forward), with the text tower's pooled features given (from a
+    /// [`TextFeatureCache`](crate::text_cache::TextFeatureCache)): only the text head runs.
+    pub fn forward_with_text_features(&self, images: Tensor<B, 4>, text_features: Tensor<B, 2>) -> ClipOutput<B> {
+        let image_embeddings = self.encode_image(images);
+        let text_embeddings = self.encode_text_features(text_features);
+        self.contrast(image_embeddings, text_embeddings)
+    }
+
+    /// Text embeddings from the text tower's pooled features (the head only).
+    pub fn encode_text_features(&self, text_features: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.finish(self.text_encoder.projection.forward(text_features, self.settings.precision))
+    }
+
+    /// Logits and loss of paired embeddings (row `i` of each side is a pair).
+    pub fn contrast(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>) -> ClipOutput<B> {
         let scale = self.scale();
         let logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
         let loss = match self.settings.loss {
@@ -270,7 +288,6 @@ impl<B: Backend> ClipModel<B> {
             loss,
         }
     }
-
 }
 
 impl<B: AutodiffBackend> ClipModel<B> {

@@ -13,6 +13,7 @@ pub mod projection;
 pub mod resnet;
 pub mod retrieval;
 pub mod text;
+pub mod text_cache;
 
 pub use clip::{ClipConfig, ClipModel, ClipOutput};
 pub use loss::ContrastiveLoss;
@@ -21,3 +22,5 @@ pub use projection::{ProjectionHead, ProjectionHeadConfig};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use retrieval::{retrieval_metrics, RetrievalMetrics};
 pub use text::{Pooling, TextTransformer, TextTransformerConfig};
+pub use text_cache::TextFeatureCache;
+pub use resnet::Stem;

@@ -35,6 +35,19 @@ impl BlockKind {
     }
 }
 
+/// The layers before the residual stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// 7×7 stride-2 convolution, then 3×3 stride-2 max pooling: stages start at ¼ resolution
+    /// (ImageNet-sized inputs; the torchvision/timm layout).
+    #[default]
+    Imagenet,
+    /// One 3×3 stride-1 convolution and no pooling: stages start at full resolution, for small
+    /// images (28–64 px: MNIST, CIFAR), where the ImageNet stem would leave a few pixels.
+    Small,
+}
+
 /// Shape of a ResNet. `resnet50()` is the seed's image tower; tiny configs serve tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,8 +57,10 @@ pub struct ResNetConfig {
     pub layers: [usize; 4],
     /// Planes per stage (output channels are `planes * expansion`).
     pub channels: [usize; 4],
-    /// Channels of the 7×7 stem.
+    /// Output channels of the stem.
     pub stem_channels: usize,
+    #[serde(default)]
+    pub stem: Stem,
     /// Start each residual branch at zero (timm's default `zero_init_last`).
     #[serde(default = "yes")]
     pub zero_init_residual: bool,
@@ -71,6 +86,7 @@ impl ResNetConfig {
             layers,
             channels: [64, 128, 256, 512],
             stem_channels: 64,
+            stem: Stem::Imagenet,
             zero_init_residual: true,
         })
     }
@@ -101,13 +117,18 @@ impl ResNetConfig {
             stages.push(blocks);
         }
         let mut stages = stages.into_iter();
+        let conv1 = match self.stem {
+            Stem::Imagenet => Conv2dConfig::new(3, self.stem_channels, 7, 2, 3),
+            Stem::Small => Conv2dConfig::new(3, self.stem_channels, 3, 1, 1),
+        };
         ResNet {
-            conv1: Conv2dConfig::new(3, self.stem_channels, 7, 2, 3).init(device),
+            conv1: conv1.init(device),
             bn1: BatchNorm2d::new(self.stem_channels, false, device),
             layer1: stages.next().unwrap_or_default(),
             layer2: stages.next().unwrap_or_default(),
             layer3: stages.next().unwrap_or_default(),
             layer4: stages.next().unwrap_or_default(),
+            stem: self.stem,
         }
     }
 }
@@ -183,13 +204,17 @@ pub struct ResNet<B: Backend> {
     pub layer2: Vec<Block<B>>,
     pub layer3: Vec<Block<B>>,
     pub layer4: Vec<Block<B>>,
+    #[module(skip)]
+    pub stem: Stem,
 }
 
 impl<B: Backend> ResNet<B> {
     /// `[batch, 3, H, W]` → pooled features `[batch, out_features]`.
     pub fn forward(&self, images: Tensor<B, 4>, p: Precision) -> Tensor<B, 2> {
-        let x = relu(self.bn1.forward(self.conv1.forward(images, p)));
-        let mut x = burn::tensor::module::max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut x = relu(self.bn1.forward(self.conv1.forward(images, p)));
+        if self.stem == Stem::Imagenet {
+            x = burn::tensor::module::max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x, p);
         }
@@ -218,5 +243,16 @@ mod tests {
         let m = cfg.init::<Flex>(&Default::default());
         let y = m.forward(Tensor::zeros([2, 3, 32, 32], &Default::default()), Precision::Fp32);
         assert_eq!(y.dims(), [2, 32]);
+    }
+
+    #[test]
+    fn small_stem_keeps_full_resolution() {
+        let cfg = ResNetConfig { channels: [4, 8, 16, 32], stem_channels: 4, stem: Stem::Small, ..ResNetConfig::depth(18).unwrap() };
+        let m = cfg.init::<Flex>(&Default::default());
+        assert_eq!(m.conv1.weight.dims(), [4, 3, 3, 3]);
+        let x = Tensor::<Flex, 4>::zeros([2, 3, 28, 28], &Default::default());
+        let stem = relu(m.bn1.forward(m.conv1.forward(x.clone(), Precision::Fp32)));
+        assert_eq!(stem.dims(), [2, 4, 28, 28]);
+        assert_eq!(m.forward(x, Precision::Fp32).dims(), [2, 32]);
     }
 }

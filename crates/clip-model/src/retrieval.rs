@@ -97,6 +97,76 @@ pub fn ranks<B: Backend>(
     (t2i, i2t)
 }
 
+/// Zero-based ranks where relevance is a shared label (class-level retrieval, for datasets whose
+/// captions name a class, such as Fashion-MNIST's): for each caption, how many images of another
+/// label score above its best-scoring image of its own label; for each image, how many captions
+/// of another label score above its best caption of its own label.
+pub fn label_ranks<B: Backend>(
+    image_embeddings: Tensor<B, 2>,
+    text_embeddings: Tensor<B, 2>,
+    image_labels: &[usize],
+    text_labels: &[usize],
+    chunk: usize,
+) -> (Vec<usize>, Vec<usize>) {
+    let [n_img, _] = image_embeddings.dims();
+    let [n_txt, _] = text_embeddings.dims();
+    assert_eq!(image_labels.len(), n_img, "one label per image");
+    assert_eq!(text_labels.len(), n_txt, "one label per caption");
+    let device = image_embeddings.device();
+    let images = l2_normalize(image_embeddings);
+    let texts = l2_normalize(text_embeddings);
+    let img_lab = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(image_labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n_img]),
+        &device,
+    )
+    .reshape([1, n_img]);
+    let chunk = chunk.max(1);
+    let chunks: Vec<(usize, usize)> = (0..n_txt).step_by(chunk).map(|s| (s, (s + chunk).min(n_txt))).collect();
+    // [rows, n_img]: similarities and same-label mask of a chunk of captions.
+    let block = |start: usize, end: usize| {
+        let rows = end - start;
+        let sims = texts.clone().slice([start..end]).matmul(images.clone().transpose());
+        let lab = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(text_labels[start..end].iter().map(|&l| l as i64).collect::<Vec<_>>(), [rows]),
+            &device,
+        )
+        .reshape([rows, 1]);
+        let same = lab.expand([rows, n_img]).equal(img_lab.clone().expand([rows, n_img]));
+        (sims, same)
+    };
+    let host = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap_or_default() };
+    let host_int = |t: Tensor<B, 1, Int>| -> Vec<usize> {
+        t.into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default().into_iter().map(|v| v as usize).collect()
+    };
+
+    // Pass 1: each caption's best own-label image (done per chunk), each image's best own-label caption.
+    let mut best_caption = vec![f32::NEG_INFINITY; n_img];
+    let mut t2i = Vec::with_capacity(n_txt);
+    for &(start, end) in &chunks {
+        let rows = end - start;
+        let (sims, same) = block(start, end);
+        let own = sims.clone().mask_fill(same.clone().bool_not(), f32::NEG_INFINITY);
+        let best_image = own.clone().max_dim(1); // [rows, 1]
+        let others_above = sims.greater(best_image.expand([rows, n_img])).bool_and(same.bool_not());
+        t2i.extend(host_int(others_above.int().sum_dim(1).reshape([rows])));
+        for (acc, v) in best_caption.iter_mut().zip(host(own.max_dim(0).reshape([n_img]))) {
+            *acc = acc.max(v);
+        }
+    }
+    // Pass 2: captions of other labels above each image's best own-label caption.
+    let best_t = Tensor::<B, 1>::from_data(TensorData::new(best_caption, [n_img]), &device).reshape([1, n_img]);
+    let mut i2t = vec![0usize; n_img];
+    for &(start, end) in &chunks {
+        let rows = end - start;
+        let (sims, same) = block(start, end);
+        let others_above = sims.greater(best_t.clone().expand([rows, n_img])).bool_and(same.bool_not());
+        for (acc, v) in i2t.iter_mut().zip(host_int(others_above.int().sum_dim(0).reshape([n_img]))) {
+            *acc += v;
+        }
+    }
+    (t2i, i2t)
+}
+
 /// Recall@1/5/10 and mean/median ranks from image and caption embeddings.
 pub fn retrieval_metrics<B: Backend>(
     image_embeddings: Tensor<B, 2>,
@@ -171,6 +241,16 @@ mod tests {
         assert!((m.i2t_r1 - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(m.t2i_median_rank, 1.5);
         // Chunking does not change anything.
-        assert_eq!(ranks(images, texts, &owner, 1), (t2i, i2t));
+        assert_eq!(ranks(images.clone(), texts.clone(), &owner, 1), (t2i, i2t));
+
+        // Class level: images 0 and 2 share label 0, image 1 has label 1. Caption 1 (label 0)
+        // points at image 1: its best label-0 image (0, score 0.1) is beaten by image 1 only.
+        // Caption 2 (label 1) scores image 2 (label 0) above its own image 1: rank 1.
+        let (t2i, i2t) = label_ranks(images.clone(), texts.clone(), &[0, 1, 0], &[0, 0, 1, 0], 2);
+        assert_eq!(t2i, vec![0, 1, 1, 0]);
+        // Image 0: best label-0 caption is caption 0 (top) → 0; image 1: its only caption (2) is
+        // beaten by caption 1 (label 0) → 1; image 2: caption 3 is top → 0.
+        assert_eq!(i2t, vec![0, 1, 0]);
+        assert_eq!(label_ranks(images, texts, &[0, 1, 0], &[0, 0, 1, 0], 7), (t2i, i2t));
     }
 }

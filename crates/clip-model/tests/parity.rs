@@ -70,6 +70,7 @@ fn tiny_resnet(block: BlockKind) -> ResNetConfig {
         layers: [1, 1, 1, 1],
         channels: [4, 8, 16, 32],
         stem_channels: 64,
+        stem: Default::default(),
         zero_init_residual: true,
     }
 }

@@ -170,6 +170,9 @@ pub struct TrainSpec {
     pub val_every_epochs: usize,
     /// Drop the last, smaller training batch of an epoch (a 1-sample batch has no negatives).
     pub drop_last: bool,
+    /// With a frozen text tower, compute each distinct caption's features once and reuse them
+    /// (LiT-style; the frozen tower then runs without dropout).
+    pub cache_frozen_text: bool,
 }
 
 impl Default for TrainSpec {
@@ -196,6 +199,7 @@ impl Default for TrainSpec {
             seed: 42,
             val_every_epochs: 1,
             drop_last: true,
+            cache_frozen_text: true,
         }
     }
 }

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_model::loss::in_batch_accuracy;
 use clip_infer::ModelCard;
-use clip_model::{ClipConfig, ClipModel};
+use clip_model::{ClipConfig, ClipModel, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
@@ -23,6 +23,9 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
+
+/// Distinct captions a frozen text tower's cache keeps (a 768-wide row is 3 KB: ~1.5 GB at most).
+const TEXT_CACHE_ROWS: usize = 500_000;
 
 /// What a run shows while it trains: the dashboard, plain progress lines, or nothing.
 pub trait Observer {
@@ -108,7 +111,8 @@ pub fn train<B: AutodiffBackend>(
     }
     let mut train_cfg = config.data.loader(true);
     train_cfg.drop_last = t.drop_last && split.train.len() > config.data.batch_size;
-    let train_loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config.data)?, train_cfg);
+    let train_pairs = split.train.clone().with_sampling(config.data.caption_sampling, config.data.seed);
+    let train_loader = ClipLoader::new(train_pairs, ExamplePipeline::train(&config.data)?, train_cfg);
     let val_loader = ClipLoader::new(split.val.clone(), ExamplePipeline::eval(&config.data)?, config.data.loader(false));
 
     // Model and optimizer, fresh or from the latest checkpoint.
@@ -137,6 +141,8 @@ pub fn train<B: AutodiffBackend>(
     }
     let model_precision = t.precision;
     let mut model = model.with_precision(model_precision);
+    // A frozen text tower gives each caption the same features all run long: compute them once.
+    let mut text_cache = (t.cache_frozen_text && !clip_config.text_trainable).then(|| TextFeatureCache::new(TEXT_CACHE_ROWS));
 
     let batches_per_epoch = train_loader.num_batches();
     let mut total_steps = config.train.epochs * batches_per_epoch;
@@ -149,7 +155,7 @@ pub fn train<B: AutodiffBackend>(
     observer.on_start(&RunInfo {
         run_dir: run.root.display().to_string(),
         backend: backend_name.to_string(),
-        train_pairs: split.train.len(),
+        train_pairs: train_loader.dataset().len(),
         val_pairs: split.val.len(),
         val_images: split.val.images().len(),
         batch_size: config.data.batch_size,
@@ -180,8 +186,28 @@ pub fn train<B: AutodiffBackend>(
             // Dropout draws from the backend's generator: reseed it per step so a resumed run
             // draws what the uninterrupted one would have.
             B::seed(device, t.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1));
-            let on_device = batch.to_device::<B>(device);
-            let out = model.forward(on_device.images, on_device.input_ids, on_device.attention_mask);
+            let out = match text_cache.as_mut() {
+                Some(cache) => {
+                    let features = cache.features(
+                        || model.text_encoder.model.valid(),
+                        model_precision,
+                        device,
+                        &batch.input_ids,
+                        &batch.attention_mask,
+                        batch.seq_len,
+                    );
+                    let features = Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device);
+                    let images = Tensor::<B, 4>::from_data(
+                        TensorData::new(batch.images, [n, 3, batch.image_size, batch.image_size]),
+                        device,
+                    );
+                    model.forward_with_text_features(images, features)
+                }
+                None => {
+                    let on_device = batch.to_device::<B>(device);
+                    model.forward(on_device.images, on_device.input_ids, on_device.attention_mask)
+                }
+            };
             let loss_value: f64 = out.loss.clone().into_scalar().elem();
             if !loss_value.is_finite() && !optim.scaler.enabled {
                 return Err(TrainError::Diverged { step: state.step + 1, loss: loss_value });
@@ -254,7 +280,10 @@ pub fn train<B: AutodiffBackend>(
         if validate && !split.val.is_empty() {
             observer.on_message(&format!("validating epoch {} on {} captions", epoch + 1, split.val.len()));
             let eval_model = model.valid();
-            let e = clip_infer::evaluate(&eval_model, &val_loader, device)?;
+            let e = match text_cache.as_mut() {
+                Some(cache) => clip_infer::evaluate_with_cache(&eval_model, &val_loader, device, cache)?,
+                None => clip_infer::evaluate(&eval_model, &val_loader, device)?,
+            };
             let m = EpochMetrics {
                 epoch: epoch + 1,
                 step: state.step,

@@ -78,3 +78,52 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     assert!(err.to_string().contains("nowhere/images"), "{err}");
     assert!(!dir.path().join("r/checkpoints").exists());
 }
+
+/// Float parameters of a module, flattened in visiting order.
+struct Values(Vec<f32>);
+impl ModuleVisitor<B> for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.extend(param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
+    }
+}
+
+#[test]
+fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
+    // Text dropout off, so the cached (eval-mode) features equal the uncached ones.
+    let common = ["model.text_trainable=false", "model.text.dropout=0.0", "data.caption_sampling=\"one-per-image\"", "train.epochs=3", "checkpoint.keep_last=3"];
+    let run_with = |cache: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        o.push(format!("train.cache_frozen_text={cache}"));
+        let o: Vec<&str> = o.iter().map(|s| s.as_str()).collect();
+        let c = config(dir.path(), 120, &o);
+        let run = RunDir::new(dir.path().join("run"));
+        let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        (dir, c, run, summary)
+    };
+    let (_d1, c, run, summary) = run_with(true);
+    // One caption per image: 96 training images in batches of 32 → 3 steps per epoch.
+    assert_eq!(summary.steps, 9);
+    let s = steps(&run);
+    assert!(s[s.len() - 1].loss < s[0].loss, "{} -> {}", s[0].loss, s[s.len() - 1].loss);
+
+    // The text tower is identical in every checkpoint; the image tower is not.
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.checkpoints()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.mpk").is_file() && p.file_name().unwrap().to_string_lossy().starts_with("step-")).collect();
+    dirs.sort();
+    assert!(dirs.len() >= 2, "{dirs:?}");
+    let load = |d: &PathBuf| load_model(c.clip_config().unwrap().init::<B>(&Default::default()), d, &Default::default()).unwrap();
+    let (a, b) = (load(&dirs[0]), load(&dirs[dirs.len() - 1]));
+    let values = |m: &dyn Fn(&mut Values)| {
+        let mut v = Values(vec![]);
+        m(&mut v);
+        v.0
+    };
+    assert!(values(&|v| a.text_encoder.model.visit(v)) == values(&|v| b.text_encoder.model.visit(v)), "text tower changed");
+    assert!(values(&|v| a.image_encoder.model.visit(v)) != values(&|v| b.image_encoder.model.visit(v)), "image tower did not train");
+
+    // Without the cache, the same run gives the same losses.
+    let (_d2, _, run2, _) = run_with(false);
+    for (x, y) in s.iter().zip(steps(&run2)) {
+        assert!((x.loss - y.loss).abs() < 1e-3 * x.loss.abs().max(1.0), "step {}: {} vs {}", x.step, x.loss, y.loss);
+    }
+}
