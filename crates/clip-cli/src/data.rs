@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use clip_data::fashion_mnist::{self, FashionMnistConfig};
 use clip_data::inspect::{inspect, InspectReport};
 use clip_data::synth::{self, SynthConfig};
 use clip_data::{load_data_config, DataConfig};
@@ -33,6 +34,22 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Convert Fashion-MNIST's IDX files into a caption dataset (Flickr30k layout, the official
+    /// train/test split, labels.csv and unseen zero-shot prompts). `cargo xtask fetch-assets`
+    /// fetches the files from Debian and runs this.
+    FashionMnist {
+        /// Folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
+        #[arg(long, default_value = "datasets/assets/fashion-mnist")]
+        source: PathBuf,
+        #[arg(long, default_value = "datasets/fashion-mnist")]
+        out: PathBuf,
+        /// Seed of the caption wording.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only the first N images of each split (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
 }
 
 pub fn run(command: DataCommand) -> Result<()> {
@@ -45,6 +62,12 @@ pub fn run(command: DataCommand) -> Result<()> {
             let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
             let s = synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} images and {} captions to {}", s.images, s.captions, s.dir.display());
+            Ok(())
+        }
+        DataCommand::FashionMnist { source, out, seed, limit } => {
+            let cfg = FashionMnistConfig { source, seed, limit };
+            let s = fashion_mnist::convert(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} train + {} test images and {} captions to {}", s.train_images, s.test_images, s.captions, out.display());
             Ok(())
         }
     }

@@ -245,6 +245,19 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     assert!(out.contains("text→image") && out.contains("median rank"), "{out}");
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
     assert_eq!(e["retrieval"]["images"], 6);
+    assert!(e.get("label_retrieval").is_none());
+
+    // Class level (a hit is any image of the same shape): never below the instance level.
+    let labels = dir.path().join("data/labels.csv");
+    let out = run_ok(&[&o("eval"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape")]);
+    assert!(out.contains("class level"), "{out}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
+    for key in ["t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"] {
+        let (class, instance) = (e["label_retrieval"][key].as_f64().unwrap(), e["retrieval"][key].as_f64().unwrap());
+        assert!(class >= instance && class <= 1.0, "{key}: class {class} < instance {instance}");
+    }
+    let err = run_err(&[&o("eval"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("flavour")]);
+    assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 
     // An index made by another model is refused.
     let other = tiny_run(dir.path(), "other", 2);
