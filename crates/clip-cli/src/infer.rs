@@ -1,6 +1,6 @@
 //! `clip embed`, `clip search`, `clip zero-shot`, `clip eval`: using a trained model.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset
 use clip_infer::embed::list_images;
 use clip_infer::index::{EmbeddingIndex, IndexEntry};
 use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
-use clip_infer::{search, Confusion, LoadedModel, ZeroShotClassifier};
+use clip_infer::{search, Confusion, ImageLabels, LoadedModel, ZeroShotClassifier};
 use clip_plot::{render_grid, Tile};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -273,24 +273,6 @@ impl BackendTask for SearchArgs {
     }
 }
 
-/// Each image's true label from a CSV (`image` column + a label column), keyed by file name.
-fn read_ground_truth(path: &Path, column: &str) -> Result<HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let headers = reader.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
-    let find = |name: &str| headers.iter().position(|h| h.trim() == name);
-    let (Some(ic), Some(lc)) = (find("image"), find(column)) else {
-        bail!("{}: needs columns `image` and `{column}`; found {:?}", path.display(), headers.iter().collect::<Vec<_>>());
-    };
-    let mut map = HashMap::new();
-    for (i, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("{}: line {}", path.display(), i + 2))?;
-        if let (Some(img), Some(label)) = (row.get(ic), row.get(lc)) {
-            map.insert(img.trim().to_string(), label.trim().to_string());
-        }
-    }
-    Ok(map)
-}
-
 #[derive(serde::Serialize)]
 struct ZeroShotReport {
     labels: Vec<String>,
@@ -324,12 +306,12 @@ impl BackendTask for ZeroShotArgs {
             eprintln!("skipped {}: {reason}", p.display());
         }
         let truth_map = match &self.ground_truth {
-            Some(p) => Some(read_ground_truth(p, &self.label_column)?),
+            Some(p) => Some(ImageLabels::read(p, &self.label_column)?),
             None => None,
         };
         let label_of = |p: &Path| -> Option<usize> {
             let name = match &truth_map {
-                Some(m) => m.get(p.file_name()?.to_str()?)?.clone(),
+                Some(m) => m.get(p.file_name()?.to_str()?)?.to_string(),
                 None => p.parent()?.file_name()?.to_str()?.to_string(),
             };
             labels.iter().position(|l| *l == name)
@@ -399,30 +381,14 @@ impl BackendTask for EvalArgs {
         println!("evaluating {} on the {} split: {} images, {} captions ({backend})", model.weights.display(), self.split, pairs.images().len(), pairs.len());
         let image_labels = match &self.labels {
             Some(path) => {
-                let map = read_ground_truth(path, &self.label_column)?;
-                let mut names: Vec<&String> = map.values().collect();
-                names.sort();
-                names.dedup();
-                let labels = pairs
-                    .images()
-                    .iter()
-                    .map(|img| {
-                        let file = Path::new(&img.name).file_name().and_then(|f| f.to_str()).unwrap_or(&img.name);
-                        let label = map.get(file).or_else(|| map.get(&img.name)).with_context(|| {
-                            format!("{}: no `{}` for image {}", path.display(), self.label_column, img.name)
-                        })?;
-                        Ok(names.binary_search(&label).expect("label is in the map"))
-                    })
-                    .collect::<Result<Vec<usize>>>()?;
-                Some(labels)
+                let labels = ImageLabels::read(path, &self.label_column)?;
+                Some(labels.indices(pairs.images().iter().map(|i| i.name.as_str()), &labels.classes(), path)?)
             }
             None => None,
         };
         let loader = ClipLoader::new(pairs, ExamplePipeline::eval(data)?, data.loader(false));
-        let e = match &image_labels {
-            Some(labels) => clip_infer::evaluate_by_label(&model.model, &loader, &device, labels)?,
-            None => clip_infer::evaluate(&model.model, &loader, &device)?,
-        };
+        let extras = clip_infer::EvalExtras { image_labels: image_labels.as_deref(), zero_shot: None };
+        let e = clip_infer::evaluate_with(&model.model, &loader, &device, &mut clip_model::TextFeatureCache::new(usize::MAX), extras)?;
         let r = &e.retrieval;
         println!("loss {:.4}   in-batch accuracy image→text {:.1}%  text→image {:.1}%", e.loss, e.acc_i2t * 100.0, e.acc_t2i * 100.0);
         println!("{:<14} {:>7} {:>7} {:>7} {:>11} {:>13}", "direction", "R@1", "R@5", "R@10", "mean rank", "median rank");

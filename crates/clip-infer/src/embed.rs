@@ -8,6 +8,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clip_data::imaging::View;
 
+use clip_data::CaptionTokenizer;
+use clip_model::ClipModel;
+
 use crate::card::LoadedModel;
 
 /// File extensions taken as images when listing a folder.
@@ -106,27 +109,37 @@ impl<B: Backend> LoadedModel<B> {
 
     /// Embeds texts (each tokenized like the training captions): `[texts, dim]`, rows normalized.
     pub fn embed_texts(&self, texts: &[String], device: &B::Device) -> crate::Result<(Vec<f32>, usize)> {
-        let mut all = Vec::new();
-        let mut dim = 0;
-        for chunk in texts.chunks(256) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<_, _>>()?;
-            let len = ids.iter().map(Vec::len).max().unwrap_or(0);
-            let mut flat = vec![self.tokenizer.pad_id() as i32; chunk.len() * len];
-            let mut mask = vec![0i32; chunk.len() * len];
-            for (r, row) in ids.iter().enumerate() {
-                for (j, &id) in row.iter().enumerate() {
-                    flat[r * len + j] = id as i32;
-                    mask[r * len + j] = 1;
-                }
-            }
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [chunk.len(), len]), device);
-            let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [chunk.len(), len]), device);
-            let emb = self.model.encode_text(ids, mask);
-            dim = emb.dims()[1];
-            let mut rows: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
-            normalize_rows(&mut rows, dim);
-            all.extend(rows);
-        }
-        Ok((all, dim))
+        embed_texts(&self.model, &self.tokenizer, texts, device)
     }
+}
+
+/// Embeds texts with a model and its tokenizer: `[texts, dim]`, rows L2-normalized.
+pub fn embed_texts<B: Backend>(
+    model: &ClipModel<B>,
+    tokenizer: &CaptionTokenizer,
+    texts: &[String],
+    device: &B::Device,
+) -> crate::Result<(Vec<f32>, usize)> {
+    let mut all = Vec::new();
+    let mut dim = 0;
+    for chunk in texts.chunks(256) {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?;
+        let len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let mut flat = vec![tokenizer.pad_id() as i32; chunk.len() * len];
+        let mut mask = vec![0i32; chunk.len() * len];
+        for (r, row) in ids.iter().enumerate() {
+            for (j, &id) in row.iter().enumerate() {
+                flat[r * len + j] = id as i32;
+                mask[r * len + j] = 1;
+            }
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [chunk.len(), len]), device);
+        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [chunk.len(), len]), device);
+        let emb = model.encode_text(ids, mask);
+        dim = emb.dims()[1];
+        let mut rows: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        normalize_rows(&mut rows, dim);
+        all.extend(rows);
+    }
+    Ok((all, dim))
 }

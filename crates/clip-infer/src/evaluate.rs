@@ -7,10 +7,12 @@ use clip_data::{ClipLoader, DataError};
 use clip_model::loss::in_batch_accuracy;
 use clip_model::retrieval::{from_ranks, label_ranks};
 use clip_model::{retrieval_metrics, ClipModel, RetrievalMetrics, TextFeatureCache};
+
+use crate::zeroshot::ZeroShotClassifier;
 use serde::{Deserialize, Serialize};
 
 /// The result of [`evaluate`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Mean loss over batches (weighted by batch size).
     pub loss: f64,
@@ -20,42 +22,34 @@ pub struct Evaluation {
     /// Class-level retrieval (a hit is any item of the same label), when labels were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_retrieval: Option<RetrievalMetrics>,
+    /// Zero-shot top-1 accuracy over the images, when class prompts were given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_shot_top1: Option<f64>,
+}
+
+/// Optional parts of an evaluation that need class labels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvalExtras<'a> {
+    /// The label index of each of the loader's images: adds class-level retrieval.
+    pub image_labels: Option<&'a [usize]>,
+    /// Class prompts (labels in the same order as `image_labels`): adds zero-shot accuracy.
+    pub zero_shot: Option<&'a ZeroShotClassifier>,
 }
 
 /// Runs `model` over every batch of `loader` (epoch 0, in the loader's order). The text tower
 /// runs once per distinct caption.
 pub fn evaluate<B: Backend>(model: &ClipModel<B>, loader: &ClipLoader, device: &B::Device) -> Result<Evaluation, DataError> {
-    evaluate_with_cache(model, loader, device, &mut TextFeatureCache::new(usize::MAX))
+    evaluate_with(model, loader, device, &mut TextFeatureCache::new(usize::MAX), EvalExtras::default())
 }
 
-/// [`evaluate`] plus class-level retrieval: `image_labels[i]` is the label of the loader's image
-/// `i`; a caption's label is its image's.
-pub fn evaluate_by_label<B: Backend>(
-    model: &ClipModel<B>,
-    loader: &ClipLoader,
-    device: &B::Device,
-    image_labels: &[usize],
-) -> Result<Evaluation, DataError> {
-    run(model, loader, device, &mut TextFeatureCache::new(usize::MAX), Some(image_labels))
-}
-
-/// [`evaluate`] with a text-feature cache that outlives it: one filled by a frozen text tower
-/// during training can be reused, as long as the text tower has not changed.
-pub fn evaluate_with_cache<B: Backend>(
+/// [`evaluate`] with a text-feature cache that may outlive it (one filled by a frozen text tower
+/// during training can be reused, as long as the tower has not changed) and label-based extras.
+pub fn evaluate_with<B: Backend>(
     model: &ClipModel<B>,
     loader: &ClipLoader,
     device: &B::Device,
     cache: &mut TextFeatureCache,
-) -> Result<Evaluation, DataError> {
-    run(model, loader, device, cache, None)
-}
-
-fn run<B: Backend>(
-    model: &ClipModel<B>,
-    loader: &ClipLoader,
-    device: &B::Device,
-    cache: &mut TextFeatureCache,
-    image_labels: Option<&[usize]>,
+    extras: EvalExtras<'_>,
 ) -> Result<Evaluation, DataError> {
     let pairs = loader.dataset();
     let n_txt = pairs.len();
@@ -118,7 +112,7 @@ fn run<B: Backend>(
         }
     }
     if seen == 0 {
-        return Ok(Evaluation { loss: 0.0, acc_i2t: 0.0, acc_t2i: 0.0, retrieval: RetrievalMetrics::default(), label_retrieval: None });
+        return Ok(Evaluation { loss: 0.0, acc_i2t: 0.0, acc_t2i: 0.0, retrieval: RetrievalMetrics::default(), ..Default::default() });
     }
     // Every item and image is seen when the loader keeps the last partial batch.
     let texts: Vec<f32> = text_rows.into_iter().flatten().flatten().collect();
@@ -127,6 +121,18 @@ fn run<B: Backend>(
     let image_t = || Tensor::<B, 2>::from_data(TensorData::new(images.clone(), [n_img, dim]), device);
     let text_t = || Tensor::<B, 2>::from_data(TensorData::new(texts.clone(), [n_txt, dim]), device);
     let retrieval = if complete { retrieval_metrics(image_t(), text_t(), &caption_image) } else { RetrievalMetrics::default() };
+    let image_labels = extras.image_labels;
+    let zero_shot_top1 = match (extras.zero_shot, image_labels) {
+        (Some(classifier), Some(labels)) if complete && labels.len() == n_img => {
+            let mut normalized = images.clone();
+            for row in normalized.chunks_mut(dim) {
+                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                row.iter_mut().for_each(|v| *v /= n);
+            }
+            Some(classifier.accuracy(&normalized, labels))
+        }
+        _ => None,
+    };
     let label_retrieval = match image_labels {
         Some(labels) if complete && labels.len() == n_img => {
             let text_labels: Vec<usize> = caption_image.iter().map(|&i| labels[i]).collect();
@@ -142,5 +148,6 @@ fn run<B: Backend>(
         acc_t2i: acc_t2i / n,
         retrieval,
         label_retrieval,
+        zero_shot_top1,
     })
 }

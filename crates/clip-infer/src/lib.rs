@@ -8,12 +8,14 @@ pub mod embed;
 pub mod error;
 pub mod evaluate;
 pub mod index;
+pub mod labels;
 pub mod search;
 pub mod zeroshot;
 
 pub use card::{LoadedModel, ModelCard};
 pub use error::{InferError, Result};
-pub use evaluate::{evaluate, evaluate_by_label, evaluate_with_cache, Evaluation};
+pub use evaluate::{evaluate, evaluate_with, EvalExtras, Evaluation};
 pub use index::EmbeddingIndex;
+pub use labels::ImageLabels;
 pub use search::{search, Hit};
 pub use zeroshot::{Confusion, ZeroShotClassifier};

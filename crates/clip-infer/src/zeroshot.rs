@@ -3,6 +3,9 @@
 
 use burn::tensor::backend::Backend;
 
+use clip_data::CaptionTokenizer;
+use clip_model::ClipModel;
+
 use crate::card::LoadedModel;
 use crate::error::{InferError, Result};
 
@@ -39,11 +42,25 @@ pub fn parse_templates(text: &str, source: &str) -> Result<Vec<String>> {
 
 impl ZeroShotClassifier {
     pub fn new<B: Backend>(model: &LoadedModel<B>, labels: &[String], templates: &[String], device: &B::Device) -> Result<Self> {
+        Self::from_model(&model.model, &model.tokenizer, labels, templates, device)
+    }
+
+    /// The classifier of a model in memory (during training, for per-epoch zero-shot accuracy).
+    pub fn from_model<B: Backend>(
+        model: &ClipModel<B>,
+        tokenizer: &CaptionTokenizer,
+        labels: &[String],
+        templates: &[String],
+        device: &B::Device,
+    ) -> Result<Self> {
         if labels.is_empty() {
             return Err(InferError::Input("no labels given".into()));
         }
+        if templates.is_empty() {
+            return Err(InferError::Input("no prompt templates given".into()));
+        }
         let prompts: Vec<String> = labels.iter().flat_map(|l| templates.iter().map(move |t| t.replace("{}", l))).collect();
-        let (emb, dim) = model.embed_texts(&prompts, device)?;
+        let (emb, dim) = crate::embed::embed_texts(model, tokenizer, &prompts, device)?;
         let t = templates.len();
         let mut rows = Vec::with_capacity(labels.len() * dim);
         for l in 0..labels.len() {
@@ -65,6 +82,13 @@ impl ZeroShotClassifier {
         let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
         let sum: f32 = exp.iter().sum();
         exp.into_iter().map(|e| e / sum).collect()
+    }
+
+    /// Top-1 accuracy over normalized image embeddings (`[n, dim]` rows) with their true labels
+    /// (indices into [`labels`](Self::labels)).
+    pub fn accuracy(&self, images: &[f32], truth: &[usize]) -> f64 {
+        let hits = images.chunks(self.dim).zip(truth).filter(|(row, &t)| self.predict(row) == t).count();
+        hits as f64 / truth.len().max(1) as f64
     }
 
     /// The index of the most likely label.

@@ -31,6 +31,28 @@ pub struct ExperimentConfig {
     pub train: TrainSpec,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    #[serde(default)]
+    pub eval: EvalSpec,
+}
+
+/// `[eval]`: label-based validation for datasets whose captions name a class (Fashion-MNIST):
+/// class-level retrieval and zero-shot accuracy with prompts, at every validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSpec {
+    /// CSV with an `image` column (file name) and `label_column`.
+    pub labels: Option<PathBuf>,
+    pub label_column: String,
+    /// Class names in prompt order (default: the distinct labels, sorted).
+    pub classes: Option<Vec<String>>,
+    /// Zero-shot prompt templates, one per line with `{}` (zero-shot is skipped without them).
+    pub templates: Option<PathBuf>,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self { labels: None, label_column: "label".into(), classes: None, templates: None }
+    }
 }
 
 fn default_name() -> String {
@@ -254,7 +276,7 @@ impl ExperimentConfig {
             }
         };
         fix(&mut self.runs_dir);
-        for p in [&mut self.model.image_weights, &mut self.model.text_weights, &mut self.model.checkpoint]
+        for p in [&mut self.model.image_weights, &mut self.model.text_weights, &mut self.model.checkpoint, &mut self.eval.labels, &mut self.eval.templates]
             .into_iter()
             .flatten()
         {
@@ -296,6 +318,9 @@ impl ExperimentConfig {
         }
         if !(t.loss_scale >= 1.0) || t.loss_scale_growth_interval == 0 {
             return bad("train.loss_scale must be >= 1 and train.loss_scale_growth_interval >= 1".into());
+        }
+        if self.eval.templates.is_some() && self.eval.labels.is_none() {
+            return bad("eval.templates needs eval.labels (the ground truth of the validation images)".into());
         }
         if t.val_every_epochs == 0 {
             return bad("train.val_every_epochs must be at least 1".into());

@@ -312,11 +312,12 @@ impl Observer for Dashboard {
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
         self.state.event(format!(
-            "epoch {}: val loss {:.4}, t→i R@1 {:.1}%, i→t R@1 {:.1}%",
+            "epoch {}: val loss {:.4}, t→i R@1 {:.1}%, i→t R@1 {:.1}%{}",
             m.epoch,
             m.val_loss,
             m.retrieval.t2i_r1 * 100.0,
-            m.retrieval.i2t_r1 * 100.0
+            m.retrieval.i2t_r1 * 100.0,
+            m.zero_shot_top1.map_or(String::new(), |z| format!(", zero-shot {:.1}%", z * 100.0))
         ));
         self.state.epochs.push(m.clone());
         self.draw(true);
@@ -399,11 +400,12 @@ impl<W: Write> Observer for PlainProgress<W> {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         let _ = writeln!(
             self.out,
-            "epoch {} done: train loss {} val loss {:.4} | {}",
+            "epoch {} done: train loss {} val loss {:.4} | {}{}",
             m.epoch,
             m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
             m.val_loss,
-            m.retrieval
+            m.retrieval,
+            m.zero_shot_top1.map_or(String::new(), |z| format!(" | zero-shot top-1 {:.1}%", z * 100.0))
         );
     }
     fn on_checkpoint(&mut self, path: &Path, kind: &str) {
@@ -452,6 +454,8 @@ mod tests {
             val_acc_i2t: 0.3,
             val_acc_t2i: 0.3,
             retrieval: RetrievalMetrics { t2i_r1: 0.123, i2t_r1: 0.456, ..Default::default() },
+            label_retrieval: None,
+            zero_shot_top1: Some(0.875),
             elapsed_s: 30.0,
         });
         s.last_checkpoint = Some("epoch: runs/x/checkpoints/step-000010".into());
@@ -497,5 +501,6 @@ mod tests {
         assert_eq!(out.lines().filter(|l| l.contains("loss 3.0000")).count(), 1);
         assert!(!out.contains("loss 2.9000"), "throttled: {out}");
         assert!(out.contains("text→image R@1 12.3%") && out.contains("checkpoint (epoch)"), "{out}");
+        assert!(out.contains("zero-shot top-1 87.5%"), "{out}");
     }
 }

@@ -17,6 +17,8 @@ pub enum TrainError {
     Data(#[from] clip_data::DataError),
     #[error(transparent)]
     Import(#[from] clip_model::import::ImportError),
+    #[error(transparent)]
+    Infer(#[from] clip_infer::InferError),
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error("training diverged at step {step}: the loss is {loss}")]

@@ -44,6 +44,11 @@ pub struct EpochMetrics {
     pub val_acc_i2t: f64,
     pub val_acc_t2i: f64,
     pub retrieval: RetrievalMetrics,
+    /// Class-level retrieval and zero-shot top-1 (with `[eval]` labels and templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_retrieval: Option<RetrievalMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_shot_top1: Option<f64>,
     pub elapsed_s: f64,
 }
 

@@ -21,6 +21,27 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
         name: name.into(),
         points: epochs.iter().map(|m| (m.step as f64, f(m))).collect(),
     };
+    let eo = |name: &str, f: &dyn Fn(&EpochMetrics) -> Option<f64>| Series {
+        name: name.into(),
+        points: epochs.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect(),
+    };
+    let mut recall = vec![
+        e("text→image R@1", &|m| m.retrieval.t2i_r1),
+        e("text→image R@5", &|m| m.retrieval.t2i_r5),
+        e("image→text R@1", &|m| m.retrieval.i2t_r1),
+        e("image→text R@5", &|m| m.retrieval.i2t_r5),
+    ];
+    let mut recall_title = "validation retrieval recall";
+    if epochs.iter().any(|m| m.zero_shot_top1.is_some() || m.label_retrieval.is_some()) {
+        // Class-labelled data: instance recall is near chance by construction (captions repeat),
+        // so show what is meaningful there.
+        recall_title = "validation: zero-shot and class-level recall";
+        recall = vec![
+            eo("zero-shot top-1", &|m| m.zero_shot_top1),
+            eo("class text→image R@1", &|m| m.label_retrieval.map(|r| r.t2i_r1)),
+            eo("class image→text R@1", &|m| m.label_retrieval.map(|r| r.i2t_r1)),
+        ];
+    }
     let panels = vec![
         Panel {
             title: "loss".into(),
@@ -28,14 +49,9 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             series: vec![s("train (per step)", &|m| m.loss), e("validation", &|m| m.val_loss)],
         },
         Panel {
-            title: "validation retrieval recall".into(),
+            title: recall_title.into(),
             x_label: "step".into(),
-            series: vec![
-                e("text→image R@1", &|m| m.retrieval.t2i_r1),
-                e("text→image R@5", &|m| m.retrieval.t2i_r5),
-                e("image→text R@1", &|m| m.retrieval.i2t_r1),
-                e("image→text R@5", &|m| m.retrieval.i2t_r5),
-            ],
+            series: recall,
         },
         Panel {
             title: "in-batch accuracy".into(),

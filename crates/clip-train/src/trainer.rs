@@ -13,7 +13,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_model::loss::in_batch_accuracy;
-use clip_infer::ModelCard;
+use clip_infer::zeroshot::parse_templates;
+use clip_infer::{EvalExtras, ImageLabels, ModelCard, ZeroShotClassifier};
 use clip_model::{ClipConfig, ClipModel, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +115,7 @@ pub fn train<B: AutodiffBackend>(
     let train_pairs = split.train.clone().with_sampling(config.data.caption_sampling, config.data.seed);
     let train_loader = ClipLoader::new(train_pairs, ExamplePipeline::train(&config.data)?, train_cfg);
     let val_loader = ClipLoader::new(split.val.clone(), ExamplePipeline::eval(&config.data)?, config.data.loader(false));
+    let eval_labels = EvalLabels::prepare(config, &split.val)?;
 
     // Model and optimizer, fresh or from the latest checkpoint.
     let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
@@ -280,9 +282,14 @@ pub fn train<B: AutodiffBackend>(
         if validate && !split.val.is_empty() {
             observer.on_message(&format!("validating epoch {} on {} captions", epoch + 1, split.val.len()));
             let eval_model = model.valid();
+            let classifier = match &eval_labels {
+                Some(l) => l.classifier(&eval_model, device)?,
+                None => None,
+            };
+            let extras = EvalExtras { image_labels: eval_labels.as_ref().map(|l| l.indices.as_slice()), zero_shot: classifier.as_ref() };
             let e = match text_cache.as_mut() {
-                Some(cache) => clip_infer::evaluate_with_cache(&eval_model, &val_loader, device, cache)?,
-                None => clip_infer::evaluate(&eval_model, &val_loader, device)?,
+                Some(cache) => clip_infer::evaluate_with(&eval_model, &val_loader, device, cache, extras)?,
+                None => clip_infer::evaluate_with(&eval_model, &val_loader, device, &mut TextFeatureCache::new(usize::MAX), extras)?,
             };
             let m = EpochMetrics {
                 epoch: epoch + 1,
@@ -292,6 +299,8 @@ pub fn train<B: AutodiffBackend>(
                 val_acc_i2t: e.acc_i2t,
                 val_acc_t2i: e.acc_t2i,
                 retrieval: e.retrieval,
+                label_retrieval: e.label_retrieval,
+                zero_shot_top1: e.zero_shot_top1,
                 elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
             };
             epochs_log.write(&m)?;
@@ -334,6 +343,38 @@ pub fn train<B: AutodiffBackend>(
     crate::plots::write_curves(run)?;
     observer.on_finish(&summary);
     Ok(summary)
+}
+
+/// `[eval]` prepared for the validation split: each image's class, and the prompts.
+struct EvalLabels {
+    indices: Vec<usize>,
+    classes: Vec<String>,
+    templates: Option<Vec<String>>,
+    tokenizer: clip_data::CaptionTokenizer,
+}
+
+impl EvalLabels {
+    fn prepare(config: &ExperimentConfig, val: &clip_data::PairDataset) -> Result<Option<Self>> {
+        let e = &config.eval;
+        let Some(path) = &e.labels else { return Ok(None) };
+        let labels = ImageLabels::read(path, &e.label_column)?;
+        let classes = e.classes.clone().unwrap_or_else(|| labels.classes());
+        let indices = labels.indices(val.images().iter().map(|i| i.name.as_str()), &classes, path)?;
+        let templates = match &e.templates {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|err| TrainError::io(p, err))?;
+                Some(parse_templates(&text, &p.display().to_string())?)
+            }
+            None => None,
+        };
+        Ok(Some(Self { indices, classes, templates, tokenizer: config.data.tokenizer()? }))
+    }
+
+    /// The zero-shot classifier of the model as it is now (None without templates).
+    fn classifier<B: burn::tensor::backend::Backend>(&self, model: &ClipModel<B>, device: &B::Device) -> Result<Option<ZeroShotClassifier>> {
+        let Some(templates) = &self.templates else { return Ok(None) };
+        Ok(Some(ZeroShotClassifier::from_model(model, &self.tokenizer, &self.classes, templates, device)?))
+    }
 }
 
 /// Initializes every (lazily initialized) parameter now, while the generator holds the init seed.

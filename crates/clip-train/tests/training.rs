@@ -69,6 +69,8 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     assert!(err.contains("sgd") && err.contains("exp.toml"), "{err}");
     let err = ExperimentConfig::load(&path, &["model.image.layers=[1,1]".into()]).unwrap_err().to_string();
     assert!(err.contains("layers"), "{err}");
+    let err = ExperimentConfig::load(&path, &["eval.templates=\"prompts.txt\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("eval.templates needs eval.labels"), "{err}");
     // A missing dataset is named at the start, not after building a model.
     let mut missing = c.clone();
     missing.data.synthetic = None;
@@ -126,4 +128,34 @@ fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
     for (x, y) in s.iter().zip(steps(&run2)) {
         assert!((x.loss - y.loss).abs() < 1e-3 * x.loss.abs().max(1.0), "step {}: {} vs {}", x.step, x.loss, y.loss);
     }
+}
+
+#[test]
+fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prompts.txt"), "a picture of a {}\n# a comment\na {} shape\n").unwrap();
+    let c = config(
+        dir.path(),
+        100,
+        &["train.epochs=2", "eval.labels=\"data/labels.csv\"", "eval.label_column=\"shape\"", "eval.templates=\"prompts.txt\""],
+    );
+    let run = RunDir::new(dir.path().join("run"));
+    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let epochs: Vec<clip_train::metrics::EpochMetrics> = clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
+    assert_eq!(epochs.len(), 2);
+    for m in &epochs {
+        let z = m.zero_shot_top1.expect("zero-shot accuracy each epoch");
+        assert!((0.0..=1.0).contains(&z), "{z}");
+        let class = m.label_retrieval.expect("class-level recall");
+        // Any same-shape image counts, so class-level recall is at least the instance-level one.
+        assert!(class.t2i_r1 >= m.retrieval.t2i_r1 && class.i2t_r5 >= m.retrieval.i2t_r5, "{class:?} vs {:?}", m.retrieval);
+    }
+    // A missing labels file, or a label column missing from it, is named before training.
+    let bad = config(dir.path(), 100, &["eval.labels=\"data/no-labels.csv\""]);
+    let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad0")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("no-labels.csv"), "{err}");
+    assert!(!dir.path().join("bad0/checkpoints").exists());
+    let bad = config(dir.path(), 100, &["eval.labels=\"data/labels.csv\"", "eval.label_column=\"flavour\""]);
+    let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 }
