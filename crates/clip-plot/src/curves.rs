@@ -28,6 +28,26 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// Points drawn per line at most: denser series (a per-step curve over thousands of steps) are
+/// averaged in bins. Wide strokes through thousands of zigzags also make plotters' line joins
+/// spike far outside the chart.
+const MAX_POINTS: usize = 400;
+
+/// Averages `points` (sorted by x) in `max` consecutive bins of equal count; fewer are kept as is.
+fn bin_means(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max {
+        return points;
+    }
+    let per = points.len().div_ceil(max);
+    points
+        .chunks(per)
+        .map(|c| {
+            let n = c.len() as f64;
+            (c.iter().map(|p| p.0).sum::<f64>() / n, c.iter().map(|p| p.1).sum::<f64>() / n)
+        })
+        .collect()
+}
+
 /// Draws `panels` in a grid of two columns: a PNG of `width` × `height`.
 pub fn render_panels(panels: &[Panel], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
     ensure_font();
@@ -78,6 +98,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
     for (i, s) in panel.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let pts = bin_means(pts, MAX_POINTS);
         let style = ShapeStyle::from(&color).stroke_width(2);
         if pts.len() == 1 {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, style.filled()))).map_err(|e| e.to_string())?;
@@ -103,6 +124,16 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dense_series_are_averaged_in_bins() {
+        let pts: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64, if i % 2 == 0 { 0.0 } else { 1.0 })).collect();
+        let binned = bin_means(pts.clone(), 100);
+        assert_eq!(binned.len(), 100);
+        assert!(binned.iter().all(|&(_, y)| (y - 0.5).abs() < 1e-12));
+        assert_eq!((binned[0].0, binned[99].0), (4.5, 994.5));
+        assert_eq!(bin_means(pts[..50].to_vec(), 100), pts[..50].to_vec());
+    }
 
     #[test]
     fn writes_a_png_with_ink_in_every_panel() {

@@ -262,8 +262,10 @@ impl ExperimentConfig {
             config = ExperimentConfig::deserialize(toml::Value::Table(table))
                 .map_err(|e| bad(format!("after --set {}: {e}", overrides.join(" "))))?;
         }
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // Absolute, so that the copy saved in a run directory still points at the same files.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        config.resolve_paths(&base);
         config.validate(path)?;
         Ok(config)
     }
@@ -489,6 +491,21 @@ mod tests {
         assert_eq!(c.train.precision, Precision::Bf16Mixed);
         let back: ExperimentConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn paths_resolve_to_absolute_ones_even_from_a_relative_config_path() {
+        // A config named relatively (as `clip train --config configs/x.toml` does): the resolved
+        // copy saved in a run must not depend on the working directory.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let p = dir.path().join("exp.toml");
+        std::fs::write(&p, format!("{MINIMAL}[eval]\nlabels = \"d/labels.csv\"\n")).unwrap();
+        let relative = p.strip_prefix(std::env::current_dir().unwrap()).unwrap_or(&p).to_path_buf();
+        let c = ExperimentConfig::load(&relative, &[]).unwrap();
+        for path in [&c.data.captions, &c.data.images, &c.runs_dir, c.eval.labels.as_ref().unwrap()] {
+            assert!(path.is_absolute(), "{}", path.display());
+        }
+        assert_eq!(c.data.captions, std::path::absolute(dir.path().join("d/results.csv")).unwrap());
     }
 }
 
