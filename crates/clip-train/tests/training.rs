@@ -24,6 +24,7 @@ impl ModuleVisitor<B> for Dtypes {
 
 #[test]
 fn mixed_precision_trains_with_f32_master_weights() {
+    let _serial = common::serial();
     for precision in ["bf16-mixed", "fp16-mixed"] {
         let dir = tempfile::tempdir().unwrap();
         let c = config(dir.path(), 120, &[&format!("train.precision=\"{precision}\""), "train.epochs=3"]);
@@ -46,6 +47,7 @@ fn mixed_precision_trains_with_f32_master_weights() {
 
 #[test]
 fn fp16_overflowing_steps_are_skipped_and_counted() {
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     // A loss scale of 2^126 overflows f32 at once: the first steps' gradients are infinite.
     let c = config(dir.path(), 60, &["train.precision=\"fp16-mixed\"", "train.loss_scale=8.5e37", "train.max_steps=4"]);
@@ -62,6 +64,7 @@ fn fp16_overflowing_steps_are_skipped_and_counted() {
 
 #[test]
 fn bad_configs_fail_before_training_with_the_key_named() {
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 20, &[]);
     let path: PathBuf = dir.path().join("exp.toml");
@@ -91,6 +94,7 @@ impl ModuleVisitor<B> for Values {
 
 #[test]
 fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
+    let _serial = common::serial();
     // Text dropout off, so the cached (eval-mode) features equal the uncached ones.
     let common = ["model.text_trainable=false", "model.text.dropout=0.0", "data.caption_sampling=\"one-per-image\"", "train.epochs=3", "checkpoint.keep_last=3"];
     let run_with = |cache: bool| {
@@ -132,6 +136,7 @@ fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
 
 #[test]
 fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
+    let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("prompts.txt"), "a picture of a {}\n# a comment\na {} shape\n").unwrap();
     let c = config(
