@@ -241,3 +241,37 @@ fn extract(archive: &Path, tree: &Path) -> Result<()> {
 pub fn fashion_mnist_dir(assets_dir: &Path) -> PathBuf {
     assets_dir.join("fashion-mnist")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_file_matches_the_standard_vector() {
+        let dir = std::env::temp_dir().join(format!("xtask-sha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("abc.txt");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(has_sha(&p, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+        assert!(!has_sha(&dir.join("missing"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unknown_assets_are_named_before_anything_is_fetched() {
+        let dir = std::env::temp_dir().join(format!("xtask-assets-{}", std::process::id()));
+        let err = fetch(&dir, &["imagenet".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("imagenet") && err.contains("minilm, fashion-mnist, skimage"), "{err}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn every_asset_pins_well_formed_checksums() {
+        let hex64 = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        for a in ASSETS {
+            assert!(hex64(a.archive_sha256), "{}", a.id);
+            assert!(!a.files.is_empty() && a.files.iter().all(|(_, sha)| hex64(sha)), "{}", a.id);
+        }
+    }
+}
