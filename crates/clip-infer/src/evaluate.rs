@@ -123,14 +123,7 @@ pub fn evaluate_with<B: Backend>(
     let retrieval = if complete { retrieval_metrics(image_t(), text_t(), &caption_image) } else { RetrievalMetrics::default() };
     let image_labels = extras.image_labels;
     let zero_shot_top1 = match (extras.zero_shot, image_labels) {
-        (Some(classifier), Some(labels)) if complete && labels.len() == n_img => {
-            let mut normalized = images.clone();
-            for row in normalized.chunks_mut(dim) {
-                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                row.iter_mut().for_each(|v| *v /= n);
-            }
-            Some(classifier.accuracy(&normalized, labels))
-        }
+        (Some(classifier), Some(labels)) if complete && labels.len() == n_img => Some(classifier.accuracy(&images, labels)),
         _ => None,
     };
     let label_retrieval = match image_labels {

@@ -84,8 +84,8 @@ impl ZeroShotClassifier {
         exp.into_iter().map(|e| e / sum).collect()
     }
 
-    /// Top-1 accuracy over normalized image embeddings (`[n, dim]` rows) with their true labels
-    /// (indices into [`labels`](Self::labels)).
+    /// Top-1 accuracy over image embeddings (`[n, dim]` rows; the argmax needs no normalization)
+    /// with their true labels (indices into [`labels`](Self::labels)).
     pub fn accuracy(&self, images: &[f32], truth: &[usize]) -> f64 {
         let hits = images.chunks(self.dim).zip(truth).filter(|(row, &t)| self.predict(row) == t).count();
         hits as f64 / truth.len().max(1) as f64

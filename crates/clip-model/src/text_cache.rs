@@ -65,8 +65,9 @@ impl TextFeatureCache {
         let mut missing: Vec<&Vec<i32>> = keys.iter().filter(|k| !self.rows.contains_key(*k)).collect();
         missing.sort();
         missing.dedup();
-        self.hits += (batch - keys.iter().filter(|k| missing.binary_search(k).is_ok()).count()) as u64;
-        self.misses += keys.iter().filter(|k| missing.binary_search(k).is_ok()).count() as u64;
+        let computed = keys.iter().filter(|k| missing.binary_search(k).is_ok()).count();
+        self.hits += (batch - computed) as u64;
+        self.misses += computed as u64;
         let mut fresh: HashMap<&Vec<i32>, Vec<f32>> = HashMap::new();
         if !missing.is_empty() {
             let tower = tower();
