@@ -48,9 +48,14 @@ enum Command {
         #[arg(long, default_value = "datasets/fashion-mnist")]
         fashion_out: PathBuf,
     },
-    /// Build the release `clip` (CUDA in) and put a stripped copy in .gpu/ for a lent GPU machine;
-    /// then run `bench/gpu/bench.sh` there (device tool, carry [".gpu"]).
-    BenchGpu,
+    /// Build release `clip` binaries (CUDA in; with and without autotune and fusion) and put
+    /// stripped, gzipped copies in .gpu/ for a lent GPU machine; then run `bench/gpu/diagnose.sh`
+    /// or `bench/gpu/bench.sh` there (device tool, carry [".gpu"]).
+    BenchGpu {
+        /// Only the default build (`clip`: fusion and autotune on).
+        #[arg(long)]
+        only_default: bool,
+    },
     /// Data-pipeline benchmark: clip-data beside the seed's Python stack on the same JPEGs.
     BenchData {
         /// Where the benchmark JPEGs are written (and read).
@@ -58,6 +63,13 @@ enum Command {
         images: PathBuf,
     },
 }
+
+/// The `clip` builds a GPU session compares: file name in .gpu/ and clip-cli features.
+const GPU_VARIANTS: &[(&str, &str)] = &[
+    ("clip", "cuda,fusion,autotune"),
+    ("clip-noautotune", "cuda,fusion"),
+    ("clip-plain", "cuda"),
+];
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -97,15 +109,23 @@ fn main() -> Result<()> {
             let wanted = if only.is_empty() { assets::asset_ids().len() } else { only.len() };
             anyhow::ensure!(ready.len() == wanted, "{} of {wanted} asset(s) could not be fetched (see above)", wanted - ready.len());
         }
-        Command::BenchGpu => {
-            run(std::process::Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "clip-cli"]))?;
+        Command::BenchGpu { only_default } => {
             let dir = root.join(".gpu");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let bin = dir.join("clip");
-            std::fs::copy(root.join("target/release/clip"), &bin).context("copying the release binary")?;
-            run(std::process::Command::new("strip").arg(&bin)).context("stripping (the copy must stay under the 64 MiB a device call carries)")?;
-            println!("ready: {} ({} MB). On the GPU machine: bash bench/gpu/bench.sh (carry [\".gpu\"]); results in $OUT/results.jsonl",
-                bin.display(), std::fs::metadata(&bin).map(|m| m.len() / 1_000_000).unwrap_or(0));
+            let variants: &[(&str, &str)] = if only_default { &GPU_VARIANTS[..1] } else { GPU_VARIANTS };
+            for (name, features) in variants {
+                let mut build = std::process::Command::new(env!("CARGO"));
+                build.current_dir(&root).args(["build", "--release", "-p", "clip-cli", "--no-default-features", "--features", features]);
+                run(&mut build)?;
+                let bin = dir.join(name);
+                std::fs::copy(root.join("target/release/clip"), &bin).context("copying the release binary")?;
+                run(std::process::Command::new("strip").arg(&bin)).context("stripping the binary")?;
+                // Compressed: a device call carries 64 MiB at most, and each binary is ~47 MB.
+                run(std::process::Command::new("gzip").args(["-f", "-6"]).arg(&bin)).context("compressing the binary")?;
+                let gz = dir.join(format!("{name}.gz"));
+                println!("ready: {} ({features}; {} MB)", gz.display(), std::fs::metadata(&gz).map(|m| m.len() / 1_000_000).unwrap_or(0));
+            }
+            println!("On the GPU machine (device tool, carry [\".gpu\"]): bash bench/gpu/diagnose.sh, or bash bench/gpu/bench.sh");
         }
         Command::BenchData { images } => {
             let peer = root.join("crates/clip-data/benches/data_peer.py");

@@ -46,6 +46,7 @@ mod cuda {
     pub fn available() -> bool {
         static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *PROBE.get_or_init(|| {
+            crate::kernels::prepare_cuda();
             let hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(|_| {}));
             let ok = std::thread::spawn(|| {

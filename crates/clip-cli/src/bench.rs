@@ -1,7 +1,9 @@
 //! `clip bench step`: the model's forward and training-step throughput on synthetic batches,
 //! the Rust side of the comparisons in BENCHMARKS.md (peers: `crates/clip-model/benches/*.py`).
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
@@ -10,8 +12,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
 use clip_model::{ClipConfig, Precision};
+use serde_json::{json, Value};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::kernels;
 
 #[derive(Args, Debug, Clone)]
 pub struct StepArgs {
@@ -35,6 +39,10 @@ pub struct StepArgs {
     /// `train` (forward + backward + Adam), `forward` (no grad, eval mode) or `both`.
     #[arg(long, default_value = "both")]
     pub mode: String,
+    /// While the first step runs, say every this many seconds how many kernels have been
+    /// compiled so far (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub heartbeat: u64,
 }
 
 pub fn step(args: StepArgs) -> Result<()> {
@@ -47,45 +55,81 @@ impl BackendTask for StepArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
         let precision: Precision = serde_json::from_value(serde_json::Value::String(self.precision.clone()))
             .map_err(|_| anyhow::anyhow!("--precision must be fp32, bf16-mixed or fp16-mixed"))?;
+        if backend == "cuda" {
+            eprintln!("kernel cache: {}", kernels::prepare_cuda());
+        }
         B::seed(&device, 0);
         let model = ClipConfig::seed().init::<B>(&device).with_precision(precision);
         let (b, s, l) = (self.batch, self.image_size, self.seq);
         let images = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
         let ids = Tensor::<B, 2, Int>::random([b, l], Distribution::Uniform(1000.0, 30000.0), &device);
         let mask = Tensor::<B, 2, Int>::ones([b, l], &device);
-        let common = format!(
-            "\"backend\": \"{backend}\", \"precision\": \"{}\", \"batch\": {b}, \"image\": {s}, \"seq\": {l}",
-            self.precision
-        );
+        let common = json!({ "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l });
 
         if self.mode == "train" || self.mode == "both" {
             let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
             let mut model = model.clone();
-            let mut one_step = |model: clip_model::ClipModel<B>| {
+            let mut one_step = |model: clip_model::ClipModel<B>, phases: &mut [f64; 3]| {
+                let t = Instant::now();
                 let out = model.forward(images.clone(), ids.clone(), mask.clone());
-                let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+                B::sync(&device).ok();
+                phases[0] = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let grads = out.loss.backward();
+                B::sync(&device).ok();
+                phases[1] = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let grads = GradientsParams::from_grads(grads, &model);
                 let model = optim.step(1e-4, model, grads);
                 B::sync(&device).ok();
+                phases[2] = t.elapsed().as_secs_f64();
                 model
             };
-            let t0 = Instant::now();
-            model = one_step(model);
-            let first = t0.elapsed().as_secs_f64();
-            eprintln!("first training step: {first:.2} s");
+            let mut first = [0.0; 3];
+            let heartbeat = Heartbeat::start("first training step", self.heartbeat, backend);
+            model = one_step(model, &mut first);
+            drop(heartbeat);
+            let first_kernels = kernels::counts();
+            let first_s: f64 = first.iter().sum();
+            eprintln!(
+                "first training step: {first_s:.2} s (forward {:.2} s, backward {:.2} s, optimizer {:.2} s){}",
+                first[0],
+                first[1],
+                first[2],
+                if first_kernels.any() { format!("; {first_kernels}") } else { String::new() }
+            );
+            let mut phases = [0.0; 3];
             for _ in 1..self.warmup.max(1) {
-                model = one_step(model);
+                model = one_step(model, &mut phases);
             }
+            let mut total = [0.0; 3];
             let t0 = Instant::now();
             for _ in 0..self.steps {
-                model = one_step(model);
+                model = one_step(model, &mut phases);
+                total.iter_mut().zip(phases).for_each(|(t, p)| *t += p);
             }
-            let dt = t0.elapsed().as_secs_f64() / self.steps.max(1) as f64;
-            println!(
-                "{{\"what\": \"train_step\", \"stack\": \"clip (burn 0.21)\", {common}, \"ms_per_step\": {:.1}, \"samples_per_s\": {:.2}, \"first_step_s\": {:.2}}}",
-                dt * 1e3,
-                b as f64 / dt,
-                first
-            );
+            let n = self.steps.max(1) as f64;
+            let dt = t0.elapsed().as_secs_f64() / n;
+            let mut line = json!({
+                "what": "train_step", "stack": "clip (burn 0.21)",
+                "ms_per_step": round1(dt * 1e3), "samples_per_s": round2(b as f64 / dt),
+                "forward_ms": round1(total[0] / n * 1e3), "backward_ms": round1(total[1] / n * 1e3),
+                "optimizer_ms": round1(total[2] / n * 1e3),
+                "first_step_s": round2(first_s), "first_forward_s": round2(first[0]),
+                "first_backward_s": round2(first[1]), "first_optimizer_s": round2(first[2]),
+            });
+            extend(&mut line, &common);
+            if first_kernels.any() {
+                extend(&mut line, &json!({
+                    "first_step_kernels_compiled": first_kernels.compiled,
+                    "first_step_kernels_from_cache": first_kernels.from_cache,
+                    "first_step_shapes_autotuned": first_kernels.tuned,
+                }));
+            }
+            if let Some((reserved, in_use)) = (backend == "cuda").then(kernels::cuda_memory).flatten() {
+                extend(&mut line, &json!({ "gpu_reserved_gib": round2(gib(reserved)), "gpu_in_use_gib": round2(gib(in_use)) }));
+            }
+            println!("{line}");
         }
         if self.mode == "forward" || self.mode == "both" {
             let inner = model.valid();
@@ -95,7 +139,9 @@ impl BackendTask for StepArgs {
                 let _ = out.loss.into_data();
             };
             let t0 = Instant::now();
+            let heartbeat = Heartbeat::start("first forward", self.heartbeat, backend);
             forward();
+            drop(heartbeat);
             let first = t0.elapsed().as_secs_f64();
             eprintln!("first forward: {first:.2} s");
             for _ in 1..self.warmup.max(1) {
@@ -106,15 +152,69 @@ impl BackendTask for StepArgs {
                 forward();
             }
             let dt = t0.elapsed().as_secs_f64() / self.steps.max(1) as f64;
-            println!(
-                "{{\"what\": \"forward\", \"stack\": \"clip (burn 0.21)\", {common}, \"ms_per_step\": {:.1}, \"samples_per_s\": {:.2}, \"first_forward_s\": {:.2}}}",
-                dt * 1e3,
-                b as f64 / dt,
-                first
-            );
+            let mut line = json!({
+                "what": "forward", "stack": "clip (burn 0.21)",
+                "ms_per_step": round1(dt * 1e3), "samples_per_s": round2(b as f64 / dt), "first_forward_s": round2(first),
+            });
+            extend(&mut line, &common);
+            println!("{line}");
             let _ = <B::InnerBackend as Backend>::sync(&Default::default());
         }
         Ok(())
     }
 }
 
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Adds `extra`'s fields to the JSON object `line`.
+fn extend(line: &mut Value, extra: &Value) {
+    if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
+        line.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// Prints, every few seconds while alive, how long `what` has been running and the kernel
+/// counts so far: a first CUDA step can spend minutes compiling, and a run killed by a time
+/// limit then still says how far it got.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    /// Only on CUDA: elsewhere nothing is compiled.
+    fn start(what: &'static str, every_s: u64, backend: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        if every_s > 0 && backend == "cuda" {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut next = Duration::from_secs(every_s);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if t0.elapsed() >= next && !stop.load(Ordering::Relaxed) {
+                        eprintln!("[{:>5.0} s] {what} still running: {}", t0.elapsed().as_secs_f64(), kernels::counts());
+                        next += Duration::from_secs(every_s);
+                    }
+                }
+            });
+        }
+        Heartbeat { stop }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

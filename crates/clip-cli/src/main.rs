@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod data;
 mod infer;
+mod kernels;
 mod train;
 
 use std::path::PathBuf;
@@ -69,6 +70,7 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
+    kernels::start_counting();
     if let Err(err) = run(cli) {
         eprintln!("error: {err:#}");
         std::process::exit(1);

@@ -120,4 +120,8 @@ fn print_summary(s: &TrainSummary) {
     if s.completed {
         println!("  curves: {}", Path::new(&s.run_dir).join("curves.png").display());
     }
+    let kernels = crate::kernels::counts();
+    if kernels.any() {
+        println!("  CUDA kernels: {kernels} (kernel cache: {})", crate::kernels::prepare_cuda());
+    }
 }
