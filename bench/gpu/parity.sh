@@ -6,8 +6,7 @@
 # on a CPU-only machine. Writes $OUT/parity.json; exit status 1 when the losses disagree.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-CLIP=${CLIP:-./.gpu/clip}
+if [ -z "${CLIP:-}" ]; then source bench/gpu/unpack.sh; CLIP=$BIN/clip; fi
 STEPS=${STEPS:-5}
 LIMIT=${LIMIT:-240}
 BACKEND_B=${BACKEND_B:-cuda}

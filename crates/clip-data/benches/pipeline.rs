@@ -132,7 +132,7 @@ impl Batcher<Flex, CaptionPair, ClipBatch<Flex>> for BurnBatcher {
             tokens.push(self.0.example_into(pair, 0, i, &mut images[i * numel..(i + 1) * numel]).unwrap());
         }
         let idx: Vec<usize> = items.iter().map(|p| p.image_index).collect();
-        HostBatch::collate(images, self.0.transform.size as usize, tokens, 0, idx.clone(), idx).to_device(device)
+        HostBatch::collate(images, self.0.transform.size as usize, tokens, self.0.padding(), idx.clone(), idx).to_device(device)
     }
 }
 

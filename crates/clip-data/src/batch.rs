@@ -18,6 +18,8 @@ pub struct ExamplePipeline {
     pub augment: AugmentConfig,
     pub tokenizer: CaptionTokenizer,
     pub seed: u64,
+    /// Batches are padded to their longest caption rounded up to a multiple of this.
+    pub pad_to_multiple_of: usize,
 }
 
 impl ExamplePipeline {
@@ -28,6 +30,7 @@ impl ExamplePipeline {
             augment: config.augment.clone(),
             tokenizer: config.tokenizer()?,
             seed: config.seed,
+            pad_to_multiple_of: config.pad_to_multiple_of,
         })
     }
 
@@ -37,6 +40,15 @@ impl ExamplePipeline {
             augment: AugmentConfig::none(),
             ..Self::train(config)?
         })
+    }
+
+    /// How this pipeline's batches pad their token sequences.
+    pub fn padding(&self) -> TokenPadding {
+        TokenPadding {
+            pad_id: self.tokenizer.pad_id(),
+            multiple: self.pad_to_multiple_of,
+            max_length: self.tokenizer.max_length(),
+        }
     }
 
     /// Preprocesses example `item` of `epoch`: writes the image into `image_out` (CHW) and
@@ -59,6 +71,30 @@ impl ExamplePipeline {
     }
 }
 
+/// How a batch's token sequences are padded: to the longest caption of the batch rounded up to
+/// a multiple of `multiple` (HF's `pad_to_multiple_of`), never past `max_length`. Rounding up
+/// bounds the number of distinct sequence lengths, so a GPU backend compiles and autotunes its
+/// text-tower kernels for a few shapes instead of one per caption length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPadding {
+    pub pad_id: u32,
+    pub multiple: usize,
+    pub max_length: usize,
+}
+
+impl TokenPadding {
+    /// Pad to the longest caption, nothing more.
+    pub fn longest(pad_id: u32) -> Self {
+        Self { pad_id, multiple: 1, max_length: usize::MAX }
+    }
+
+    /// The padded length of a batch whose longest caption has `longest` tokens.
+    pub fn padded_len(&self, longest: usize) -> usize {
+        let m = self.multiple.max(1);
+        longest.div_ceil(m).saturating_mul(m).min(self.max_length.max(longest))
+    }
+}
+
 /// A collated batch in host memory, ready to be uploaded to any device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostBatch {
@@ -69,7 +105,7 @@ pub struct HostBatch {
     pub input_ids: Vec<i32>,
     /// `[batch, seq_len]`: 1 for real tokens, 0 for padding.
     pub attention_mask: Vec<i32>,
-    /// Length of the longest caption in this batch.
+    /// Length of the longest caption in this batch, rounded up as [`TokenPadding`] says.
     pub seq_len: usize,
     /// Which image each row shows (index into the dataset's images): rows with the same value
     /// are captions of the same picture.
@@ -87,19 +123,19 @@ impl HostBatch {
         self.items.is_empty()
     }
 
-    /// Pads token sequences to the longest one and packs them with the already-filled images.
+    /// Pads token sequences as `padding` says and packs them with the already-filled images.
     pub fn collate(
         images: Vec<f32>,
         image_size: usize,
         token_ids: Vec<Vec<u32>>,
-        pad_id: u32,
+        padding: TokenPadding,
         image_indices: Vec<usize>,
         items: Vec<usize>,
     ) -> Self {
         let b = token_ids.len();
         assert_eq!(images.len(), b * 3 * image_size * image_size, "image buffer size");
-        let seq_len = token_ids.iter().map(Vec::len).max().unwrap_or(0);
-        let mut input_ids = vec![pad_id as i32; b * seq_len];
+        let seq_len = padding.padded_len(token_ids.iter().map(Vec::len).max().unwrap_or(0));
+        let mut input_ids = vec![padding.pad_id as i32; b * seq_len];
         let mut attention_mask = vec![0; b * seq_len];
         for (row, ids) in token_ids.iter().enumerate() {
             for (j, &id) in ids.iter().enumerate() {
@@ -153,12 +189,30 @@ mod tests {
             vec![0.0; 2 * 3 * 4],
             2,
             vec![vec![101, 7, 8, 102], vec![101, 9, 102]],
-            0,
+            TokenPadding::longest(0),
             vec![0, 1],
             vec![0, 1],
         );
         assert_eq!(b.seq_len, 4);
         assert_eq!(b.input_ids, vec![101, 7, 8, 102, 101, 9, 102, 0]);
         assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn pads_up_to_a_multiple_but_never_past_the_maximum() {
+        let padding = TokenPadding { pad_id: 0, multiple: 8, max_length: 20 };
+        assert_eq!([1, 8, 9, 16, 17, 19, 20].map(|n| padding.padded_len(n)), [8, 8, 16, 16, 20, 20, 20]);
+        assert_eq!(TokenPadding::longest(0).padded_len(13), 13);
+        let b = HostBatch::collate(
+            vec![0.0; 2 * 3 * 4],
+            2,
+            vec![vec![101, 7, 8, 102], vec![101, 9, 102]],
+            TokenPadding { pad_id: 5, multiple: 3, max_length: 512 },
+            vec![0, 1],
+            vec![0, 1],
+        );
+        assert_eq!(b.seq_len, 6);
+        assert_eq!(b.input_ids, vec![101, 7, 8, 102, 5, 5, 101, 9, 102, 5, 5, 5]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0]);
     }
 }

@@ -21,7 +21,7 @@ pub mod synth;
 pub mod tokenizer;
 
 pub use augment::AugmentConfig;
-pub use batch::{ClipBatch, ExamplePipeline, HostBatch};
+pub use batch::{ClipBatch, ExamplePipeline, HostBatch, TokenPadding};
 pub use captions::{CaptionFormat, CaptionRecord, ParseReport, RowIssue};
 pub use config::{load_data_config, parse_data_config, DataConfig};
 pub use dataset::{CaptionDataset, CaptionPair, CaptionSampling, ImageCaptions, PairDataset};

@@ -166,7 +166,7 @@ fn build_batch(
         images,
         pipeline.transform.size as usize,
         tokens,
-        pipeline.tokenizer.pad_id(),
+        pipeline.padding(),
         image_indices,
         items.to_vec(),
     ))

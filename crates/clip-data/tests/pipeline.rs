@@ -55,6 +55,34 @@ fn batches_are_padded_to_their_longest_caption() {
 }
 
 #[test]
+fn pad_to_multiple_of_rounds_every_batch_up_and_masks_the_extra_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = make_data(dir.path(), 20);
+    config.pad_to_multiple_of = 8;
+    let ds = CaptionDataset::load(&config).unwrap();
+    let split = SplitDataset::new(&ds, &config).unwrap();
+    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let tok = CaptionTokenizer::bert_base_uncased(64).unwrap();
+    for batch in loader.epoch(0) {
+        let batch = batch.unwrap();
+        let longest = batch
+            .items
+            .iter()
+            .map(|&i| tok.encode(&loader.dataset().pair(i).unwrap().caption).unwrap().len())
+            .max()
+            .unwrap();
+        assert_eq!(batch.seq_len, longest.div_ceil(8) * 8, "longest caption {longest}");
+        let real: i32 = batch.attention_mask.iter().sum();
+        let expected: usize =
+            batch.items.iter().map(|&i| tok.encode(&loader.dataset().pair(i).unwrap().caption).unwrap().len()).sum();
+        assert_eq!(real as usize, expected);
+    }
+    config.pad_to_multiple_of = 0;
+    let err = config.validate(&dir.path().join("exp.toml")).unwrap_err().to_string();
+    assert!(err.contains("data.pad_to_multiple_of"), "{err}");
+}
+
+#[test]
 fn split_keeps_all_captions_of_an_image_together() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = make_data(dir.path(), 30);
