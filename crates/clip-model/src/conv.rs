@@ -4,7 +4,7 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{Slice, Tensor};
 
 use crate::precision::Precision;
 
@@ -15,6 +15,8 @@ pub struct Conv2d<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     pub stride: usize,
     pub padding: usize,
+    /// Evaluate an unpadded 1×1 kernel as a matmul (see [`Conv2d::forward`]).
+    pub pointwise_matmul: bool,
 }
 
 /// Builds a [`Conv2d`].
@@ -26,6 +28,7 @@ pub struct Conv2dConfig {
     pub stride: usize,
     pub padding: usize,
     pub bias: bool,
+    pub pointwise_matmul: bool,
 }
 
 impl Conv2dConfig {
@@ -37,7 +40,13 @@ impl Conv2dConfig {
             stride,
             padding,
             bias: false,
+            pointwise_matmul: true,
         }
+    }
+
+    pub fn with_pointwise_matmul(mut self, on: bool) -> Self {
+        self.pointwise_matmul = on;
+        self
     }
 
     /// Kaiming-normal in fan-out mode, as torchvision and timm initialize ResNets.
@@ -55,6 +64,7 @@ impl Conv2dConfig {
             bias,
             stride: self.stride,
             padding: self.padding,
+            pointwise_matmul: self.pointwise_matmul,
         }
     }
 }
@@ -62,13 +72,95 @@ impl Conv2dConfig {
 impl<B: Backend> Conv2d<B> {
     /// `[batch, in, h, w]` → `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>, precision: Precision) -> Tensor<B, 4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        let out = burn::tensor::module::conv2d(
-            precision.to_compute(x),
-            precision.to_compute(self.weight.val()),
-            self.bias.as_ref().map(|b| precision.to_compute(b.val())),
-            options,
-        );
+        let x = precision.to_compute(x);
+        let weight = precision.to_compute(self.weight.val());
+        let bias = self.bias.as_ref().map(|b| precision.to_compute(b.val()));
+        let out = if self.pointwise_matmul && self.is_pointwise() {
+            pointwise(x, weight, bias, self.stride)
+        } else {
+            let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+            burn::tensor::module::conv2d(x, weight, bias, options)
+        };
         precision.to_f32(out)
+    }
+
+    /// A 1×1 convolution without padding: a matrix product over channels.
+    pub fn is_pointwise(&self) -> bool {
+        let [_, _, kh, kw] = self.weight.dims();
+        kh == 1 && kw == 1 && self.padding == 0
+    }
+}
+
+/// A 1×1 convolution as a batched matmul (`[out, in] × [in, h·w]`, strided input subsampled
+/// first): the same values as `conv2d`, about twice as fast forward + backward on Flex, and on
+/// CUDA one matmul kernel family instead of a convolution autotune set per shape (ResNet-50's
+/// bottlenecks are two-thirds 1×1 convolutions).
+fn pointwise<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: usize) -> Tensor<B, 4> {
+    let x = if stride > 1 {
+        let [_, _, h, w] = x.dims();
+        x.slice([
+            Slice::full(),
+            Slice::full(),
+            Slice::new(0, Some(h as isize), stride as isize),
+            Slice::new(0, Some(w as isize), stride as isize),
+        ])
+    } else {
+        x
+    };
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, ..] = weight.dims();
+    let out = weight
+        .reshape([1, c_out, c_in])
+        .matmul(x.reshape([b, c_in, h * w]))
+        .reshape([b, c_out, h, w]);
+    match bias {
+        Some(bias) => out + bias.reshape([1, c_out, 1, 1]),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = Autodiff<Flex>;
+
+    /// The matmul form of a 1×1 convolution gives conv2d's outputs and gradients, strided or not.
+    #[test]
+    fn pointwise_matches_conv2d_forward_and_backward() {
+        let device = Default::default();
+        for (stride, bias, h, w) in [(1, false, 5, 6), (2, true, 7, 6), (2, false, 8, 8), (3, true, 7, 5)] {
+            let x = Tensor::<B, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let weight = Tensor::<B, 4>::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let b = bias.then(|| Tensor::<B, 1>::random([4], Distribution::Normal(0.0, 1.0), &device).require_grad());
+            let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
+            let reference = burn::tensor::module::conv2d(x.clone(), weight.clone(), b.clone(), options);
+            let ours = pointwise(x.clone(), weight.clone(), b.clone(), stride);
+            assert_eq!(ours.dims(), reference.dims(), "stride {stride}, {h}×{w}");
+            ours.to_data().assert_approx_eq::<f32>(&reference.to_data(), Tolerance::default());
+
+            let upstream = Tensor::<B, 4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let g_ref = (reference * upstream.clone()).sum().backward();
+            let g_ours = (ours * upstream).sum().backward();
+            x.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&x.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+            weight
+                .grad(&g_ours)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&weight.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+            if let Some(b) = &b {
+                b.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&b.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+            }
+        }
+    }
+
+    #[test]
+    fn only_unpadded_one_by_one_kernels_take_the_matmul_path() {
+        let device = Default::default();
+        assert!(Conv2dConfig::new(8, 4, 1, 2, 0).init::<Flex>(&device).is_pointwise());
+        assert!(!Conv2dConfig::new(8, 4, 3, 1, 1).init::<Flex>(&device).is_pointwise());
+        assert!(!Conv2dConfig::new(8, 4, 1, 1, 1).init::<Flex>(&device).is_pointwise());
     }
 }

@@ -64,6 +64,10 @@ pub struct ResNetConfig {
     /// Start each residual branch at zero (timm's default `zero_init_last`).
     #[serde(default = "yes")]
     pub zero_init_residual: bool,
+    /// 1×1 convolutions as matmuls (same values; faster on Flex, one kernel family on CUDA);
+    /// `false` keeps the backend's convolution kernels.
+    #[serde(default = "yes")]
+    pub pointwise_matmul: bool,
 }
 
 fn yes() -> bool {
@@ -88,6 +92,7 @@ impl ResNetConfig {
             stem_channels: 64,
             stem: Stem::Imagenet,
             zero_init_residual: true,
+            pointwise_matmul: true,
         })
     }
 
@@ -109,7 +114,7 @@ impl ResNetConfig {
             let blocks: Vec<Block<B>> = (0..n)
                 .map(|i| {
                     let s = if i == 0 { stride } else { 1 };
-                    let b = Block::new(self.block, in_ch, planes, s, self.zero_init_residual, device);
+                    let b = Block::new(self.block, in_ch, planes, s, self.zero_init_residual, self.pointwise_matmul, device);
                     in_ch = planes * e;
                     b
                 })
@@ -153,28 +158,39 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    fn new(kind: BlockKind, in_ch: usize, planes: usize, stride: usize, zero_last: bool, device: &B::Device) -> Self {
+    fn new(
+        kind: BlockKind,
+        in_ch: usize,
+        planes: usize,
+        stride: usize,
+        zero_last: bool,
+        pointwise_matmul: bool,
+        device: &B::Device,
+    ) -> Self {
         let out_ch = planes * kind.expansion();
+        let conv = |c_in, c_out, k, stride, pad| {
+            Conv2dConfig::new(c_in, c_out, k, stride, pad).with_pointwise_matmul(pointwise_matmul).init(device)
+        };
         let downsample = (stride != 1 || in_ch != out_ch).then(|| Downsample {
-            conv: Conv2dConfig::new(in_ch, out_ch, 1, stride, 0).init(device),
+            conv: conv(in_ch, out_ch, 1, stride, 0),
             bn: BatchNorm2d::new(out_ch, false, device),
         });
         match kind {
             BlockKind::Basic => Self {
-                conv1: Conv2dConfig::new(in_ch, planes, 3, stride, 1).init(device),
+                conv1: conv(in_ch, planes, 3, stride, 1),
                 bn1: BatchNorm2d::new(planes, false, device),
-                conv2: Conv2dConfig::new(planes, planes, 3, 1, 1).init(device),
+                conv2: conv(planes, planes, 3, 1, 1),
                 bn2: BatchNorm2d::new(planes, zero_last, device),
                 conv3: None,
                 bn3: None,
                 downsample,
             },
             BlockKind::Bottleneck => Self {
-                conv1: Conv2dConfig::new(in_ch, planes, 1, 1, 0).init(device),
+                conv1: conv(in_ch, planes, 1, 1, 0),
                 bn1: BatchNorm2d::new(planes, false, device),
-                conv2: Conv2dConfig::new(planes, planes, 3, stride, 1).init(device),
+                conv2: conv(planes, planes, 3, stride, 1),
                 bn2: BatchNorm2d::new(planes, false, device),
-                conv3: Some(Conv2dConfig::new(planes, out_ch, 1, 1, 0).init(device)),
+                conv3: Some(conv(planes, out_ch, 1, 1, 0)),
                 bn3: Some(BatchNorm2d::new(out_ch, zero_last, device)),
                 downsample,
             },
@@ -254,5 +270,26 @@ mod tests {
         let stem = relu(m.bn1.forward(m.conv1.forward(x.clone(), Precision::Fp32)));
         assert_eq!(stem.dims(), [2, 4, 28, 28]);
         assert_eq!(m.forward(x, Precision::Fp32).dims(), [2, 32]);
+    }
+
+    #[test]
+    fn pointwise_matmul_changes_no_output() {
+        let device = Default::default();
+        let base = ResNetConfig { channels: [4, 8, 8, 8], stem_channels: 8, zero_init_residual: false, ..ResNetConfig::resnet50() };
+        let x = Tensor::<Flex, 4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let m = base.init::<Flex>(&device);
+        // burn initializes parameters lazily, on first use: a clone taken before that would
+        // draw its own random weights. Run the model once so both share the same ones.
+        let on = m.forward(x.clone(), Precision::Fp32);
+        let mut off = m.clone();
+        for block in [&mut off.layer1, &mut off.layer2, &mut off.layer3, &mut off.layer4].into_iter().flatten() {
+            block.conv1.pointwise_matmul = false;
+            block.conv3.as_mut().unwrap().pointwise_matmul = false;
+            if let Some(d) = block.downsample.as_mut() {
+                d.conv.pointwise_matmul = false;
+            }
+        }
+        let off = off.forward(x, Precision::Fp32);
+        on.to_data().assert_approx_eq::<f32>(&off.to_data(), burn::tensor::Tolerance::default());
     }
 }

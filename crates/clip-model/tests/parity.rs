@@ -72,6 +72,7 @@ fn tiny_resnet(block: BlockKind) -> ResNetConfig {
         stem_channels: 64,
         stem: Default::default(),
         zero_init_residual: true,
+        pointwise_matmul: true,
     }
 }
 

@@ -255,7 +255,7 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn tiny() -> ClipModel<B> {
-        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Default::default(), zero_init_residual: false };
+        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Default::default(), zero_init_residual: false, pointwise_matmul: true };
         let text = TextTransformerConfig { vocab_size: 50, hidden_size: 8, num_layers: 1, num_heads: 2, intermediate_size: 16, max_position_embeddings: 8, ..TextTransformerConfig::distilbert_base() };
         ClipConfig { projection_dim: 4, dropout: 0.0, ..ClipConfig::new(image, text) }.init(&Default::default())
     }
