@@ -43,6 +43,9 @@ pub struct StepArgs {
     /// compiled so far (0: never).
     #[arg(long, default_value_t = 10)]
     pub heartbeat: u64,
+    /// Evaluate 1×1 convolutions as the backend's convolution instead of a matmul (A/B runs).
+    #[arg(long)]
+    pub pointwise_conv: bool,
 }
 
 pub fn step(args: StepArgs) -> Result<()> {
@@ -59,12 +62,17 @@ impl BackendTask for StepArgs {
             eprintln!("kernel cache: {}", kernels::prepare_cuda());
         }
         B::seed(&device, 0);
-        let model = ClipConfig::seed().init::<B>(&device).with_precision(precision);
+        let mut config = ClipConfig::seed();
+        config.image.pointwise_matmul = !self.pointwise_conv;
+        let model = config.init::<B>(&device).with_precision(precision);
         let (b, s, l) = (self.batch, self.image_size, self.seq);
         let images = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
         let ids = Tensor::<B, 2, Int>::random([b, l], Distribution::Uniform(1000.0, 30000.0), &device);
         let mask = Tensor::<B, 2, Int>::ones([b, l], &device);
-        let common = json!({ "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l });
+        let common = json!({
+            "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l,
+            "conv1x1": if self.pointwise_conv { "conv" } else { "matmul" },
+        });
 
         if self.mode == "train" || self.mode == "both" {
             let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
