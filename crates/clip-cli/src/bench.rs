@@ -1,9 +1,7 @@
 //! `clip bench step`: the model's forward and training-step throughput on synthetic batches,
 //! the Rust side of the comparisons in BENCHMARKS.md (peers: `crates/clip-model/benches/*.py`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
@@ -15,7 +13,7 @@ use clip_model::{ClipConfig, Precision};
 use serde_json::{json, Value};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
-use crate::kernels;
+use crate::kernels::{self, Heartbeat};
 
 #[derive(Args, Debug, Clone)]
 pub struct StepArgs {
@@ -189,40 +187,5 @@ fn gib(bytes: u64) -> f64 {
 fn extend(line: &mut Value, extra: &Value) {
     if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
         line.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-}
-
-/// Prints, every few seconds while alive, how long `what` has been running and the kernel
-/// counts so far: a first CUDA step can spend minutes compiling, and a run killed by a time
-/// limit then still says how far it got.
-struct Heartbeat {
-    stop: Arc<AtomicBool>,
-}
-
-impl Heartbeat {
-    /// Only on CUDA: elsewhere nothing is compiled.
-    fn start(what: &'static str, every_s: u64, backend: &str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        if every_s > 0 && backend == "cuda" {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let t0 = Instant::now();
-                let mut next = Duration::from_secs(every_s);
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if t0.elapsed() >= next && !stop.load(Ordering::Relaxed) {
-                        eprintln!("[{:>5.0} s] {what} still running: {}", t0.elapsed().as_secs_f64(), kernels::counts());
-                        next += Duration::from_secs(every_s);
-                    }
-                }
-            });
-        }
-        Heartbeat { stop }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }

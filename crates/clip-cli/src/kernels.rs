@@ -7,9 +7,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Environment variable: a directory for the kernel caches, or `off` for none.
 pub const CACHE_ENV: &str = "CLIP_KERNEL_CACHE";
@@ -218,6 +218,41 @@ pub fn cuda_memory() -> Option<(u64, u64)> {
     #[cfg(not(feature = "cuda"))]
     {
         None
+    }
+}
+
+/// Prints, every few seconds while alive, how long `what` has been running and the kernel
+/// counts so far: a first CUDA step can spend minutes compiling, and a run killed by a time
+/// limit then still says how far it got.
+pub struct Heartbeat {
+    stop: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    /// Only on CUDA: elsewhere nothing is compiled.
+    pub fn start(what: &'static str, every_s: u64, backend: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        if every_s > 0 && backend == "cuda" {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut next = Duration::from_secs(every_s);
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if t0.elapsed() >= next && !stop.load(Ordering::Relaxed) {
+                        eprintln!("[{:>5.0} s] {what} still running: {}", t0.elapsed().as_secs_f64(), counts());
+                        next += Duration::from_secs(every_s);
+                    }
+                }
+            });
+        }
+        Heartbeat { stop }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -98,8 +98,58 @@ impl BackendTask for Job {
             plain = PlainProgress::new(std::io::stdout(), Duration::from_secs(5));
             &mut plain
         };
-        let summary = clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, observer)?;
+        let summary = if backend_name == "cuda" {
+            let mut watch = FirstCudaStep { inner: observer, heartbeat: None, plain: !interactive, first_done: false };
+            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, &mut watch)?
+        } else {
+            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, observer)?
+        };
         Ok(summary)
+    }
+}
+
+/// On CUDA the first step compiles the model's kernels, which can take minutes: say so at the
+/// start, report progress (kernels compiled so far) every 10 s in plain mode, and the counts
+/// once the first step is done. Everything else goes to the wrapped observer.
+struct FirstCudaStep<'a> {
+    inner: &'a mut dyn Observer,
+    heartbeat: Option<crate::kernels::Heartbeat>,
+    plain: bool,
+    first_done: bool,
+}
+
+impl Observer for FirstCudaStep<'_> {
+    fn on_start(&mut self, info: &clip_train::RunInfo) {
+        self.inner.on_start(info);
+        self.inner.on_message(&format!(
+            "CUDA: the first step compiles the model's kernels (minutes on a cold cache; kernel cache: {})",
+            crate::kernels::prepare_cuda()
+        ));
+        if self.plain {
+            self.heartbeat = Some(crate::kernels::Heartbeat::start("first CUDA step", 10, "cuda"));
+        }
+    }
+    fn on_step(&mut self, m: &clip_train::metrics::StepMetrics) {
+        self.heartbeat = None;
+        if !std::mem::replace(&mut self.first_done, true) {
+            self.inner.on_message(&format!("first CUDA step done: {}", crate::kernels::counts()));
+        }
+        self.inner.on_step(m);
+    }
+    fn on_epoch(&mut self, m: &clip_train::metrics::EpochMetrics) {
+        self.inner.on_epoch(m);
+    }
+    fn on_checkpoint(&mut self, path: &Path, kind: &str) {
+        self.inner.on_checkpoint(path, kind);
+    }
+    fn on_message(&mut self, msg: &str) {
+        self.inner.on_message(msg);
+    }
+    fn should_stop(&mut self) -> bool {
+        self.inner.should_stop()
+    }
+    fn on_finish(&mut self, summary: &TrainSummary) {
+        self.inner.on_finish(summary);
     }
 }
 
