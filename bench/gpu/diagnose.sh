@@ -45,6 +45,9 @@ run torch_bf16 45 python3 crates/clip-model/benches/model_peer.py --device $PEER
 run noautotune_fp32 100 "$BIN/clip-noautotune" $STEP --precision fp32
 run default_fp32_cold 100 "$BIN/clip" $STEP --precision fp32
 ls -laR "$CLIP_KERNEL_CACHE" > "$OUT/kernel_cache_listing.txt" 2>&1; du -sh "$CLIP_KERNEL_CACHE" 2>/dev/null
+# A run cut off by its time limit may leave a cache lock file behind (cubecl waits up to 30 s on one).
+find "$CLIP_KERNEL_CACHE" -name '*.lock' -print -delete 2>/dev/null
 run default_fp32_warm 50 "$BIN/clip" $STEP --precision fp32
+find "$CLIP_KERNEL_CACHE" -name '*.lock' -delete 2>/dev/null
 run plain_fp32 60 "$BIN/clip-plain" $STEP --precision fp32
 run noautotune_bf16 50 "$BIN/clip-noautotune" $STEP --precision bf16-mixed
