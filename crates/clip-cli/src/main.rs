@@ -1,5 +1,6 @@
 //! `clip`: train and use CLIP-style image–text models from config files.
 
+mod allocator;
 mod backend;
 mod bench;
 mod data;
@@ -69,6 +70,7 @@ enum BenchCommand {
 }
 
 fn main() {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     kernels::start_counting();
     if let Err(err) = run(cli) {
