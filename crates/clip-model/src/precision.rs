@@ -54,17 +54,22 @@ impl Precision {
         self.to_f32(self.to_compute(a).matmul(self.to_compute(b)))
     }
 
-    /// A burn `Linear` layer evaluated in the compute dtype, result in f32.
+    /// A burn `Linear` layer evaluated in the compute dtype, result in f32. Leading dimensions
+    /// are folded into one first: a single 2-D matmul instead of burn's broadcast batched one,
+    /// about 2.7× faster forward + backward on Flex for a `[16, 32, 768] × [768, 3072]` layer
+    /// (BENCHMARKS.md), and one matmul shape per layer on CUDA whatever the batch and length.
     pub fn linear<B: Backend, const D: usize>(self, layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.compute_dtype().is_none() {
-            return layer.forward(x);
-        }
+        let mut shape = x.dims();
+        let features_in = shape[D - 1];
+        let rows = shape[..D - 1].iter().product::<usize>();
+        let x: Tensor<B, 2> = x.reshape([rows, features_in]);
         let out = burn::tensor::module::linear(
             self.to_compute(x),
             self.to_compute(layer.weight.val()),
             layer.bias.as_ref().map(|b| self.to_compute(b.val())),
         );
-        self.to_f32(out)
+        shape[D - 1] = out.dims()[1];
+        self.to_f32(out).reshape(shape)
     }
 }
 
@@ -100,5 +105,31 @@ mod tests {
             let g = layer.weight.grad(&grads).unwrap();
             assert_eq!(g.dtype(), DType::F32);
         }
+    }
+
+    /// Folding the leading dimensions changes nothing: the same outputs and gradients as
+    /// burn's `Linear::forward` on 3-D and 4-D inputs.
+    #[test]
+    fn folded_linear_matches_burn_linear() {
+        type B = Autodiff<Flex>;
+        let device = Default::default();
+        let layer = LinearConfig::new(8, 5).init::<B>(&device);
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let x3 = Tensor::<B, 3>::random([2, 3, 8], normal, &device).require_grad();
+        let ours = Precision::Fp32.linear(&layer, x3.clone());
+        let burns = layer.forward(x3.clone());
+        assert_eq!(ours.dims(), [2, 3, 5]);
+        ours.to_data().assert_approx_eq::<f32>(&burns.to_data(), burn::tensor::Tolerance::default());
+        let g_ours = (ours * 1.5).sum().backward();
+        let g_burn = (burns * 1.5).sum().backward();
+        let w = |g| layer.weight.grad(g).unwrap().to_data();
+        w(&g_ours).assert_approx_eq::<f32>(&w(&g_burn), burn::tensor::Tolerance::default());
+        x3.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&x3.grad(&g_burn).unwrap().to_data(), burn::tensor::Tolerance::default());
+
+        let x4 = Tensor::<B, 4>::random([2, 2, 3, 8], normal, &device);
+        let ours = Precision::Bf16Mixed.linear(&layer, x4.clone());
+        assert_eq!(ours.dims(), [2, 2, 3, 5]);
+        let err = (ours - layer.forward(x4)).abs().max().into_scalar();
+        assert!(err < 0.05, "{err}");
     }
 }
