@@ -43,12 +43,17 @@ impl<B: Backend> BatchNorm2d<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
         let [n, c, h, w] = x.dims();
+        // Everything runs on `[n·c, h·w]` rows with per-row scalars: the layout burn Flex's SIMD
+        // broadcast path handles. `[1, c, 1, 1]` broadcasts and a channels-first transposed
+        // copy both fall back to a scalar strided iterator, a quarter of a CPU training step.
+        let rows = x.reshape([n * c, h * w]);
+        let per_row = |t: Tensor<B, 1>| t.reshape([1, c]).expand([n, c]).reshape([n * c, 1]);
         let (mean, var) = if self.uses_batch_statistics(&device) {
-            let flat = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
-            let mean = flat.clone().mean_dim(1).reshape([c]);
-            let centered = flat - mean.clone().reshape([c, 1]);
-            let sum_sq = centered.square().sum_dim(1).reshape([c]);
             let count = (n * h * w) as f64;
+            let per_channel = |t: Tensor<B, 2>| t.reshape([n, c]).sum_dim(0).reshape([c]);
+            let mean = per_channel(rows.clone().sum_dim(1)).div_scalar(count);
+            let centered = rows.clone() - per_row(mean.clone());
+            let sum_sq = per_channel(centered.square().sum_dim(1));
             let var = sum_sq.clone().div_scalar(count);
             let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
             let m = self.momentum;
@@ -63,7 +68,7 @@ impl<B: Backend> BatchNorm2d<B> {
         };
         let scale = self.weight.val().div(var.add_scalar(self.epsilon).sqrt());
         let shift = self.bias.val() - mean.mul(scale.clone());
-        x.mul(scale.reshape([1, c, 1, 1])).add(shift.reshape([1, c, 1, 1]))
+        rows.mul(per_row(scale)).add(per_row(shift)).reshape([n, c, h, w])
     }
 }
 
