@@ -10,6 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
 use clip_model::{ClipConfig, Precision};
+use clip_train::step::{forward_backward, StepInputs};
 use serde_json::{json, Value};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
@@ -44,6 +45,10 @@ pub struct StepArgs {
     /// Evaluate 1×1 convolutions as the backend's convolution instead of a matmul (A/B runs).
     #[arg(long)]
     pub pointwise_conv: bool,
+    /// Split the training step into this many micro-batches (`train.micro_batches`: the whole
+    /// batch's loss with features cached, one micro-batch's activations).
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
 }
 
 pub fn step(args: StepArgs) -> Result<()> {
@@ -70,12 +75,29 @@ impl BackendTask for StepArgs {
         let common = json!({
             "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l,
             "conv1x1": if self.pointwise_conv { "conv" } else { "matmul" },
+            "micro_batches": self.micro_batches,
         });
 
         if self.mode == "train" || self.mode == "both" {
             let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
             let mut model = model.clone();
+            let micro = self.micro_batches;
+            let inputs = StepInputs::Tokens { images: images.clone(), input_ids: ids.clone(), attention_mask: mask.clone() };
             let mut one_step = |model: clip_model::ClipModel<B>, phases: &mut [f64; 3]| {
+                if micro > 1 {
+                    // Forward and backward passes interleave: phase 0 holds both.
+                    let t = Instant::now();
+                    let out = forward_backward(&model, &inputs, micro, 1.0, &mut |_| {});
+                    let grads = out.grads.merged(&model);
+                    B::sync(&device).ok();
+                    phases[0] = t.elapsed().as_secs_f64();
+                    phases[1] = 0.0;
+                    let t = Instant::now();
+                    let model = optim.step(1e-4, model, grads);
+                    B::sync(&device).ok();
+                    phases[2] = t.elapsed().as_secs_f64();
+                    return model;
+                }
                 let t = Instant::now();
                 let out = model.forward(images.clone(), ids.clone(), mask.clone());
                 B::sync(&device).ok();
@@ -97,11 +119,13 @@ impl BackendTask for StepArgs {
             drop(heartbeat);
             let first_kernels = kernels::counts();
             let first_s: f64 = first.iter().sum();
+            let phases = if micro > 1 {
+                format!("forward and backward in {micro} micro-batches {:.2} s, optimizer {:.2} s", first[0], first[2])
+            } else {
+                format!("forward {:.2} s, backward {:.2} s, optimizer {:.2} s", first[0], first[1], first[2])
+            };
             eprintln!(
-                "first training step: {first_s:.2} s (forward {:.2} s, backward {:.2} s, optimizer {:.2} s){}",
-                first[0],
-                first[1],
-                first[2],
+                "first training step: {first_s:.2} s ({phases}){}",
                 if first_kernels.any() { format!("; {first_kernels}") } else { String::new() }
             );
             let mut phases = [0.0; 3];
@@ -119,11 +143,19 @@ impl BackendTask for StepArgs {
             let mut line = json!({
                 "what": "train_step", "stack": "clip (burn 0.21)",
                 "ms_per_step": round1(dt * 1e3), "samples_per_s": round2(b as f64 / dt),
-                "forward_ms": round1(total[0] / n * 1e3), "backward_ms": round1(total[1] / n * 1e3),
                 "optimizer_ms": round1(total[2] / n * 1e3),
-                "first_step_s": round2(first_s), "first_forward_s": round2(first[0]),
-                "first_backward_s": round2(first[1]), "first_optimizer_s": round2(first[2]),
+                "first_step_s": round2(first_s), "first_optimizer_s": round2(first[2]),
             });
+            if micro > 1 {
+                extend(&mut line, &json!({
+                    "forward_backward_ms": round1(total[0] / n * 1e3), "first_forward_backward_s": round2(first[0]),
+                }));
+            } else {
+                extend(&mut line, &json!({
+                    "forward_ms": round1(total[0] / n * 1e3), "backward_ms": round1(total[1] / n * 1e3),
+                    "first_forward_s": round2(first[0]), "first_backward_s": round2(first[1]),
+                }));
+            }
             extend(&mut line, &common);
             if first_kernels.any() {
                 extend(&mut line, &json!({
@@ -134,6 +166,9 @@ impl BackendTask for StepArgs {
             }
             if let Some((reserved, in_use)) = (backend == "cuda").then(kernels::cuda_memory).flatten() {
                 extend(&mut line, &json!({ "gpu_reserved_gib": round2(gib(reserved)), "gpu_in_use_gib": round2(gib(in_use)) }));
+            }
+            if let Some(peak) = peak_rss_bytes() {
+                extend(&mut line, &json!({ "peak_rss_gib": round2(gib(peak)) }));
             }
             println!("{line}");
         }
@@ -170,6 +205,13 @@ impl BackendTask for StepArgs {
     }
 }
 
+
+/// The process's peak resident memory (`VmHWM`), where the system reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib * 1024)
+}
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0

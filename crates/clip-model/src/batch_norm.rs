@@ -5,9 +5,34 @@
 //! batch variance (as PyTorch does), and a layer whose parameters are frozen keeps using (and
 //! never updates) its running statistics, like a locked tower in open_clip.
 
-use burn::module::{Initializer, Module, Param, RunningState};
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+use burn::module::{Initializer, Module, Param, ParamId, RunningState};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+
+thread_local! {
+    /// During a detached training pass: the batch norms (by weight id) that are trainable.
+    static DETACHED_PASS: RefCell<Option<HashSet<ParamId>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, a training-mode forward pass of a model whose trainable weights were detached (so
+/// that no autodiff graph is kept), with the batch norms whose weight ids are in `trainable`
+/// normalizing as trainable layers do (batch statistics; the others, frozen, use their running
+/// statistics) and none of them updating its running statistics. This is the first, cached pass
+/// of gradient accumulation: it must compute what the second pass will, without counting the
+/// data twice in the running averages.
+pub fn detached_training_pass<R>(trainable: HashSet<ParamId>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<HashSet<ParamId>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DETACHED_PASS.with(|d| *d.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(DETACHED_PASS.with(|d| d.borrow_mut().replace(trainable)));
+    f()
+}
 
 /// `BatchNorm2d(num_features, eps=1e-5, momentum=0.1)`.
 #[derive(Module, Debug)]
@@ -36,7 +61,12 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Whether this call normalizes with batch statistics (training) or running ones.
     pub fn uses_batch_statistics(&self, device: &B::Device) -> bool {
-        B::ad_enabled(device) && self.weight.is_require_grad()
+        B::ad_enabled(device) && (self.weight.is_require_grad() || self.detached_but_trainable().unwrap_or(false))
+    }
+
+    /// In a detached training pass, whether this layer is one of its trainable ones.
+    fn detached_but_trainable(&self) -> Option<bool> {
+        DETACHED_PASS.with(|d| d.borrow().as_ref().map(|ids| ids.contains(&self.weight.id)))
     }
 
     /// `[batch, channels, h, w]` → same shape.
@@ -55,13 +85,15 @@ impl<B: Backend> BatchNorm2d<B> {
             let centered = rows.clone() - per_row(mean.clone());
             let sum_sq = per_channel(centered.square().sum_dim(1));
             let var = sum_sq.clone().div_scalar(count);
-            let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
-            let m = self.momentum;
-            let running_mean = self.running_mean.value_sync().to_device(&device);
-            let running_var = self.running_var.value_sync().to_device(&device);
-            self.running_mean
-                .update(running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
-            self.running_var.update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+            if self.detached_but_trainable().is_none() {
+                let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
+                let m = self.momentum;
+                let running_mean = self.running_mean.value_sync().to_device(&device);
+                let running_var = self.running_var.value_sync().to_device(&device);
+                self.running_mean
+                    .update(running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
+                self.running_var.update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+            }
             (mean, var)
         } else {
             (self.running_mean.value_sync(), self.running_var.value_sync())
@@ -110,5 +142,31 @@ mod tests {
         let y = frozen.forward(x);
         y.into_data().assert_approx_eq::<f32>(&TensorData::from([[[[1.0f32, 3.0]]]]), Tolerance::absolute(1e-4));
         assert_eq!(frozen.running_mean.value_sync().into_scalar(), 0.0);
+    }
+
+    #[test]
+    fn a_detached_training_pass_normalizes_as_training_does_and_updates_nothing() {
+        let device = Default::default();
+        let bn = BatchNorm2d::<B>::new(2, false, &device);
+        let x = Tensor::<B, 4>::random([3, 2, 2, 2], Distribution::Normal(5.0, 2.0), &device);
+        let detached = BatchNorm2d {
+            weight: bn.weight.clone().map(|t| Tensor::from_inner(t.inner())),
+            bias: bn.bias.clone().map(|t| Tensor::from_inner(t.inner())),
+            ..bn.clone()
+        };
+        let trainable = HashSet::from([bn.weight.id]);
+        let y = detached_training_pass(trainable, || detached.forward(x.clone()));
+        assert!(!y.is_require_grad());
+        assert_eq!(bn.running_mean.value_sync().into_data(), TensorData::from([0.0f32, 0.0]));
+        assert_eq!(bn.running_var.value_sync().into_data(), TensorData::from([1.0f32, 1.0]));
+        // A layer not in the trainable set (a frozen one) uses its running statistics, still
+        // mean 0 and variance 1: the identity (up to eps).
+        let frozen = detached_training_pass(HashSet::new(), || detached.forward(x.clone()));
+        frozen.into_data().assert_approx_eq::<f32>(&x.clone().into_data(), Tolerance::absolute(1e-4));
+        let trained = bn.forward(x.clone());
+        y.into_data().assert_approx_eq::<f32>(&trained.into_data(), Tolerance::absolute(1e-6));
+        let mean: Vec<f32> = bn.running_mean.value_sync().into_data().to_vec().unwrap();
+        assert!(mean.iter().all(|m| (m - 0.5).abs() < 0.3), "not updated after the pass: {mean:?}");
+
     }
 }

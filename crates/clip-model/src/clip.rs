@@ -273,7 +273,12 @@ impl<B: Backend> ClipModel<B> {
 
     /// Logits and loss of paired embeddings (row `i` of each side is a pair).
     pub fn contrast(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>) -> ClipOutput<B> {
-        let scale = self.scale();
+        self.contrast_with_scale(image_embeddings, text_embeddings, self.scale())
+    }
+
+    /// [`contrast`](Self::contrast) with the logit scale given: a detached scale lets several
+    /// backward passes over one loss (gradient accumulation) count its gradient once.
+    pub fn contrast_with_scale(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>, scale: Tensor<B, 1>) -> ClipOutput<B> {
         let logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
         let loss = match self.settings.loss {
             ContrastiveLoss::Infonce => infonce(logits.clone()),

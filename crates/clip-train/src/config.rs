@@ -195,6 +195,11 @@ pub struct TrainSpec {
     /// With a frozen text tower, compute each distinct caption's features once and reuse them
     /// (LiT-style; the frozen tower then runs without dropout).
     pub cache_frozen_text: bool,
+    /// Split each batch into this many micro-batches for the forward and backward passes:
+    /// gradient accumulation that keeps the whole batch's loss (every pair a negative for every
+    /// other; features cached, as open_clip's `--accum-freq`), with one micro-batch's activation
+    /// memory, for one extra forward pass.
+    pub micro_batches: usize,
 }
 
 impl Default for TrainSpec {
@@ -222,6 +227,7 @@ impl Default for TrainSpec {
             val_every_epochs: 1,
             drop_last: true,
             cache_frozen_text: true,
+            micro_batches: 1,
         }
     }
 }
@@ -323,6 +329,12 @@ impl ExperimentConfig {
         }
         if self.eval.templates.is_some() && self.eval.labels.is_none() {
             return bad("eval.templates needs eval.labels (the ground truth of the validation images)".into());
+        }
+        if t.micro_batches == 0 || t.micro_batches > self.data.batch_size {
+            return bad(format!(
+                "train.micro_batches must be between 1 and data.batch_size ({}), got {}",
+                self.data.batch_size, t.micro_batches
+            ));
         }
         if t.val_every_epochs == 0 {
             return bad("train.val_every_epochs must be at least 1".into());

@@ -216,7 +216,13 @@ fn render_stats(frame: &mut Frame, area: Rect, state: &DashboardState) {
         lines.push(Line::from(format!("throughput   {:.1} samples/s", m.samples_per_s)));
     }
     if let Some(i) = &state.info {
-        lines.push(Line::from(format!("params {:.1}M · batch {} · {} pairs", i.parameters as f64 / 1e6, i.batch_size, i.train_pairs)));
+        lines.push(Line::from(format!(
+            "params {:.1}M · batch {}{} · {} pairs",
+            i.parameters as f64 / 1e6,
+            i.batch_size,
+            micro_batches_note(i),
+            i.train_pairs
+        )));
     }
     frame.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" now ")), area);
 }
@@ -364,11 +370,13 @@ impl<W: Write> Observer for PlainProgress<W> {
         self.epochs = i.epochs;
         let _ = writeln!(
             self.out,
-            "run {} · {} · {} · {:.1}M params · {} training pairs, {} validation pairs ({} images) · {} steps{}",
+            "run {} · {} · {} · {:.1}M params · batch {}{} · {} training pairs, {} validation pairs ({} images) · {} steps{}",
             i.run_dir,
             i.backend,
             i.precision,
             i.parameters as f64 / 1e6,
+            i.batch_size,
+            micro_batches_note(i),
             i.train_pairs,
             i.val_pairs,
             i.val_images,
@@ -413,6 +421,15 @@ impl<W: Write> Observer for PlainProgress<W> {
     }
     fn on_message(&mut self, msg: &str) {
         let _ = writeln!(self.out, "{msg}");
+    }
+}
+
+/// " in 4 micro-batches" when a batch's passes are split, else nothing.
+fn micro_batches_note(i: &RunInfo) -> String {
+    if i.micro_batches > 1 {
+        format!(" in {} micro-batches", i.micro_batches)
+    } else {
+        String::new()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod optim;
 pub mod plots;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use checkpoint::RunDir;

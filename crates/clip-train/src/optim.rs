@@ -6,7 +6,8 @@ use std::path::Path;
 
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::module::AutodiffModule;
+use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
@@ -136,6 +137,53 @@ pub struct StepReport {
     pub grad_norm: Option<f64>,
 }
 
+/// The gradients of a backward pass split into the three parameter groups (image trunk, text
+/// trunk, heads + temperature). The gradients of several passes add up: gradient accumulation.
+pub struct GroupGrads {
+    image: GradientsParams,
+    text: GradientsParams,
+    heads: GradientsParams,
+}
+
+impl GroupGrads {
+    pub fn split<B: AutodiffBackend>(model: &ClipModel<B>, mut raw: B::Gradients) -> Self {
+        Self {
+            image: GradientsParams::from_module(&mut raw, &model.image_encoder.model),
+            text: GradientsParams::from_module(&mut raw, &model.text_encoder.model),
+            heads: GradientsParams::from_grads(raw, model),
+        }
+    }
+
+    /// The gradient of one parameter, from whichever group holds it.
+    pub fn get<B: AutodiffBackend, const D: usize>(&self, id: burn::module::ParamId) -> Option<Tensor<B::InnerBackend, D>> {
+        [&self.image, &self.text, &self.heads].into_iter().find_map(|g| g.get::<B::InnerBackend, D>(id))
+    }
+
+    /// All groups in one set, for a single optimizer over the whole model.
+    pub fn merged<B: AutodiffBackend>(self, model: &ClipModel<B>) -> GradientsParams {
+        let mut acc = GradientsAccumulator::<ClipModel<B>>::new();
+        for g in [self.image, self.text, self.heads] {
+            acc.accumulate(model, g);
+        }
+        acc.grads()
+    }
+
+    /// The sum of two passes' gradients (a parameter missing from one counts as zero there).
+    pub fn add<B: AutodiffBackend>(self, model: &ClipModel<B>, other: Self) -> Self {
+        fn sum<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, a: GradientsParams, b: GradientsParams) -> GradientsParams {
+            let mut acc = GradientsAccumulator::<M>::new();
+            acc.accumulate(module, a);
+            acc.accumulate(module, b);
+            acc.grads()
+        }
+        Self {
+            image: sum(&model.image_encoder.model, self.image, other.image),
+            text: sum(&model.text_encoder.model, self.text, other.text),
+            heads: sum(model, self.heads, other.heads),
+        }
+    }
+}
+
 /// Optimizers for the three parameter groups plus clipping and loss scaling.
 pub struct ClipOptimizer<B: AutodiffBackend> {
     image: AnyOptim<B>,
@@ -169,20 +217,18 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
         self.lrs
     }
 
-    /// Applies one step from the gradients of the *scaled* loss: split them into the three
-    /// groups, unscale, check (fp16), clip the global norm, update each group with its learning
-    /// rate times `lr_factor`, clamp the temperature.
+    /// Applies one step from the gradients of the *scaled* loss: unscale, check (fp16), clip
+    /// the global norm, update each group with its learning rate times `lr_factor`, clamp the
+    /// temperature.
     pub fn step(
         &mut self,
         model: ClipModel<B>,
-        mut raw: B::Gradients,
+        grads: GroupGrads,
         lr_factor: f64,
         want_norm: bool,
     ) -> (ClipModel<B>, StepReport) {
         let device = model.logit_scale.device();
-        let mut image = GradientsParams::from_module(&mut raw, &model.image_encoder.model);
-        let mut text = GradientsParams::from_module(&mut raw, &model.text_encoder.model);
-        let mut heads = GradientsParams::from_grads(raw, &model);
+        let GroupGrads { mut image, mut text, mut heads } = grads;
         let factor = |v: f64| Tensor::<B::InnerBackend, 1>::from_floats([v as f32], &device);
 
         if self.scaler.enabled {
@@ -291,7 +337,7 @@ mod tests {
         assert!(want > 1.0, "{want}");
         let spec = TrainSpec { grad_clip_norm: Some(0.5), optimizer: OptimizerKind::Adam, weight_decay: 0.0, ..TrainSpec::default() };
         let mut optim = ClipOptimizer::<B>::new(&spec);
-        let (_, report) = optim.step(model.clone(), g, 1.0, true);
+        let (_, report) = optim.step(model.clone(), GroupGrads::split(&model, g), 1.0, true);
         assert!(report.applied);
         assert!((report.grad_norm.unwrap() - want).abs() / want < 1e-4, "{:?} vs {want}", report.grad_norm);
 

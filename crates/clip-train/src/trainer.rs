@@ -9,10 +9,9 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
-use clip_model::loss::in_batch_accuracy;
 use clip_infer::zeroshot::parse_templates;
 use clip_infer::{EvalExtras, ImageLabels, ModelCard, ZeroShotClassifier};
 use clip_model::{ClipConfig, ClipModel, TextFeatureCache};
@@ -24,6 +23,7 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
+use crate::step::{forward_backward, materialize, StepInputs};
 
 /// Distinct captions a frozen text tower's cache keeps (a 768-wide row is 3 KB: ~1.5 GB at most).
 const TEXT_CACHE_ROWS: usize = 500_000;
@@ -55,6 +55,9 @@ pub struct RunInfo {
     pub val_pairs: usize,
     pub val_images: usize,
     pub batch_size: usize,
+    /// Parts each batch's forward and backward passes are split into (1: whole).
+    #[serde(default = "one")]
+    pub micro_batches: usize,
     pub batches_per_epoch: usize,
     pub epochs: usize,
     pub total_steps: usize,
@@ -64,6 +67,10 @@ pub struct RunInfo {
     /// Past steps and epochs when resuming, so curves can continue.
     pub history_steps: Vec<StepMetrics>,
     pub history_epochs: Vec<EpochMetrics>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// How a run ended.
@@ -120,7 +127,9 @@ pub fn train<B: AutodiffBackend>(
     // Model and optimizer, fresh or from the latest checkpoint.
     let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
     B::seed(device, t.seed);
-    let mut model = materialize(clip_config.init::<B>(device));
+    // Every parameter drawn now, while the generator holds the init seed.
+    let mut model = clip_config.init::<B>(device);
+    materialize(&model);
     let mut optim = ClipOptimizer::<B>::new(t);
     let mut state = TrainState::new(optim.scaler.clone());
     if resume {
@@ -161,6 +170,7 @@ pub fn train<B: AutodiffBackend>(
         val_pairs: split.val.len(),
         val_images: split.val.images().len(),
         batch_size: config.data.batch_size,
+        micro_batches: t.micro_batches,
         batches_per_epoch,
         epochs,
         total_steps,
@@ -185,10 +195,7 @@ pub fn train<B: AutodiffBackend>(
             let Some(batch) = batches.next() else { break };
             let batch = batch?;
             let n = batch.len();
-            // Dropout draws from the backend's generator: reseed it per step so a resumed run
-            // draws what the uninterrupted one would have.
-            B::seed(device, t.seed ^ (state.step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1));
-            let out = match text_cache.as_mut() {
+            let inputs = match text_cache.as_mut() {
                 Some(cache) => {
                     let features = cache.features(
                         || model.text_encoder.model.valid(),
@@ -198,27 +205,36 @@ pub fn train<B: AutodiffBackend>(
                         &batch.attention_mask,
                         batch.seq_len,
                     );
-                    let features = Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device);
-                    let images = Tensor::<B, 4>::from_data(
-                        TensorData::new(batch.images, [n, 3, batch.image_size, batch.image_size]),
-                        device,
-                    );
-                    model.forward_with_text_features(images, features)
+                    StepInputs::TextFeatures {
+                        features: Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device),
+                        images: Tensor::<B, 4>::from_data(
+                            TensorData::new(batch.images, [n, 3, batch.image_size, batch.image_size]),
+                            device,
+                        ),
+                    }
                 }
                 None => {
                     let on_device = batch.to_device::<B>(device);
-                    model.forward(on_device.images, on_device.input_ids, on_device.attention_mask)
+                    StepInputs::Tokens {
+                        images: on_device.images,
+                        input_ids: on_device.input_ids,
+                        attention_mask: on_device.attention_mask,
+                    }
                 }
             };
-            let loss_value: f64 = out.loss.clone().into_scalar().elem();
+            // Dropout draws from the backend's generator: reseed it per step (and micro-batch) so
+            // a resumed run draws what the uninterrupted one would have.
+            let step = state.step;
+            let mut reseed = |micro: usize| B::seed(device, dropout_seed(t.seed, step, micro));
+            let out = forward_backward(&model, &inputs, t.micro_batches, optim.scaler.factor(), &mut reseed);
+            drop(inputs);
+            let loss_value = out.loss;
             if !loss_value.is_finite() && !optim.scaler.enabled {
                 return Err(TrainError::Diverged { step: state.step + 1, loss: loss_value });
             }
-            let acc_t2i = in_batch_accuracy(out.logits_per_text.clone().inner());
-            let acc_i2t = in_batch_accuracy(out.logits_per_text.clone().inner().transpose());
-            let scaled = out.loss.mul_scalar(optim.scaler.factor());
+            let (acc_i2t, acc_t2i) = (out.acc_i2t, out.acc_t2i);
             let factor = lr_factor(t, state.step, total_steps);
-            let (next, report) = optim.step(model, scaled.backward(), factor, false);
+            let (next, report) = optim.step(model, out.grads, factor, false);
             model = next;
             state.step += 1;
             state.batch = batches.position();
@@ -377,16 +393,11 @@ impl EvalLabels {
     }
 }
 
-/// Initializes every (lazily initialized) parameter now, while the generator holds the init seed.
-fn materialize<B: AutodiffBackend>(model: ClipModel<B>) -> ClipModel<B> {
-    struct Touch;
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Touch {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
-            let _ = param.val();
-        }
-    }
-    model.visit(&mut Touch);
-    model
+/// The dropout generator's seed for micro-batch `micro` of `step` (micro-batch 0's is the seed of
+/// a step taken whole, so runs without micro-batches draw what they always drew).
+fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let per_step = seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    per_step ^ (micro as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
 
 /// Loads the configured initial weights into a fresh model.

@@ -5,8 +5,11 @@
 use std::path::PathBuf;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Int, Tensor};
 use clip_train::checkpoint::load_model;
+use clip_train::optim::GroupGrads;
+use clip_train::step::{forward_backward, micro_batch_ranges, StepInputs};
 use clip_train::{train, ExperimentConfig, RunDir, Silent};
 
 mod common;
@@ -74,6 +77,10 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     assert!(err.contains("layers"), "{err}");
     let err = ExperimentConfig::load(&path, &["eval.templates=\"prompts.txt\"".into()]).unwrap_err().to_string();
     assert!(err.contains("eval.templates needs eval.labels"), "{err}");
+    for k in ["0", "33"] {
+        let err = ExperimentConfig::load(&path, &[format!("train.micro_batches={k}")]).unwrap_err().to_string();
+        assert!(err.contains("train.micro_batches") && err.contains("exp.toml"), "{err}");
+    }
     // A missing dataset is named at the start, not after building a model.
     let mut missing = c.clone();
     missing.data.synthetic = None;
@@ -164,3 +171,89 @@ fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
     let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 }
+
+/// Compares each float parameter's gradient in two gradient sets.
+struct SameGrads<'a> {
+    a: &'a GroupGrads,
+    b: &'a GroupGrads,
+    compared: usize,
+    largest: f32,
+}
+impl ModuleVisitor<B> for SameGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let (a, b) = (self.a.get::<B, D>(param.id), self.b.get::<B, D>(param.id));
+        assert_eq!(a.is_some(), b.is_some(), "a gradient only one side has: {:?}", param.id);
+        if let (Some(a), Some(b)) = (a, b) {
+            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+            let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 2e-4 * scale, "{:?}: {x} vs {y} (largest {scale})", param.id);
+            }
+            self.largest = self.largest.max(scale);
+            self.compared += 1;
+        }
+    }
+}
+
+#[test]
+fn micro_batches_give_the_whole_batch_gradient_and_count_each_batch_once_in_batch_norm() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout on in the heads and the text tower: both passes must draw the same masks.
+    let c = config(dir.path(), 20, &["model.dropout=0.2"]);
+    let device = Default::default();
+    let clip = c.clip_config().unwrap();
+    B::seed(&device, 3);
+    let reference = clip.init::<B>(&device);
+    clip_train::step::materialize(&reference);
+    let model = clip.init::<B>(&device).load_record(reference.clone().into_record());
+
+    let n = 7;
+    let images = Tensor::<B, 4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let input_ids = Tensor::<B, 2, Int>::random([n, 9], Distribution::Uniform(1.0, 2000.0), &device);
+    let attention_mask = Tensor::<B, 2, Int>::ones([n, 9], &device);
+    let seed = |j: usize| B::seed(&Default::default(), 1000 + j as u64);
+
+    // The reference: one graph over the micro-batches' embeddings, one backward pass.
+    let ranges = micro_batch_ranges(n, 3);
+    let (mut im, mut tx) = (vec![], vec![]);
+    for (j, r) in ranges.iter().enumerate() {
+        seed(j);
+        im.push(reference.encode_image(images.clone().slice(r.clone())));
+        tx.push(reference.encode_text(input_ids.clone().slice(r.clone()), attention_mask.clone().slice(r.clone())));
+    }
+    let out = reference.contrast(Tensor::cat(im, 0), Tensor::cat(tx, 0));
+    let want_loss: f64 = out.loss.clone().into_scalar().into();
+    let want = GroupGrads::split(&reference, out.loss.backward());
+
+    let inputs = StepInputs::Tokens { images, input_ids, attention_mask };
+    let got = forward_backward(&model, &inputs, 3, 1.0, &mut |j| seed(j));
+    assert!((got.loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{} vs {want_loss}", got.loss);
+    let mut same = SameGrads { a: &want, b: &got.grads, compared: 0, largest: 0.0 };
+    reference.visit(&mut same);
+    assert!(same.compared > 20 && same.largest > 1e-3, "{} gradients compared, largest {}", same.compared, same.largest);
+
+    // Batch-norm running statistics (visited with the parameters) moved once per micro-batch, as
+    // in the reference, not twice.
+    let (mut a, mut b) = (Values(vec![]), Values(vec![]));
+    reference.visit(&mut a);
+    model.visit(&mut b);
+    for (x, y) in a.0.iter().zip(&b.0) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn training_in_micro_batches_learns() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 120, &["train.micro_batches=4", "train.epochs=3"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(summary.completed);
+    let s = steps(&run);
+    let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    assert!(end < first * 0.85, "loss {first} -> {end}");
+}
+

@@ -1,0 +1,212 @@
+//! One training step's forward and backward passes, over the whole batch at once or in
+//! micro-batches. In micro-batches the loss is still the whole batch's (every pair is a negative
+//! for every other pair), as with open_clip's `--accum-freq` (gradient caching): a first pass
+//! embeds every micro-batch without keeping its graph, then each micro-batch is embedded again
+//! and the loss over all embeddings, the other micro-batches' cached, is backpropagated into it.
+//! The summed gradients are the whole batch's; memory holds one micro-batch's activations; the
+//! price is one more forward pass.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use clip_model::batch_norm::detached_training_pass;
+use clip_model::loss::in_batch_accuracy;
+use clip_model::{ClipModel, ClipOutput};
+
+use crate::optim::GroupGrads;
+
+/// A batch on the device: images with the captions' tokens, or with their text-tower features
+/// (a frozen, cached text tower).
+#[derive(Debug, Clone)]
+pub enum StepInputs<B: Backend> {
+    Tokens { images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int> },
+    TextFeatures { images: Tensor<B, 4>, features: Tensor<B, 2> },
+}
+
+impl<B: Backend> StepInputs<B> {
+    /// Image–caption pairs in the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Tokens { images, .. } | Self::TextFeatures { images, .. } => images.dims()[0],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn rows(&self, r: Range<usize>) -> Self {
+        match self {
+            Self::Tokens { images, input_ids, attention_mask } => Self::Tokens {
+                images: images.clone().slice(r.clone()),
+                input_ids: input_ids.clone().slice(r.clone()),
+                attention_mask: attention_mask.clone().slice(r),
+            },
+            Self::TextFeatures { images, features } => {
+                Self::TextFeatures { images: images.clone().slice(r.clone()), features: features.clone().slice(r) }
+            }
+        }
+    }
+
+    /// Image and text embeddings, `[len, projection_dim]` each.
+    fn embed(&self, model: &ClipModel<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        match self {
+            Self::Tokens { images, input_ids, attention_mask } => {
+                (model.encode_image(images.clone()), model.encode_text(input_ids.clone(), attention_mask.clone()))
+            }
+            Self::TextFeatures { images, features } => {
+                (model.encode_image(images.clone()), model.encode_text_features(features.clone()))
+            }
+        }
+    }
+}
+
+/// What a step's forward and backward passes produced.
+pub struct StepOutcome {
+    /// The whole batch's loss (unscaled).
+    pub loss: f64,
+    /// In-batch top-1 accuracy, image→text and text→image.
+    pub acc_i2t: f64,
+    pub acc_t2i: f64,
+    /// Gradients of the loss times the loss factor, summed over micro-batches.
+    pub grads: GroupGrads,
+}
+
+/// `n` rows cut into `parts` contiguous ranges whose sizes differ by at most one (fewer ranges
+/// when there are fewer rows than parts).
+pub fn micro_batch_ranges(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|j| {
+            let len = base + usize::from(j < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
+/// Forward and backward passes of one step over `inputs` in `micro_batches` parts, the loss
+/// multiplied by `loss_factor` (fp16 loss scaling) before backpropagation. `reseed(j)` is called
+/// before micro-batch `j` is embedded, both times it is, so that dropout draws the same masks in
+/// both passes.
+pub fn forward_backward<B: AutodiffBackend>(
+    model: &ClipModel<B>,
+    inputs: &StepInputs<B>,
+    micro_batches: usize,
+    loss_factor: f64,
+    reseed: &mut dyn FnMut(usize),
+) -> StepOutcome {
+    let ranges = micro_batch_ranges(inputs.len(), micro_batches);
+    if ranges.len() <= 1 {
+        reseed(0);
+        let (images, texts) = inputs.embed(model);
+        let out = model.contrast(images, texts);
+        let (loss, acc_i2t, acc_t2i) = summary(&out);
+        let grads = GroupGrads::split(model, out.loss.mul_scalar(loss_factor).backward());
+        return StepOutcome { loss, acc_i2t, acc_t2i, grads };
+    }
+
+    // First pass: every micro-batch's embeddings from a copy of the model whose trainable
+    // weights are detached, so that no autodiff graph (and none of its saved activations) is
+    // kept; still in training mode (dropout, batch statistics), but batch norms leave their
+    // running statistics alone: the second pass counts each micro-batch once.
+    let (detached, trainable) = detach_trainable(model);
+    let (mut images, mut texts) = (Vec::with_capacity(ranges.len()), Vec::with_capacity(ranges.len()));
+    detached_training_pass(trainable, || {
+        for (j, r) in ranges.iter().enumerate() {
+            reseed(j);
+            let (i, t) = inputs.rows(r.clone()).embed(&detached);
+            images.push(i);
+            texts.push(t);
+        }
+    });
+    drop(detached);
+    let whole = model.contrast(Tensor::cat(images.clone(), 0), Tensor::cat(texts.clone(), 0));
+    let (loss, acc_i2t, acc_t2i) = summary(&whole);
+    drop(whole);
+
+    // Second pass: micro-batch j with its graph, the others from the cache. Every pass sees the
+    // same loss, so only the first one carries the temperature's gradient.
+    let fixed_scale = model.scale().detach();
+    let mut grads: Option<GroupGrads> = None;
+    for (j, r) in ranges.iter().enumerate() {
+        reseed(j);
+        let (i, t) = inputs.rows(r.clone()).embed(model);
+        let (mut all_images, mut all_texts) = (images.clone(), texts.clone());
+        all_images[j] = i;
+        all_texts[j] = t;
+        let (all_images, all_texts) = (Tensor::cat(all_images, 0), Tensor::cat(all_texts, 0));
+        let out = if j == 0 {
+            model.contrast(all_images, all_texts)
+        } else {
+            model.contrast_with_scale(all_images, all_texts, fixed_scale.clone())
+        };
+        let pass = GroupGrads::split(model, out.loss.mul_scalar(loss_factor).backward());
+        grads = Some(match grads {
+            Some(sum) => sum.add(model, pass),
+            None => pass,
+        });
+    }
+    StepOutcome { loss, acc_i2t, acc_t2i, grads: grads.expect("at least two micro-batches") }
+}
+
+/// Initializes every (lazily initialized) parameter of `module` now: burn draws a parameter's
+/// initial values at its first use, so a module cloned before that would diverge from its copy.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
+/// A copy of `model` whose trainable parameters are plain (untracked) tensors, and the ids of
+/// those parameters.
+fn detach_trainable<B: AutodiffBackend>(model: &ClipModel<B>) -> (ClipModel<B>, HashSet<ParamId>) {
+    struct Detach(HashSet<ParamId>);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Detach {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if !param.is_require_grad() {
+                return param;
+            }
+            self.0.insert(param.id);
+            // `detach` alone would keep `require_grad`, making a new tracked leaf.
+            param.map(|t| Tensor::from_inner(t.inner()))
+        }
+    }
+    // A lazily initialized parameter cloned before its first use would draw other values in
+    // the copy.
+    materialize(model);
+    let mut detach = Detach(HashSet::new());
+    let copy = model.clone().map(&mut detach);
+    (copy, detach.0)
+}
+
+/// The loss value and in-batch accuracies (image→text, text→image) of an output.
+fn summary<B: AutodiffBackend>(out: &ClipOutput<B>) -> (f64, f64, f64) {
+    let loss: f64 = out.loss.clone().into_scalar().elem();
+    let logits = out.logits_per_text.clone().inner();
+    (loss, in_batch_accuracy(logits.clone().transpose()), in_batch_accuracy(logits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_cover_the_batch_in_near_equal_parts() {
+        assert_eq!(micro_batch_ranges(10, 4), vec![0..3, 3..6, 6..8, 8..10]);
+        assert_eq!(micro_batch_ranges(8, 2), vec![0..4, 4..8]);
+        assert_eq!(micro_batch_ranges(3, 5), vec![0..1, 1..2, 2..3]);
+        assert_eq!(micro_batch_ranges(7, 1), vec![0..7]);
+        assert_eq!(micro_batch_ranges(0, 3), vec![0..0]);
+    }
+}
