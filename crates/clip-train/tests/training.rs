@@ -255,5 +255,12 @@ fn training_in_micro_batches_learns() {
     let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
     let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
     assert!(end < first * 0.85, "loss {first} -> {end}");
-}
 
+    // With a frozen, cached text tower (features instead of tokens) and fp16 loss scaling.
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 60, &["train.micro_batches=3", "model.text_trainable=false", "train.precision=\"fp16-mixed\"", "train.max_steps=3"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(summary.completed && summary.steps == 3, "{summary:?}");
+    assert!(steps(&run).iter().all(|m| m.loss.is_finite() && m.loss_scale.is_some()));
+}
