@@ -72,6 +72,9 @@ impl BackendTask for StepArgs {
         let images = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
         let ids = Tensor::<B, 2, Int>::random([b, l], Distribution::Uniform(1000.0, 30000.0), &device);
         let mask = Tensor::<B, 2, Int>::ones([b, l], &device);
+        // The arithmetic each measurement stands for (clip_model::flops): achieved TFLOP/s.
+        let flops = clip_model::flops::forward_flops(&config, b, s, l);
+        let tflops = |work: f64, seconds: f64| (work / seconds / 1e9).round() / 1e3;
         let common = json!({
             "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l,
             "conv1x1": if self.pointwise_conv { "conv" } else { "matmul" },
@@ -145,6 +148,7 @@ impl BackendTask for StepArgs {
                 "ms_per_step": round1(dt * 1e3), "samples_per_s": round2(b as f64 / dt),
                 "optimizer_ms": round1(total[2] / n * 1e3),
                 "first_step_s": round2(first_s), "first_optimizer_s": round2(first[2]),
+                "gflop_per_step": round1(flops.train_step() / 1e9), "achieved_tflops": tflops(flops.train_step(), dt),
             });
             if micro > 1 {
                 extend(&mut line, &json!({
@@ -196,6 +200,7 @@ impl BackendTask for StepArgs {
             let mut line = json!({
                 "what": "forward", "stack": "clip (burn 0.21)",
                 "ms_per_step": round1(dt * 1e3), "samples_per_s": round2(b as f64 / dt), "first_forward_s": round2(first),
+                "gflop_per_step": round1(flops.total() / 1e9), "achieved_tflops": tflops(flops.total(), dt),
             });
             extend(&mut line, &common);
             println!("{line}");

@@ -6,6 +6,7 @@
 pub mod batch_norm;
 pub mod clip;
 pub mod conv;
+pub mod flops;
 pub mod import;
 pub mod loss;
 pub mod precision;
