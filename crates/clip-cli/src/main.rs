@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod data;
 mod infer;
+mod interrupt;
 mod kernels;
 mod train;
 

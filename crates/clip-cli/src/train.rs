@@ -11,6 +11,7 @@ use clip_train::dashboard::{Dashboard, PlainProgress};
 use clip_train::{ExperimentConfig, Observer, RunDir, TrainSummary};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::interrupt::StopOnSignal;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -81,6 +82,10 @@ pub fn train_config(config: ExperimentConfig, backend: BackendChoice, plain: boo
 fn train_job(job: Job, backend: BackendChoice) -> Result<TrainSummary> {
     let summary = dispatch(backend, job)?;
     print_summary(&summary);
+    if let Some(signal) = crate::interrupt::requested() {
+        // Stopped by a signal, checkpoint saved: exit as a process killed by it would.
+        std::process::exit(128 + signal);
+    }
     Ok(summary)
 }
 
@@ -98,11 +103,13 @@ impl BackendTask for Job {
             plain = PlainProgress::new(std::io::stdout(), Duration::from_secs(5));
             &mut plain
         };
+        crate::interrupt::install();
+        let mut on_signal = StopOnSignal { inner: observer, announced: false };
         let summary = if backend_name == "cuda" {
-            let mut watch = FirstCudaStep { inner: observer, heartbeat: None, plain: !interactive, first_done: false };
+            let mut watch = FirstCudaStep { inner: &mut on_signal, heartbeat: None, plain: !interactive, first_done: false };
             clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, &mut watch)?
         } else {
-            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, observer)?
+            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, &mut on_signal)?
         };
         Ok(summary)
     }

@@ -67,20 +67,25 @@ fn step_numbers(run: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// `clip train --plain` of `config` into `run`, in the background.
+fn spawn_training(config: &Path, run: &Path, output: fn() -> Stdio) -> std::process::Child {
+    clip()
+        .args(["train", "--plain", "--config"])
+        .arg(config)
+        .arg("--run-dir")
+        .arg(run)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_killed_training_process_resumes_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 150, 4);
     let run = dir.path().join("run");
-    let mut child = clip()
-        .args(["train", "--plain", "--config"])
-        .arg(&config)
-        .arg("--run-dir")
-        .arg(&run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_training(&config, &run, Stdio::null);
     // Kill it (SIGKILL: no chance to clean up) as soon as a periodic checkpoint exists.
     let start = Instant::now();
     let killed_at = loop {
@@ -120,6 +125,39 @@ fn a_killed_training_process_resumes_and_finishes() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty() || leftovers.iter().all(|n| n.contains(".tmp-")), "{leftovers:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_training_with_a_checkpoint_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 150, 50);
+    let run = dir.path().join("run");
+    let mut child = spawn_training(&config, &run, Stdio::piped);
+    let start = Instant::now();
+    while step_numbers(&run).len() < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "training ended before the signal");
+        assert!(start.elapsed() < Duration::from_secs(120), "no step after 2 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(143), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("SIGTERM: saving a checkpoint") && stdout.contains("continue with: clip train --resume"), "{stdout}");
+    // The checkpoint holds the last logged step, well before the 50 epochs' end.
+    let steps = step_numbers(&run);
+    let last = *steps.last().unwrap();
+    assert!(last < 100, "stopped at step {last}");
+    assert!(run.join(format!("checkpoints/step-{last:06}/state.json")).is_file(), "no checkpoint of step {last}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["completed"], false);
+
+    let more = format!("train.max_steps={}", last + 2);
+    let out = clip().args(["train", "--plain", "--resume"]).arg(&run).args(["--set", &more]).output().unwrap();
+    assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(step_numbers(&run), (1..=last + 2).collect::<Vec<_>>());
 }
 
 #[test]

@@ -294,7 +294,8 @@ impl Dashboard {
     }
 }
 
-fn restore_terminal() {
+/// Leaves raw mode and the alternate screen (safe to call when neither is on).
+pub fn restore_terminal() {
     let _ = disable_raw_mode();
     let _ = std::io::stdout().execute(LeaveAlternateScreen);
 }
