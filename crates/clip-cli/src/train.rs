@@ -171,6 +171,10 @@ fn print_summary(s: &TrainSummary) {
         println!("  validation (epoch {}, {} images, {} captions): loss {:.4}", e.epoch, r.images, r.captions, e.val_loss);
         println!("  {r}");
     }
+    if let (Some(step), Some(score)) = (s.best_step, s.best_score) {
+        let by = serde_json::to_value(s.best_by).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        println!("  best model (checkpoint.best_by = {by}): step {step}, {score:.4}");
+    }
     if s.skipped_steps > 0 {
         println!("  {} fp16 steps skipped (non-finite gradients)", s.skipped_steps);
     }

@@ -105,6 +105,10 @@ pub struct TrainState {
     pub batch: usize,
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// The best model's value of `checkpoint.best_by` (absent in runs from before it existed,
+    /// whose best was always the lowest validation loss).
+    #[serde(default)]
+    pub best_score: Option<f64>,
     /// Running sum and count of the current epoch's training loss (for its mean).
     pub epoch_loss_sum: f64,
     pub epoch_loss_count: usize,
@@ -121,6 +125,7 @@ impl TrainState {
             batch: 0,
             best_val_loss: None,
             best_step: None,
+            best_score: None,
             epoch_loss_sum: 0.0,
             epoch_loss_count: 0,
             scaler,

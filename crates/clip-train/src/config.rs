@@ -240,11 +240,34 @@ pub struct CheckpointSpec {
     pub every_steps: usize,
     /// Step/epoch checkpoints kept (older ones are deleted); the best is always kept.
     pub keep_last: usize,
+    /// What makes a validated model the best one (kept in `checkpoints/best`, exported at the end).
+    pub best_by: BestBy,
 }
 
 impl Default for CheckpointSpec {
     fn default() -> Self {
-        Self { every_steps: 0, keep_last: 2 }
+        Self { every_steps: 0, keep_last: 2, best_by: BestBy::default() }
+    }
+}
+
+/// The validation metric that picks the best model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestBy {
+    /// The lowest validation loss.
+    #[default]
+    ValLoss,
+    /// The highest sum of recall@1/5/10 in both directions, in percent (0–600): the usual
+    /// model selection for retrieval.
+    Rsum,
+    /// The highest zero-shot top-1 accuracy (needs `[eval]` labels and templates).
+    ZeroShot,
+}
+
+impl BestBy {
+    /// Whether a lower value is better.
+    pub fn lower_is_better(self) -> bool {
+        self == BestBy::ValLoss
     }
 }
 
@@ -338,6 +361,9 @@ impl ExperimentConfig {
         }
         if t.val_every_epochs == 0 {
             return bad("train.val_every_epochs must be at least 1".into());
+        }
+        if self.checkpoint.best_by == BestBy::ZeroShot && self.eval.templates.is_none() {
+            return bad("checkpoint.best_by = \"zero_shot\" needs eval.labels and eval.templates".into());
         }
         if self.checkpoint.keep_last == 0 {
             return bad("checkpoint.keep_last must be at least 1".into());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clip_model::RetrievalMetrics;
 use serde::{Deserialize, Serialize};
 
+use crate::config::BestBy;
 use crate::error::{Result, TrainError};
 
 /// One optimizer step.
@@ -50,6 +51,29 @@ pub struct EpochMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_shot_top1: Option<f64>,
     pub elapsed_s: f64,
+}
+
+impl EpochMetrics {
+    /// The value of `metric` for this validation (`None`: not measured, e.g. zero-shot without
+    /// templates).
+    pub fn score(&self, metric: BestBy) -> Option<f64> {
+        let r = &self.retrieval;
+        match metric {
+            BestBy::ValLoss => Some(self.val_loss),
+            BestBy::Rsum => Some(100.0 * (r.t2i_r1 + r.t2i_r5 + r.t2i_r10 + r.i2t_r1 + r.i2t_r5 + r.i2t_r10)),
+            BestBy::ZeroShot => self.zero_shot_top1,
+        }
+    }
+}
+
+/// Whether `score` beats the best so far under `metric` (anything beats nothing; NaN nothing).
+pub fn improves(metric: BestBy, score: f64, best: Option<f64>) -> bool {
+    match best {
+        _ if score.is_nan() => false,
+        None => true,
+        Some(b) if metric.lower_is_better() => score < b,
+        Some(b) => score > b,
+    }
 }
 
 /// Appends JSON lines to a file, flushing each one.
@@ -120,5 +144,18 @@ mod tests {
         truncate_after(&p, 3).unwrap();
         let rows: Vec<serde_json::Value> = read_jsonl(&p);
         assert_eq!(rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn the_best_model_is_picked_in_the_metric_s_direction() {
+        assert!(improves(BestBy::ValLoss, 1.0, None));
+        assert!(improves(BestBy::ValLoss, 0.9, Some(1.0)) && !improves(BestBy::ValLoss, 1.1, Some(1.0)));
+        assert!(improves(BestBy::Rsum, 310.0, Some(300.0)) && !improves(BestBy::Rsum, 290.0, Some(300.0)));
+        assert!(!improves(BestBy::ZeroShot, f64::NAN, None), "NaN is never the best");
+        let r = RetrievalMetrics { t2i_r1: 0.1, t2i_r5: 0.2, t2i_r10: 0.3, i2t_r1: 0.4, i2t_r5: 0.5, i2t_r10: 0.6, ..Default::default() };
+        let m = EpochMetrics { epoch: 1, step: 1, train_loss: None, val_loss: 2.0, val_acc_i2t: 0.0, val_acc_t2i: 0.0, retrieval: r, label_retrieval: None, zero_shot_top1: None, elapsed_s: 0.0 };
+        assert!((m.score(BestBy::Rsum).unwrap() - 210.0).abs() < 1e-9);
+        assert_eq!(m.score(BestBy::ValLoss), Some(2.0));
+        assert_eq!(m.score(BestBy::ZeroShot), None);
     }
 }

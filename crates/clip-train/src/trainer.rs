@@ -18,9 +18,9 @@ use clip_model::{ClipConfig, ClipModel, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
-use crate::config::ExperimentConfig;
+use crate::config::{BestBy, ExperimentConfig};
 use crate::error::{Result, TrainError};
-use crate::metrics::{read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
+use crate::metrics::{improves, read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, materialize, StepInputs};
@@ -83,6 +83,11 @@ pub struct TrainSummary {
     pub stopped: Option<String>,
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// The metric that picked the best model, and its value there.
+    #[serde(default)]
+    pub best_by: BestBy,
+    #[serde(default)]
+    pub best_score: Option<f64>,
     /// The last validation's metrics.
     pub last_epoch: Option<EpochMetrics>,
     pub skipped_steps: usize,
@@ -321,7 +326,10 @@ pub fn train<B: AutodiffBackend>(
             };
             epochs_log.write(&m)?;
             observer.on_epoch(&m);
-            if state.best_val_loss.is_none_or(|b| m.val_loss < b) {
+            let best_by = config.checkpoint.best_by;
+            let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss { state.best_val_loss } else { None });
+            if let Some(score) = m.score(best_by).filter(|&s| improves(best_by, s, best_so_far)) {
+                state.best_score = Some(score);
                 state.best_val_loss = Some(m.val_loss);
                 state.best_step = Some(state.step);
                 let path = save_best(run, &model, &state)?;
@@ -351,6 +359,8 @@ pub fn train<B: AutodiffBackend>(
         stopped,
         best_val_loss: state.best_val_loss,
         best_step: state.best_step,
+        best_by: config.checkpoint.best_by,
+        best_score: state.best_score,
         last_epoch,
         skipped_steps: optim.scaler.skipped_steps,
         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),

@@ -77,6 +77,8 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     assert!(err.contains("layers"), "{err}");
     let err = ExperimentConfig::load(&path, &["eval.templates=\"prompts.txt\"".into()]).unwrap_err().to_string();
     assert!(err.contains("eval.templates needs eval.labels"), "{err}");
+    let err = ExperimentConfig::load(&path, &["checkpoint.best_by=\"zero_shot\"".into()]).unwrap_err().to_string();
+    assert!(err.contains("checkpoint.best_by") && err.contains("eval.templates"), "{err}");
     for k in ["0", "33"] {
         let err = ExperimentConfig::load(&path, &[format!("train.micro_batches={k}")]).unwrap_err().to_string();
         assert!(err.contains("train.micro_batches") && err.contains("exp.toml"), "{err}");
@@ -149,12 +151,24 @@ fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
     let c = config(
         dir.path(),
         100,
-        &["train.epochs=2", "eval.labels=\"data/labels.csv\"", "eval.label_column=\"shape\"", "eval.templates=\"prompts.txt\""],
+        &[
+            "train.epochs=3",
+            "eval.labels=\"data/labels.csv\"",
+            "eval.label_column=\"shape\"",
+            "eval.templates=\"prompts.txt\"",
+            "checkpoint.best_by=\"zero_shot\"",
+        ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     let epochs: Vec<clip_train::metrics::EpochMetrics> = clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
-    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs.len(), 3);
+    // The best model is the first epoch with the highest zero-shot accuracy.
+    let top = epochs.iter().map(|m| m.zero_shot_top1.unwrap()).fold(f64::MIN, f64::max);
+    let best = epochs.iter().find(|m| m.zero_shot_top1 == Some(top)).unwrap();
+    assert_eq!((summary.best_step, summary.best_score), (Some(best.step), Some(top)), "{epochs:?}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.best().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64(), Some(best.step as u64));
     for m in &epochs {
         let z = m.zero_shot_top1.expect("zero-shot accuracy each epoch");
         assert!((0.0..=1.0).contains(&z), "{z}");
