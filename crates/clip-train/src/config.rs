@@ -200,6 +200,8 @@ pub struct TrainSpec {
     /// other; features cached, as open_clip's `--accum-freq`), with one micro-batch's activation
     /// memory, for one extra forward pass.
     pub micro_batches: usize,
+    /// Also write the step and validation metrics as TensorBoard event files (`tensorboard/`).
+    pub tensorboard: bool,
 }
 
 impl Default for TrainSpec {
@@ -228,6 +230,7 @@ impl Default for TrainSpec {
             drop_last: true,
             cache_frozen_text: true,
             micro_batches: 1,
+            tensorboard: true,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod optim;
 pub mod plots;
 pub mod schedule;
 pub mod step;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use checkpoint::RunDir;

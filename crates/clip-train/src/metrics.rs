@@ -53,7 +53,47 @@ pub struct EpochMetrics {
     pub elapsed_s: f64,
 }
 
+impl StepMetrics {
+    /// The step's scalars under TensorBoard tags.
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut s = vec![
+            ("train/loss", self.loss),
+            ("train/acc_i2t", self.acc_i2t),
+            ("train/acc_t2i", self.acc_t2i),
+            ("train/lr", self.lr),
+            ("train/temperature", self.temperature),
+            ("train/samples_per_s", self.samples_per_s),
+        ];
+        s.extend(self.grad_norm.map(|g| ("train/grad_norm", g)));
+        s.extend(self.loss_scale.map(|l| ("train/loss_scale", l)));
+        s
+    }
+}
+
 impl EpochMetrics {
+    /// The validation's scalars under TensorBoard tags.
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let r = &self.retrieval;
+        let mut s = vec![
+            ("val/loss", self.val_loss),
+            ("val/rsum", self.score(BestBy::Rsum).unwrap_or(f64::NAN)),
+            ("val/t2i_r1", r.t2i_r1),
+            ("val/t2i_r5", r.t2i_r5),
+            ("val/t2i_r10", r.t2i_r10),
+            ("val/i2t_r1", r.i2t_r1),
+            ("val/i2t_r5", r.i2t_r5),
+            ("val/i2t_r10", r.i2t_r10),
+            ("val/acc_i2t", self.val_acc_i2t),
+            ("val/acc_t2i", self.val_acc_t2i),
+        ];
+        s.extend(self.train_loss.map(|l| ("train/epoch_loss", l)));
+        s.extend(self.zero_shot_top1.map(|z| ("val/zero_shot_top1", z)));
+        if let Some(c) = &self.label_retrieval {
+            s.extend([("val/class_t2i_r1", c.t2i_r1), ("val/class_i2t_r1", c.i2t_r1)]);
+        }
+        s
+    }
+
     /// The value of `metric` for this validation (`None`: not measured, e.g. zero-shot without
     /// templates).
     pub fn score(&self, metric: BestBy) -> Option<f64> {

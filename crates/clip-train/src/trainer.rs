@@ -24,6 +24,7 @@ use crate::metrics::{improves, read_jsonl, truncate_after, EpochMetrics, JsonlWr
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, materialize, StepInputs};
+use crate::tensorboard::EventWriter;
 
 /// Distinct captions a frozen text tower's cache keeps (a 768-wide row is 3 KB: ~1.5 GB at most).
 const TEXT_CACHE_ROWS: usize = 500_000;
@@ -168,6 +169,7 @@ pub fn train<B: AutodiffBackend>(
     let epochs = if batches_per_epoch == 0 { 0 } else { total_steps.div_ceil(batches_per_epoch) };
     let mut steps_log = JsonlWriter::open(&run.metrics().join("steps.jsonl"))?;
     let mut epochs_log = JsonlWriter::open(&run.metrics().join("epochs.jsonl"))?;
+    let mut events = if t.tensorboard { Some(EventWriter::create(&run.tensorboard(), state.step)?) } else { None };
     observer.on_start(&RunInfo {
         run_dir: run.root.display().to_string(),
         backend: backend_name.to_string(),
@@ -274,6 +276,10 @@ pub fn train<B: AutodiffBackend>(
                 eta_s: session_s / session_steps as f64 * (total_steps - state.step) as f64,
             };
             steps_log.write(&m)?;
+            if let Some(events) = events.as_mut() {
+                events.scalars(m.step, &m.scalars())?;
+                events.flush()?;
+            }
             observer.on_step(&m);
 
             let stop = observer.should_stop();
@@ -325,6 +331,10 @@ pub fn train<B: AutodiffBackend>(
                 elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
             };
             epochs_log.write(&m)?;
+            if let Some(events) = events.as_mut() {
+                events.scalars(m.step, &m.scalars())?;
+                events.flush()?;
+            }
             observer.on_epoch(&m);
             let best_by = config.checkpoint.best_by;
             let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss { state.best_val_loss } else { None });
