@@ -43,6 +43,14 @@ pub struct ClipConfig {
     /// Train the text tower's trunk.
     #[serde(default = "yes")]
     pub text_trainable: bool,
+    /// Train only the last N of the image trunk's four stages (the stem and earlier stages
+    /// frozen, their batch norms on running statistics): fine-tuning pretrained weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_trainable_stages: Option<usize>,
+    /// Train only the last N transformer layers of the text trunk (embeddings and earlier
+    /// layers frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_trainable_layers: Option<usize>,
     #[serde(default)]
     pub loss: ContrastiveLoss,
 }
@@ -82,8 +90,26 @@ impl ClipConfig {
             normalize_embeddings: false,
             image_trainable: true,
             text_trainable: true,
+            image_trainable_stages: None,
+            text_trainable_layers: None,
             loss: ContrastiveLoss::Infonce,
         }
+    }
+
+    /// The towers with the parameters this config does not train frozen (applied at init and
+    /// again after importing weights, which come in trainable).
+    pub fn freeze<B: Backend>(&self, image: ResNet<B>, text: TextTransformer<B>) -> (ResNet<B>, TextTransformer<B>) {
+        let image = match (self.image_trainable, self.image_trainable_stages) {
+            (false, _) => image.no_grad(),
+            (true, Some(n)) => image.train_last_stages(n),
+            (true, None) => image,
+        };
+        let text = match (self.text_trainable, self.text_trainable_layers) {
+            (false, _) => text.no_grad(),
+            (true, Some(n)) => text.train_last_layers(n),
+            (true, None) => text,
+        };
+        (image, text)
     }
 
     /// Checks the values a config file can get wrong; messages name the key.
@@ -104,6 +130,21 @@ impl ClipConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout must be in [0, 1), got {}", self.dropout));
         }
+        if let Some(n) = self.image_trainable_stages {
+            if !self.image_trainable || !(1..=4).contains(&n) {
+                return Err(format!(
+                    "model.image_trainable_stages must be 1 to 4 with a trainable image tower (got {n}; image_trainable = false freezes it all)"
+                ));
+            }
+        }
+        if let Some(n) = self.text_trainable_layers {
+            if !self.text_trainable || !(1..=self.text.num_layers).contains(&n) {
+                return Err(format!(
+                    "model.text_trainable_layers must be 1 to {} with a trainable text tower (got {n}; text_trainable = false freezes it all)",
+                    self.text.num_layers
+                ));
+            }
+        }
         let t = &self.text;
         if t.num_heads == 0 || t.hidden_size % t.num_heads != 0 {
             return Err(format!(
@@ -123,14 +164,7 @@ impl ClipConfig {
             }
             .init(device)
         };
-        let mut image_model = self.image.init(device);
-        if !self.image_trainable {
-            image_model = image_model.no_grad();
-        }
-        let mut text_model = self.text.init(device);
-        if !self.text_trainable {
-            text_model = text_model.no_grad();
-        }
+        let (image_model, text_model) = self.freeze(self.image.init(device), self.text.init(device));
         let scale = Tensor::from_floats([(1.0 / self.temperature).ln() as f32], device);
         let logit_scale = Param::from_tensor(scale).set_require_grad(self.learnable_temperature);
         ClipModel {
@@ -314,4 +348,69 @@ impl<B: AutodiffBackend> ClipModel<B> {
 pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
     x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resnet::{BlockKind, Stem};
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::ModuleVisitor;
+
+    type B = Autodiff<Flex>;
+
+    /// Counts float parameters by whether they are trained.
+    #[derive(Default)]
+    struct Trained {
+        yes: usize,
+        no: usize,
+    }
+    impl ModuleVisitor<B> for Trained {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.is_require_grad() {
+                self.yes += 1;
+            } else {
+                self.no += 1;
+            }
+        }
+    }
+    fn trained<M: Module<B>>(m: &M) -> (usize, usize) {
+        let mut t = Trained::default();
+        m.visit(&mut t);
+        (t.yes, t.no)
+    }
+
+    fn tiny() -> ClipConfig {
+        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Stem::Small, zero_init_residual: false, pointwise_matmul: true };
+        let text = TextTransformerConfig { vocab_size: 50, hidden_size: 8, num_layers: 2, num_heads: 2, intermediate_size: 16, max_position_embeddings: 8, ..TextTransformerConfig::distilbert_base() };
+        ClipConfig { projection_dim: 4, ..ClipConfig::new(image, text) }
+    }
+
+    #[test]
+    fn partial_training_freezes_the_early_stages_and_layers() {
+        let config = ClipConfig { image_trainable_stages: Some(1), text_trainable_layers: Some(1), ..tiny() };
+        config.validate().unwrap();
+        let m = config.init::<B>(&Default::default());
+        let r = &m.image_encoder.model;
+        for frozen in [trained(&r.conv1), trained(&r.layer1), trained(&r.layer2), trained(&r.layer3)] {
+            assert_eq!(frozen.0, 0, "{frozen:?}");
+        }
+        // BatchNorm weight/bias train; running statistics never do.
+        let (yes, no) = trained(&r.layer4);
+        assert!(yes > 0 && no > 0, "{yes} {no}");
+        assert_eq!(trained(&r.layer4).0, trained(&tiny().init::<B>(&Default::default()).image_encoder.model.layer4).0);
+        let t = &m.text_encoder.model;
+        assert_eq!(trained(&t.embeddings).0, 0);
+        assert_eq!(trained(&t.transformer.layer[0]).0, 0);
+        assert_eq!(trained(&t.transformer.layer[1]).1, 0);
+        assert!(trained(&m.image_encoder.projection).0 > 0, "the heads always train");
+
+        // Frozen stages normalize with running statistics, whatever the batch.
+        assert!(!r.bn1.uses_batch_statistics(&Default::default()));
+
+        let bad = ClipConfig { image_trainable_stages: Some(5), ..tiny() }.validate().unwrap_err();
+        assert!(bad.contains("model.image_trainable_stages"), "{bad}");
+        let bad = ClipConfig { text_trainable_layers: Some(1), text_trainable: false, ..tiny() }.validate().unwrap_err();
+        assert!(bad.contains("model.text_trainable_layers"), "{bad}");
+    }
 }

@@ -225,6 +225,20 @@ pub struct ResNet<B: Backend> {
 }
 
 impl<B: Backend> ResNet<B> {
+    /// Freezes the stem and all but the last `n` stages (`n` ≥ 4: nothing).
+    pub fn train_last_stages(mut self, n: usize) -> Self {
+        let frozen = 4usize.saturating_sub(n);
+        if frozen > 0 {
+            self.conv1 = self.conv1.no_grad();
+            self.bn1 = self.bn1.no_grad();
+        }
+        let stages = [&mut self.layer1, &mut self.layer2, &mut self.layer3, &mut self.layer4];
+        for stage in stages.into_iter().take(frozen) {
+            *stage = std::mem::take(stage).no_grad();
+        }
+        self
+    }
+
     /// `[batch, 3, H, W]` → pooled features `[batch, out_features]`.
     pub fn forward(&self, images: Tensor<B, 4>, p: Precision) -> Tensor<B, 2> {
         let mut x = relu(self.bn1.forward(self.conv1.forward(images, p)));

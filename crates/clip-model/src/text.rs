@@ -228,6 +228,18 @@ impl<B: Backend> TransformerLayer<B> {
 }
 
 impl<B: Backend> TextTransformer<B> {
+    /// Freezes the embeddings and all but the last `n` layers (`n` ≥ the layer count: nothing).
+    pub fn train_last_layers(mut self, n: usize) -> Self {
+        let frozen = self.transformer.layer.len().saturating_sub(n);
+        if frozen > 0 {
+            self.embeddings = self.embeddings.no_grad();
+        }
+        let layers = std::mem::take(&mut self.transformer.layer);
+        self.transformer.layer =
+            layers.into_iter().enumerate().map(|(i, layer)| if i < frozen { layer.no_grad() } else { layer }).collect();
+        self
+    }
+
     /// Hidden states of every token: `ids [b, l]`, `mask [b, l]` (1 = token) → `[b, l, h]`.
     pub fn hidden_states(&self, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2, Int>, p: Precision) -> Tensor<B, 3> {
         let [_, l] = ids.dims();

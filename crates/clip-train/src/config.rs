@@ -99,6 +99,9 @@ pub struct ModelSpec {
     pub trainable: bool,
     pub image_trainable: Option<bool>,
     pub text_trainable: Option<bool>,
+    /// Train only the last N stages of the image trunk / last N layers of the text trunk.
+    pub image_trainable_stages: Option<usize>,
+    pub text_trainable_layers: Option<usize>,
 }
 
 impl Default for ModelSpec {
@@ -125,6 +128,8 @@ impl Default for ModelSpec {
             trainable: true,
             image_trainable: None,
             text_trainable: None,
+            image_trainable_stages: None,
+            text_trainable_layers: None,
         }
     }
 }
@@ -440,6 +445,8 @@ impl ExperimentConfig {
             normalize_embeddings: m.normalize_embeddings,
             image_trainable: m.image_trainable.unwrap_or(m.trainable),
             text_trainable: m.text_trainable.unwrap_or(m.trainable),
+            image_trainable_stages: m.image_trainable_stages,
+            text_trainable_layers: m.text_trainable_layers,
             loss: m.loss,
         };
         config.validate()?;

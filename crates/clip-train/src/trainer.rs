@@ -154,7 +154,7 @@ pub fn train<B: AutodiffBackend>(
         std::fs::write(run.config(), config.to_toml()).map_err(|e| TrainError::io(run.config(), e))?;
         let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
         clip_data::fs::write_atomic(&run.model_json(), &serde_json::to_vec_pretty(&card).expect("card serializes"))?;
-        model = initial_weights(model, config, observer)?;
+        model = initial_weights(model, config, &clip_config, observer)?;
     }
     let model_precision = t.precision;
     let mut model = model.with_precision(model_precision);
@@ -421,7 +421,12 @@ fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
 }
 
 /// Loads the configured initial weights into a fresh model.
-fn initial_weights<B: AutodiffBackend>(mut model: ClipModel<B>, config: &ExperimentConfig, observer: &mut dyn Observer) -> Result<ClipModel<B>> {
+fn initial_weights<B: AutodiffBackend>(
+    mut model: ClipModel<B>,
+    config: &ExperimentConfig,
+    clip_config: &ClipConfig,
+    observer: &mut dyn Observer,
+) -> Result<ClipModel<B>> {
     let m = &config.model;
     if let Some(path) = &m.checkpoint {
         let (loaded, report) = import_clip(model, path)?;
@@ -453,12 +458,9 @@ fn initial_weights<B: AutodiffBackend>(mut model: ClipModel<B>, config: &Experim
         }
     }
     // Freezing applies to imported weights too.
-    if !config.model.image_trainable.unwrap_or(config.model.trainable) {
-        model.image_encoder.model = burn::module::Module::no_grad(model.image_encoder.model);
-    }
-    if !config.model.text_trainable.unwrap_or(config.model.trainable) {
-        model.text_encoder.model = burn::module::Module::no_grad(model.text_encoder.model);
-    }
+    let (image, text) = clip_config.freeze(model.image_encoder.model, model.text_encoder.model);
+    model.image_encoder.model = image;
+    model.text_encoder.model = text;
     Ok(model)
 }
 

@@ -278,3 +278,23 @@ fn training_in_micro_batches_learns() {
     assert!(summary.completed && summary.steps == 3, "{summary:?}");
     assert!(steps(&run).iter().all(|m| m.loss.is_finite() && m.loss_scale.is_some()));
 }
+
+#[test]
+fn training_only_the_last_stage_leaves_the_earlier_ones_as_they_were() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 60, &["model.image_trainable_stages=1", "train.max_steps=2", "checkpoint.every_steps=1", "checkpoint.keep_last=3"]);
+    let run = RunDir::new(dir.path().join("run"));
+    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let load = |step: &str| load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.checkpoints().join(step), &Default::default()).unwrap();
+    let (a, b) = (load("step-000001"), load("step-000002"));
+    let values = |m: &dyn Fn(&mut Values)| {
+        let mut v = Values(vec![]);
+        m(&mut v);
+        v.0
+    };
+    let (ra, rb) = (&a.image_encoder.model, &b.image_encoder.model);
+    assert!(values(&|v| ra.layer1.visit(v)) == values(&|v| rb.layer1.visit(v)), "a frozen stage changed");
+    assert!(values(&|v| ra.conv1.visit(v)) == values(&|v| rb.conv1.visit(v)), "the frozen stem changed");
+    assert!(values(&|v| ra.layer4.visit(v)) != values(&|v| rb.layer4.visit(v)), "the last stage did not train");
+}
