@@ -172,8 +172,11 @@ fn print_summary(s: &TrainSummary) {
         println!("  {r}");
     }
     if let (Some(step), Some(score)) = (s.best_step, s.best_score) {
-        let by = serde_json::to_value(s.best_by).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let by = clip_train::trainer::best_by_name(s.best_by);
         println!("  best model (checkpoint.best_by = {by}): step {step}, {score:.4}");
+        if s.early_stopped {
+            println!("  early stop: no better {by} since step {step} (train.early_stop_patience)");
+        }
     }
     if s.skipped_steps > 0 {
         println!("  {} fp16 steps skipped (non-finite gradients)", s.skipped_steps);

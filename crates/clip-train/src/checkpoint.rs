@@ -113,6 +113,9 @@ pub struct TrainState {
     /// whose best was always the lowest validation loss).
     #[serde(default)]
     pub best_score: Option<f64>,
+    /// Validations since the best one (early stopping's patience).
+    #[serde(default)]
+    pub validations_since_best: usize,
     /// Running sum and count of the current epoch's training loss (for its mean).
     pub epoch_loss_sum: f64,
     pub epoch_loss_count: usize,
@@ -130,6 +133,7 @@ impl TrainState {
             best_val_loss: None,
             best_step: None,
             best_score: None,
+            validations_since_best: 0,
             epoch_loss_sum: 0.0,
             epoch_loss_count: 0,
             scaler,

@@ -207,6 +207,9 @@ pub struct TrainSpec {
     pub micro_batches: usize,
     /// Also write the step and validation metrics as TensorBoard event files (`tensorboard/`).
     pub tensorboard: bool,
+    /// End the run (as finished, exporting the best model) after this many validations in a
+    /// row without a better `checkpoint.best_by`.
+    pub early_stop_patience: Option<usize>,
 }
 
 impl Default for TrainSpec {
@@ -236,6 +239,7 @@ impl Default for TrainSpec {
             cache_frozen_text: true,
             micro_batches: 1,
             tensorboard: true,
+            early_stop_patience: None,
         }
     }
 }
@@ -366,6 +370,9 @@ impl ExperimentConfig {
                 "train.micro_batches must be between 1 and data.batch_size ({}), got {}",
                 self.data.batch_size, t.micro_batches
             ));
+        }
+        if t.early_stop_patience == Some(0) {
+            return bad("train.early_stop_patience must be at least 1".into());
         }
         if t.val_every_epochs == 0 {
             return bad("train.val_every_epochs must be at least 1".into());

@@ -82,6 +82,9 @@ pub struct TrainSummary {
     pub completed: bool,
     /// Why it stopped early, if it did.
     pub stopped: Option<String>,
+    /// Ended (completed) by `train.early_stop_patience` before its last step.
+    #[serde(default)]
+    pub early_stopped: bool,
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
     /// The metric that picked the best model, and its value there.
@@ -193,6 +196,7 @@ pub fn train<B: AutodiffBackend>(
     let session_start_step = state.step;
     let mut last_epoch: Option<EpochMetrics> = read_jsonl::<EpochMetrics>(&run.metrics().join("epochs.jsonl")).pop();
     let mut stopped = None;
+    let mut early_stopped = false;
     let mut window = Instant::now();
 
     'epochs: while state.step < total_steps {
@@ -342,14 +346,27 @@ pub fn train<B: AutodiffBackend>(
                 state.best_score = Some(score);
                 state.best_val_loss = Some(m.val_loss);
                 state.best_step = Some(state.step);
+                state.validations_since_best = 0;
                 let path = save_best(run, &model, &state)?;
                 observer.on_checkpoint(&path, "best");
+            } else {
+                state.validations_since_best += 1;
             }
             last_epoch = Some(m);
         }
+        let patience_spent = t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
         let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
-        observer.on_checkpoint(&path, if run_done { "final" } else { "epoch" });
+        observer.on_checkpoint(&path, if run_done || patience_spent { "final" } else { "epoch" });
         if run_done {
+            break;
+        }
+        if patience_spent {
+            early_stopped = true;
+            observer.on_message(&format!(
+                "early stop: no better {} in {} validations",
+                best_by_name(config.checkpoint.best_by),
+                state.validations_since_best
+            ));
             break;
         }
         if observer.should_stop() {
@@ -358,7 +375,7 @@ pub fn train<B: AutodiffBackend>(
         }
     }
 
-    let completed = stopped.is_none() && state.step >= total_steps;
+    let completed = stopped.is_none() && (state.step >= total_steps || early_stopped);
     if completed {
         finish_run(run, &clip_config, device, model, observer)?;
     }
@@ -367,6 +384,7 @@ pub fn train<B: AutodiffBackend>(
         steps: state.step,
         completed,
         stopped,
+        early_stopped,
         best_val_loss: state.best_val_loss,
         best_step: state.best_step,
         best_by: config.checkpoint.best_by,
@@ -411,6 +429,11 @@ impl EvalLabels {
         let Some(templates) = &self.templates else { return Ok(None) };
         Ok(Some(ZeroShotClassifier::from_model(model, &self.tokenizer, &self.classes, templates, device)?))
     }
+}
+
+/// The metric's name as configs spell it.
+pub fn best_by_name(metric: BestBy) -> String {
+    serde_json::to_value(metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// The dropout generator's seed for micro-batch `micro` of `step` (micro-batch 0's is the seed of

@@ -298,3 +298,22 @@ fn training_only_the_last_stage_leaves_the_earlier_ones_as_they_were() {
     assert!(values(&|v| ra.conv1.visit(v)) == values(&|v| rb.conv1.visit(v)), "the frozen stem changed");
     assert!(values(&|v| ra.layer4.visit(v)) != values(&|v| rb.layer4.visit(v)), "the last stage did not train");
 }
+
+#[test]
+fn early_stopping_ends_the_run_after_its_patience_and_exports_the_best() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Frozen towers and a learning rate far below any weight's rounding: the validation loss
+    // never improves after the first validation.
+    let c = config(dir.path(), 60, &["model.trainable=false", "train.lr=1e-30", "train.epochs=8", "train.early_stop_patience=2"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let epochs: Vec<clip_train::metrics::EpochMetrics> = clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
+    assert_eq!(epochs.len(), 3, "{epochs:?}");
+    assert!(epochs.iter().all(|m| m.val_loss == epochs[0].val_loss), "{epochs:?}");
+    assert!(summary.completed && summary.early_stopped && summary.stopped.is_none(), "{summary:?}");
+    assert_eq!(summary.best_step, Some(epochs[0].step));
+    assert!(run.exported_model().is_file());
+    let err = ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.early_stop_patience=0".into()]).unwrap_err().to_string();
+    assert!(err.contains("train.early_stop_patience"), "{err}");
+}
