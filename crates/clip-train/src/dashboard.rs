@@ -331,6 +331,10 @@ impl Observer for Dashboard {
     }
     fn on_checkpoint(&mut self, path: &Path, kind: &str) {
         self.state.last_checkpoint = Some(format!("{kind}: {}", path.display()));
+        if kind == "best" {
+            let step = self.state.steps.last().map_or(0, |m| m.step);
+            self.state.event(format!("best model so far: step {step}"));
+        }
         self.draw(true);
     }
     fn on_message(&mut self, msg: &str) {
