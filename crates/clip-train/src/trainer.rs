@@ -186,7 +186,7 @@ pub fn train<B: AutodiffBackend>(
         total_steps,
         start_step: state.step,
         parameters: model.num_params(),
-        precision: serde_json::to_value(model_precision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        precision: config_name(model_precision),
         history_steps: read_jsonl(&run.metrics().join("steps.jsonl")),
         history_epochs: read_jsonl(&run.metrics().join("epochs.jsonl")),
     });
@@ -433,7 +433,12 @@ impl EvalLabels {
 
 /// The metric's name as configs spell it.
 pub fn best_by_name(metric: BestBy) -> String {
-    serde_json::to_value(metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    config_name(metric)
+}
+
+/// A unit enum's name as configs spell it (its serde name).
+fn config_name(value: impl Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// The dropout generator's seed for micro-batch `micro` of `step` (micro-batch 0's is the seed of
