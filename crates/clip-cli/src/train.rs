@@ -168,7 +168,7 @@ fn print_summary(s: &TrainSummary) {
     }
     if let Some(e) = &s.last_epoch {
         let r = &e.retrieval;
-        println!("  validation (epoch {}, {} images, {} captions): loss {:.4}", e.epoch, r.images, r.captions, e.val_loss);
+        println!("  validation ({}, {} images, {} captions): loss {:.4}", e.label(), r.images, r.captions, e.val_loss);
         println!("  {r}");
     }
     if let (Some(step), Some(score)) = (s.best_step, s.best_score) {

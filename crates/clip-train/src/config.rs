@@ -193,8 +193,13 @@ pub struct TrainSpec {
     pub backend: BackendChoice,
     /// Seed of initialization and dropout (data order uses `data.seed`).
     pub seed: u64,
-    /// Validate (loss, in-batch accuracy, retrieval recall) every this many epochs.
+    /// Validate (loss, in-batch accuracy, retrieval recall) every this many epochs (0: not at
+    /// epoch ends, only every `val_every_steps` and at the end of the run).
     pub val_every_epochs: usize,
+    /// Also validate every this many steps, inside epochs (0: off). For long epochs: the best
+    /// model, early stopping and the curves then see the run between epoch ends. Each such
+    /// validation is followed by a checkpoint, so a resumed run knows what it found.
+    pub val_every_steps: usize,
     /// Drop the last, smaller training batch of an epoch (a 1-sample batch has no negatives).
     pub drop_last: bool,
     /// With a frozen text tower, compute each distinct caption's features once and reuse them
@@ -235,6 +240,7 @@ impl Default for TrainSpec {
             backend: BackendChoice::Auto,
             seed: 42,
             val_every_epochs: 1,
+            val_every_steps: 0,
             drop_last: true,
             cache_frozen_text: true,
             micro_batches: 1,
@@ -373,9 +379,6 @@ impl ExperimentConfig {
         }
         if t.early_stop_patience == Some(0) {
             return bad("train.early_stop_patience must be at least 1".into());
-        }
-        if t.val_every_epochs == 0 {
-            return bad("train.val_every_epochs must be at least 1".into());
         }
         if self.checkpoint.best_by == BestBy::ZeroShot && self.eval.templates.is_none() {
             return bad("checkpoint.best_by = \"zero_shot\" needs eval.labels and eval.templates".into());

@@ -170,7 +170,7 @@ fn render_loss(frame: &mut Frame, area: Rect, state: &DashboardState) {
 }
 
 fn render_recall(frame: &mut Frame, area: Rect, state: &DashboardState) {
-    let header = Row::new(["epoch", "val loss", "t→i R@1", "R@5", "R@10", "i→t R@1", "R@5", "R@10"])
+    let header = Row::new(["step", "val loss", "t→i R@1", "R@5", "R@10", "i→t R@1", "R@5", "R@10"])
         .style(Style::default().add_modifier(Modifier::BOLD));
     let pct = |v: f64| format!("{:.1}", v * 100.0);
     let rows: Vec<Row> = state
@@ -181,7 +181,7 @@ fn render_recall(frame: &mut Frame, area: Rect, state: &DashboardState) {
         .map(|m| {
             let r = &m.retrieval;
             Row::new(vec![
-                Cell::from(m.epoch.to_string()),
+                Cell::from(m.step.to_string()),
                 Cell::from(format!("{:.3}", m.val_loss)),
                 Cell::from(pct(r.t2i_r1)),
                 Cell::from(pct(r.t2i_r5)),
@@ -192,7 +192,7 @@ fn render_recall(frame: &mut Frame, area: Rect, state: &DashboardState) {
             ])
         })
         .collect();
-    let widths = [Constraint::Length(5), Constraint::Length(8), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5)];
+    let widths = [Constraint::Length(7), Constraint::Length(8), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5)];
     let chance = state.info.as_ref().map(|i| 100.0 / i.val_images.max(1) as f64).unwrap_or(0.0);
     let table = Table::new(rows, widths)
         .header(header)
@@ -319,8 +319,8 @@ impl Observer for Dashboard {
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
         self.state.event(format!(
-            "epoch {}: val loss {:.4}, t→i R@1 {:.1}%, i→t R@1 {:.1}%{}",
-            m.epoch,
+            "{}: val loss {:.4}, t→i R@1 {:.1}%, i→t R@1 {:.1}%{}",
+            m.label(),
             m.val_loss,
             m.retrieval.t2i_r1 * 100.0,
             m.retrieval.i2t_r1 * 100.0,
@@ -413,8 +413,9 @@ impl<W: Write> Observer for PlainProgress<W> {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         let _ = writeln!(
             self.out,
-            "epoch {} done: train loss {} val loss {:.4} | {}{}",
-            m.epoch,
+            "{} {}: train loss {} val loss {:.4} | {}{}",
+            m.label(),
+            if m.mid_epoch { "validated" } else { "done" },
             m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
             m.val_loss,
             m.retrieval,
@@ -471,6 +472,7 @@ mod tests {
         s.epochs.push(EpochMetrics {
             epoch: 1,
             step: 10,
+            mid_epoch: false,
             train_loss: Some(3.5),
             val_loss: 3.2,
             val_acc_i2t: 0.3,
@@ -519,7 +521,11 @@ mod tests {
         p.on_step(&step(2, 2.9));
         p.on_epoch(&state().epochs[0]);
         p.on_checkpoint(Path::new("runs/x/checkpoints/step-000010"), "epoch");
+        let mut inside = state().epochs[0].clone();
+        (inside.step, inside.mid_epoch) = (15, true);
+        p.on_epoch(&inside);
         let out = String::from_utf8(p.into_inner()).unwrap();
+        assert!(out.contains("epoch 1 done:") && out.contains("step 15 (epoch 1) validated:"), "{out}");
         assert_eq!(out.lines().filter(|l| l.contains("loss 3.0000")).count(), 1);
         assert!(!out.contains("loss 2.9000"), "throttled: {out}");
         assert!(out.contains("text→image R@1 12.3%") && out.contains("checkpoint (epoch)"), "{out}");

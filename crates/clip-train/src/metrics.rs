@@ -37,9 +37,14 @@ pub struct StepMetrics {
 /// One validation pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// The epoch validated (1-based); with `mid_epoch`, the epoch in progress.
     pub epoch: usize,
     pub step: usize,
-    /// Mean training loss of the epoch (absent when no step of it ran in this process).
+    /// A validation inside an epoch (`train.val_every_steps`), not at its end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mid_epoch: bool,
+    /// Mean training loss of the epoch, or of its steps so far (absent when no step of it ran in
+    /// this process).
     pub train_loss: Option<f64>,
     pub val_loss: f64,
     pub val_acc_i2t: f64,
@@ -92,6 +97,15 @@ impl EpochMetrics {
             s.extend([("val/class_t2i_r1", c.t2i_r1), ("val/class_i2t_r1", c.i2t_r1)]);
         }
         s
+    }
+
+    /// "epoch N", or "step S (epoch N)" inside an epoch.
+    pub fn label(&self) -> String {
+        if self.mid_epoch {
+            format!("step {} (epoch {})", self.step, self.epoch)
+        } else {
+            format!("epoch {}", self.epoch)
+        }
     }
 
     /// The value of `metric` for this validation (`None`: not measured, e.g. zero-shot without
@@ -193,7 +207,7 @@ mod tests {
         assert!(improves(BestBy::Rsum, 310.0, Some(300.0)) && !improves(BestBy::Rsum, 290.0, Some(300.0)));
         assert!(!improves(BestBy::ZeroShot, f64::NAN, None), "NaN is never the best");
         let r = RetrievalMetrics { t2i_r1: 0.1, t2i_r5: 0.2, t2i_r10: 0.3, i2t_r1: 0.4, i2t_r5: 0.5, i2t_r10: 0.6, ..Default::default() };
-        let m = EpochMetrics { epoch: 1, step: 1, train_loss: None, val_loss: 2.0, val_acc_i2t: 0.0, val_acc_t2i: 0.0, retrieval: r, label_retrieval: None, zero_shot_top1: None, elapsed_s: 0.0 };
+        let m = EpochMetrics { epoch: 1, step: 1, mid_epoch: false, train_loss: None, val_loss: 2.0, val_acc_i2t: 0.0, val_acc_t2i: 0.0, retrieval: r, label_retrieval: None, zero_shot_top1: None, elapsed_s: 0.0 };
         assert!((m.score(BestBy::Rsum).unwrap() - 210.0).abs() < 1e-9);
         assert_eq!(m.score(BestBy::ValLoss), Some(2.0));
         assert_eq!(m.score(BestBy::ZeroShot), None);

@@ -131,7 +131,6 @@ pub fn train<B: AutodiffBackend>(
     let train_pairs = split.train.clone().with_sampling(config.data.caption_sampling, config.data.seed);
     let train_loader = ClipLoader::new(train_pairs, ExamplePipeline::train(&config.data)?, train_cfg);
     let val_loader = ClipLoader::new(split.val.clone(), ExamplePipeline::eval(&config.data)?, config.data.loader(false));
-    let eval_labels = EvalLabels::prepare(config, &split.val)?;
 
     // Model and optimizer, fresh or from the latest checkpoint.
     let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
@@ -170,9 +169,12 @@ pub fn train<B: AutodiffBackend>(
         total_steps = total_steps.min(max).max(if config.train.epochs == 0 { max } else { 0 });
     }
     let epochs = if batches_per_epoch == 0 { 0 } else { total_steps.div_ceil(batches_per_epoch) };
-    let mut steps_log = JsonlWriter::open(&run.metrics().join("steps.jsonl"))?;
-    let mut epochs_log = JsonlWriter::open(&run.metrics().join("epochs.jsonl"))?;
-    let mut events = if t.tensorboard { Some(EventWriter::create(&run.tensorboard(), state.step)?) } else { None };
+    let mut logs = RunLogs {
+        steps: JsonlWriter::open(&run.metrics().join("steps.jsonl"))?,
+        validations: JsonlWriter::open(&run.metrics().join("epochs.jsonl"))?,
+        events: if t.tensorboard { Some(EventWriter::create(&run.tensorboard(), state.step)?) } else { None },
+    };
+    let validator = Validator { labels: EvalLabels::prepare(config, &split.val)?, loader: &val_loader, run, config };
     observer.on_start(&RunInfo {
         run_dir: run.root.display().to_string(),
         backend: backend_name.to_string(),
@@ -279,18 +281,42 @@ pub fn train<B: AutodiffBackend>(
                 elapsed_s: elapsed,
                 eta_s: session_s / session_steps as f64 * (total_steps - state.step) as f64,
             };
-            steps_log.write(&m)?;
-            if let Some(events) = events.as_mut() {
+            logs.steps.write(&m)?;
+            if let Some(events) = logs.events.as_mut() {
                 events.scalars(m.step, &m.scalars())?;
                 events.flush()?;
             }
             observer.on_step(&m);
 
-            let stop = observer.should_stop();
+            // Inside an epoch (its end validates below): validation every `val_every_steps`.
+            let mid_epoch = state.step < total_steps && state.batch < batches_per_epoch;
+            let validated = mid_epoch && t.val_every_steps > 0 && state.step % t.val_every_steps == 0 && !split.val.is_empty();
+            if validated {
+                let train_loss = (state.epoch_loss_count > 0).then(|| state.epoch_loss_sum / state.epoch_loss_count as f64);
+                let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+                let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: true, elapsed_s: elapsed };
+                last_epoch = Some(validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point)?);
+            }
+            let patience_spent = validated && t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
+            let stop = !patience_spent && observer.should_stop();
             let periodic = config.checkpoint.every_steps > 0 && state.step % config.checkpoint.every_steps == 0;
-            if stop || (periodic && state.step < total_steps && state.batch < batches_per_epoch) {
+            if stop || validated || (periodic && mid_epoch) {
                 let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
-                observer.on_checkpoint(&path, if stop { "stop" } else { "periodic" });
+                let kind = if stop {
+                    "stop"
+                } else if patience_spent {
+                    "final"
+                } else if validated {
+                    "validation"
+                } else {
+                    "periodic"
+                };
+                observer.on_checkpoint(&path, kind);
+            }
+            if patience_spent {
+                early_stopped = true;
+                observer.on_message(&early_stop_message(config, &state));
+                break 'epochs;
             }
             if stop {
                 stopped = Some("stopped on request".to_string());
@@ -309,50 +335,14 @@ pub fn train<B: AutodiffBackend>(
         }
 
         // Epoch end (or the end of a run cut short by max_steps): validate, keep the best.
-        let validate = run_done || (epoch_done && state.epoch % t.val_every_epochs == 0);
+        let on_step_schedule = t.val_every_steps > 0 && state.step % t.val_every_steps == 0;
+        let on_epoch_schedule = t.val_every_epochs > 0 && state.epoch % t.val_every_epochs == 0;
+        let validate = run_done || (epoch_done && (on_epoch_schedule || on_step_schedule));
         if validate && !split.val.is_empty() {
-            observer.on_message(&format!("validating epoch {} on {} captions", epoch + 1, split.val.len()));
-            let eval_model = model.valid();
-            let classifier = match &eval_labels {
-                Some(l) => l.classifier(&eval_model, device)?,
-                None => None,
-            };
-            let extras = EvalExtras { image_labels: eval_labels.as_ref().map(|l| l.indices.as_slice()), zero_shot: classifier.as_ref() };
-            let e = match text_cache.as_mut() {
-                Some(cache) => clip_infer::evaluate_with(&eval_model, &val_loader, device, cache, extras)?,
-                None => clip_infer::evaluate_with(&eval_model, &val_loader, device, &mut TextFeatureCache::new(usize::MAX), extras)?,
-            };
-            let m = EpochMetrics {
-                epoch: epoch + 1,
-                step: state.step,
-                train_loss: (finished_epoch_loss.1 > 0).then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64),
-                val_loss: e.loss,
-                val_acc_i2t: e.acc_i2t,
-                val_acc_t2i: e.acc_t2i,
-                retrieval: e.retrieval,
-                label_retrieval: e.label_retrieval,
-                zero_shot_top1: e.zero_shot_top1,
-                elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
-            };
-            epochs_log.write(&m)?;
-            if let Some(events) = events.as_mut() {
-                events.scalars(m.step, &m.scalars())?;
-                events.flush()?;
-            }
-            observer.on_epoch(&m);
-            let best_by = config.checkpoint.best_by;
-            let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss { state.best_val_loss } else { None });
-            if let Some(score) = m.score(best_by).filter(|&s| improves(best_by, s, best_so_far)) {
-                state.best_score = Some(score);
-                state.best_val_loss = Some(m.val_loss);
-                state.best_step = Some(state.step);
-                state.validations_since_best = 0;
-                let path = save_best(run, &model, &state)?;
-                observer.on_checkpoint(&path, "best");
-            } else {
-                state.validations_since_best += 1;
-            }
-            last_epoch = Some(m);
+            let train_loss = (finished_epoch_loss.1 > 0).then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64);
+            let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+            let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: !epoch_done, elapsed_s: elapsed };
+            last_epoch = Some(validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point)?);
         }
         let patience_spent = t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
         let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
@@ -362,11 +352,7 @@ pub fn train<B: AutodiffBackend>(
         }
         if patience_spent {
             early_stopped = true;
-            observer.on_message(&format!(
-                "early stop: no better {} in {} validations",
-                best_by_name(config.checkpoint.best_by),
-                state.validations_since_best
-            ));
+            observer.on_message(&early_stop_message(config, &state));
             break;
         }
         if observer.should_stop() {
@@ -429,6 +415,93 @@ impl EvalLabels {
         let Some(templates) = &self.templates else { return Ok(None) };
         Ok(Some(ZeroShotClassifier::from_model(model, &self.tokenizer, &self.classes, templates, device)?))
     }
+}
+
+/// Where a run's metrics go: JSON lines per step and per validation, TensorBoard events.
+struct RunLogs {
+    steps: JsonlWriter,
+    validations: JsonlWriter,
+    events: Option<EventWriter>,
+}
+
+/// When a validation happens: the epoch in progress (1-based), its training loss so far.
+struct ValidationPoint {
+    epoch: usize,
+    train_loss: Option<f64>,
+    mid_epoch: bool,
+    elapsed_s: f64,
+}
+
+/// Validates the model on the held-out split and keeps it when it is the best so far; the same
+/// at epoch ends and every `val_every_steps`.
+struct Validator<'a> {
+    labels: Option<EvalLabels>,
+    loader: &'a ClipLoader,
+    run: &'a RunDir,
+    config: &'a ExperimentConfig,
+}
+
+impl Validator<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn run<B: AutodiffBackend>(
+        &self,
+        model: &ClipModel<B>,
+        text_cache: Option<&mut TextFeatureCache>,
+        device: &B::Device,
+        state: &mut TrainState,
+        logs: &mut RunLogs,
+        observer: &mut dyn Observer,
+        point: ValidationPoint,
+    ) -> Result<EpochMetrics> {
+        let what = if point.mid_epoch { format!("step {} (epoch {})", state.step, point.epoch) } else { format!("epoch {}", point.epoch) };
+        observer.on_message(&format!("validating {what} on {} captions", self.loader.dataset().len()));
+        let eval_model = model.valid();
+        let classifier = match &self.labels {
+            Some(l) => l.classifier(&eval_model, device)?,
+            None => None,
+        };
+        let extras = EvalExtras { image_labels: self.labels.as_ref().map(|l| l.indices.as_slice()), zero_shot: classifier.as_ref() };
+        let e = match text_cache {
+            Some(cache) => clip_infer::evaluate_with(&eval_model, self.loader, device, cache, extras)?,
+            None => clip_infer::evaluate_with(&eval_model, self.loader, device, &mut TextFeatureCache::new(usize::MAX), extras)?,
+        };
+        let m = EpochMetrics {
+            epoch: point.epoch,
+            step: state.step,
+            mid_epoch: point.mid_epoch,
+            train_loss: point.train_loss,
+            val_loss: e.loss,
+            val_acc_i2t: e.acc_i2t,
+            val_acc_t2i: e.acc_t2i,
+            retrieval: e.retrieval,
+            label_retrieval: e.label_retrieval,
+            zero_shot_top1: e.zero_shot_top1,
+            elapsed_s: point.elapsed_s,
+        };
+        logs.validations.write(&m)?;
+        if let Some(events) = logs.events.as_mut() {
+            events.scalars(m.step, &m.scalars())?;
+            events.flush()?;
+        }
+        observer.on_epoch(&m);
+        let best_by = self.config.checkpoint.best_by;
+        let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss { state.best_val_loss } else { None });
+        if let Some(score) = m.score(best_by).filter(|&s| improves(best_by, s, best_so_far)) {
+            state.best_score = Some(score);
+            state.best_val_loss = Some(m.val_loss);
+            state.best_step = Some(state.step);
+            state.validations_since_best = 0;
+            let path = save_best(self.run, model, state)?;
+            observer.on_checkpoint(&path, "best");
+        } else {
+            state.validations_since_best += 1;
+        }
+        Ok(m)
+    }
+}
+
+fn early_stop_message(config: &ExperimentConfig, state: &TrainState) -> String {
+    format!("early stop: no better {} in {} validations", best_by_name(config.checkpoint.best_by), state.validations_since_best)
 }
 
 /// The metric's name as configs spell it.

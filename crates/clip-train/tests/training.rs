@@ -317,3 +317,42 @@ fn early_stopping_ends_the_run_after_its_patience_and_exports_the_best() {
     let err = ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.early_stop_patience=0".into()]).unwrap_err().to_string();
     assert!(err.contains("train.early_stop_patience"), "{err}");
 }
+
+#[test]
+fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 60, &["train.val_every_steps=3", "train.val_every_epochs=0", "checkpoint.keep_last=100"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let per_epoch = common::steps(&run)[0].batches_per_epoch;
+    assert!(per_epoch > 3, "the test needs epochs longer than the interval ({per_epoch})");
+    let validated: Vec<(usize, bool)> = clip_train::metrics::read_jsonl::<clip_train::metrics::EpochMetrics>(&run.metrics().join("epochs.jsonl"))
+        .iter()
+        .map(|m| (m.step, m.mid_epoch))
+        .collect();
+    // Every third step, plus the run's last; none at the first epoch's end (val_every_epochs = 0)
+    // unless it falls on the interval.
+    let mut want: Vec<(usize, bool)> = (1..=summary.steps).filter(|s| s % 3 == 0).map(|s| (s, s % per_epoch != 0)).collect();
+    if summary.steps % 3 != 0 {
+        want.push((summary.steps, false));
+    }
+    assert_eq!(validated, want);
+    // Each validation inside an epoch left a checkpoint of its step (a resumed run knows its best).
+    for (step, _) in want.iter().filter(|(_, mid)| *mid) {
+        let dir = run.checkpoints().join(format!("step-{step:06}"));
+        assert!(dir.is_dir(), "no checkpoint at validated step {step}");
+    }
+
+    // Early stopping counts these validations too: it can end the run inside its first epoch.
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 60, &["model.trainable=false", "train.lr=1e-30", "train.val_every_steps=1", "train.early_stop_patience=2"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(summary.completed && summary.early_stopped, "{summary:?}");
+    assert_eq!(summary.steps, 3);
+    assert_eq!(summary.best_step, Some(1));
+    assert!(run.exported_model().is_file());
+    let latest = run.latest().unwrap();
+    assert!(latest.ends_with("step-000003"), "{}", latest.display());
+}
