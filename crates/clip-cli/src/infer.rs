@@ -126,7 +126,7 @@ pub struct EvalArgs {
     pub backend: BackendChoice,
 }
 
-fn progress_bar(total: usize, what: &str) -> ProgressBar {
+pub(crate) fn progress_bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})").expect("template").progress_chars("=> "));
     bar.set_message(what.to_string());
@@ -134,7 +134,7 @@ fn progress_bar(total: usize, what: &str) -> ProgressBar {
 }
 
 /// The image files of a run's split.
-fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
+pub(crate) fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
     let s = Split::load(&run.join("split.json"))?;
     let names = match split {
         "val" => s.val,

@@ -7,6 +7,7 @@ mod data;
 mod infer;
 mod interrupt;
 mod kernels;
+mod probe;
 mod train;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ enum Command {
     ZeroShot(infer::ZeroShotArgs),
     /// Retrieval recall@1/5/10, both directions, on a run's validation split.
     Eval(infer::EvalArgs),
+    /// Linear-probe accuracy of the image tower: a logistic regression on its embeddings of
+    /// labelled training images, scored on the validation split (or given folders).
+    Probe(probe::ProbeArgs),
     /// Inspect datasets and generate synthetic ones.
     Data {
         #[command(subcommand)]
@@ -88,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Search(args) => infer::search_cmd(args),
         Command::ZeroShot(args) => infer::zero_shot(args),
         Command::Eval(args) => infer::eval(args),
+        Command::Probe(args) => probe::probe(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

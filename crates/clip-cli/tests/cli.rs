@@ -297,6 +297,28 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let err = run_err(&[&o("eval"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("flavour")]);
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 
+    // Linear probe on the run's split: fitted on the 24 training images, scored on the 6 held out.
+    let out = run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape")]);
+    assert!(out.contains("24 training and 6 test images") && out.contains("test accuracy"), "{out}");
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("probe.json")).unwrap()).unwrap();
+    assert_eq!((p["train_images"].as_u64(), p["test_images"].as_u64()), (Some(24), Some(6)));
+    assert_eq!(p["sweep"].as_array().unwrap().len(), 9, "{p}");
+    let matrix: Vec<Vec<u64>> = serde_json::from_value(p["confusion"]["matrix"].clone()).unwrap();
+    let hits: u64 = (0..matrix.len()).map(|i| matrix[i][i]).sum();
+    assert_eq!(matrix.iter().flatten().sum::<u64>(), 6);
+    assert!((p["test_accuracy"].as_f64().unwrap() - hits as f64 / 6.0).abs() < 1e-9, "{p}");
+    // A given penalty skips the sweep; a sample of the training images; folders instead of the split.
+    let report = dir.path().join("probe.json");
+    run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape"), &o("--l2"), &o("0.01"), &o("--max-train-images"), &o("10"), &o("--json"), report.as_os_str()]);
+    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!((p["train_images"].as_u64(), p["l2"].as_f64(), p["sweep"].as_array().map(Vec::len)), (Some(10), Some(0.01), Some(0)), "{p}");
+    let out = run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape"), &o("--train-images"), images.as_os_str(), &o("--test-images"), folder_s, &o("--json"), report.as_os_str()]);
+    assert!(out.contains("30 training and 6 test images") && out.contains("broken.jpg"), "{out}");
+    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("flavour")]);
+    assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
+    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--l2=-1")]);
+    assert!(err.contains("--l2"), "{err}");
+
     // An index made by another model is refused.
     let other = tiny_run(dir.path(), "other", 2);
     let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--checkpoint"), other.as_os_str()]);

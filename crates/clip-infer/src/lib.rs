@@ -1,6 +1,7 @@
 //! What users do with a trained CLIP model: load it from a run directory ([`card`]), embed images
 //! and texts ([`embed`]) into an on-disk index ([`index`]), search it ([`search`]), classify
-//! zero-shot ([`zeroshot`]), and evaluate retrieval on a split ([`evaluate`], which training also
+//! zero-shot ([`zeroshot`]), fit linear probes on
+//! image features ([`probe`]), and evaluate retrieval on a split ([`evaluate`], which training also
 //! uses for validation).
 
 pub mod card;
@@ -9,6 +10,8 @@ pub mod error;
 pub mod evaluate;
 pub mod index;
 pub mod labels;
+pub mod matmul;
+pub mod probe;
 pub mod search;
 pub mod zeroshot;
 
@@ -17,5 +20,6 @@ pub use error::{InferError, Result};
 pub use evaluate::{evaluate, evaluate_with, EvalExtras, Evaluation};
 pub use index::EmbeddingIndex;
 pub use labels::ImageLabels;
+pub use probe::{fit_with_sweep, LinearProbe, ProbeFit};
 pub use search::{search, Hit};
 pub use zeroshot::{Confusion, ZeroShotClassifier};

@@ -6,6 +6,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use crate::matmul::View;
+
 /// One result: the row of the index and its score (cosine similarity for normalized rows).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
@@ -58,37 +60,7 @@ pub fn top_k_of(scores: impl Iterator<Item = f32>, k: usize) -> Vec<Hit> {
 pub fn scores(rows: &[f32], queries: &[f32], dim: usize, threads: usize) -> Vec<f32> {
     assert!(dim > 0 && rows.len() % dim == 0 && queries.len() % dim == 0, "shapes");
     let (n, q) = (rows.len() / dim, queries.len() / dim);
-    let mut out = vec![0f32; n * q];
-    if n == 0 || q == 0 {
-        return out;
-    }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the pointers cover exactly the [n, q], [n, dim] and [dim, q] views described by the
-    // strides, and `out` does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            n,
-            q,
-            dim,
-            out.as_mut_ptr(),
-            1,
-            q as isize,
-            false,
-            rows.as_ptr(),
-            1,
-            dim as isize,
-            queries.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    out
+    crate::matmul::matmul(View::rows(rows, dim), View::transposed(queries, dim), n, dim, q, threads)
 }
 
 /// Dot product, 8 lanes wide so that it vectorizes.
