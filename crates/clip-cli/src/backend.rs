@@ -1,6 +1,7 @@
 //! Backend choice at run time: `auto` (CUDA when a device answers, else the CPU), `cuda`, `cpu`.
 
 use anyhow::Result;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 pub use clip_train::config::BackendChoice;
@@ -19,18 +20,31 @@ pub trait BackendTask {
 
 /// Runs `task` on the chosen backend, saying which one it picked when the choice was `auto`.
 pub fn dispatch<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Output> {
-    match choice {
-        BackendChoice::Cpu => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
-        BackendChoice::Cuda => cuda::run(task),
+    dispatch_with(choice, false, task)
+}
+
+/// [`dispatch`], with activation recomputation when `recompute` is set: the autodiff graph
+/// keeps the outputs of compute-bound operations (convolutions, matmuls) and recomputes the
+/// memory-bound ones (activations, normalization arithmetic) during the backward pass
+/// (burn's `BalancedCheckpointing`).
+pub fn dispatch_with<T: BackendTask>(choice: BackendChoice, recompute: bool, task: T) -> Result<T::Output> {
+    let use_cuda = match choice {
+        BackendChoice::Cpu => false,
+        BackendChoice::Cuda => true,
         BackendChoice::Auto => {
-            if cuda::available() {
+            let found = cuda::available();
+            if found {
                 eprintln!("backend: auto picked cuda");
-                cuda::run(task)
             } else {
                 eprintln!("backend: auto picked cpu (flex): no CUDA device answered");
-                task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)")
             }
+            found
         }
+    };
+    match (use_cuda, recompute) {
+        (true, _) => cuda::run(task, recompute),
+        (false, false) => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
+        (false, true) => task.run::<Autodiff<Flex, BalancedCheckpointing>>(Default::default(), "cpu (flex)"),
     }
 }
 
@@ -63,13 +77,17 @@ mod cuda {
         })
     }
 
-    pub fn run<T: BackendTask>(task: T) -> Result<T::Output> {
+    pub fn run<T: BackendTask>(task: T, recompute: bool) -> Result<T::Output> {
         anyhow::ensure!(
             available(),
             "backend `cuda` was asked for but no CUDA device answered (no NVIDIA driver, no GPU, or \
              libcuda not on the library path); use `--backend cpu` or `auto`"
         );
-        task.run::<Autodiff<Cuda>>(CudaDevice::default(), "cuda")
+        if recompute {
+            task.run::<Autodiff<Cuda, BalancedCheckpointing>>(CudaDevice::default(), "cuda")
+        } else {
+            task.run::<Autodiff<Cuda>>(CudaDevice::default(), "cuda")
+        }
     }
 }
 
@@ -81,7 +99,7 @@ mod cuda {
         false
     }
 
-    pub fn run<T: BackendTask>(_task: T) -> Result<T::Output> {
+    pub fn run<T: BackendTask>(_task: T, _recompute: bool) -> Result<T::Output> {
         anyhow::bail!("this `clip` was built without the `cuda` feature; use `--backend cpu`")
     }
 }

@@ -13,7 +13,7 @@ use clip_model::{ClipConfig, Precision};
 use clip_train::step::{forward_backward, StepInputs};
 use serde_json::{json, Value};
 
-use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::backend::{dispatch_with, BackendChoice, BackendTask};
 use crate::kernels::{self, Heartbeat};
 
 #[derive(Args, Debug, Clone)]
@@ -49,10 +49,14 @@ pub struct StepArgs {
     /// batch's loss with features cached, one micro-batch's activations).
     #[arg(long, default_value_t = 1)]
     pub micro_batches: usize,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (`train.recompute_activations`).
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 pub fn step(args: StepArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_with(args.backend, args.recompute, args)
 }
 
 impl BackendTask for StepArgs {
@@ -79,6 +83,7 @@ impl BackendTask for StepArgs {
             "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l,
             "conv1x1": if self.pointwise_conv { "conv" } else { "matmul" },
             "micro_batches": self.micro_batches,
+            "recompute": self.recompute,
         });
 
         if self.mode == "train" || self.mode == "both" {

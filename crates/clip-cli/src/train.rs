@@ -10,7 +10,7 @@ use clap::Args;
 use clip_train::dashboard::{Dashboard, PlainProgress};
 use clip_train::{ExperimentConfig, Observer, RunDir, TrainSummary};
 
-use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::backend::{dispatch_with, BackendChoice, BackendTask};
 use crate::interrupt::StopOnSignal;
 
 #[derive(Args, Debug, Clone)]
@@ -80,7 +80,8 @@ pub fn train_config(config: ExperimentConfig, backend: BackendChoice, plain: boo
 }
 
 fn train_job(job: Job, backend: BackendChoice) -> Result<TrainSummary> {
-    let summary = dispatch(backend, job)?;
+    let recompute = job.config.train.recompute_activations;
+    let summary = dispatch_with(backend, recompute, job)?;
     print_summary(&summary);
     if let Some(signal) = crate::interrupt::requested() {
         // Stopped by a signal, checkpoint saved: exit as a process killed by it would.

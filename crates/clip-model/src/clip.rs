@@ -9,7 +9,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{infonce, logits_per_text, soft_targets, ContrastiveLoss};
+use crate::loss::{infonce, logits_per_text, sigmoid_pairs, soft_targets, ContrastiveLoss};
 use crate::precision::Precision;
 use crate::projection::{ProjectionHead, ProjectionHeadConfig};
 use crate::resnet::{ResNet, ResNetConfig};
@@ -53,6 +53,14 @@ pub struct ClipConfig {
     pub text_trainable_layers: Option<usize>,
     #[serde(default)]
     pub loss: ContrastiveLoss,
+    /// Initial logit bias of the sigmoid loss (SigLIP: −10, with temperature 0.1); learned
+    /// with the temperature when that is learnable. Unused by the other losses.
+    #[serde(default = "default_logit_bias")]
+    pub logit_bias: f64,
+}
+
+fn default_logit_bias() -> f64 {
+    -10.0
 }
 
 fn default_projection_dim() -> usize {
@@ -93,6 +101,7 @@ impl ClipConfig {
             image_trainable_stages: None,
             text_trainable_layers: None,
             loss: ContrastiveLoss::Infonce,
+            logit_bias: default_logit_bias(),
         }
     }
 
@@ -123,6 +132,9 @@ impl ClipConfig {
                 self.max_logit_scale,
                 1.0 / self.temperature
             ));
+        }
+        if !self.logit_bias.is_finite() {
+            return Err(format!("model.logit_bias must be a finite number, got {}", self.logit_bias));
         }
         if self.projection_dim == 0 {
             return Err("model.projection_dim must be positive".into());
@@ -167,6 +179,9 @@ impl ClipConfig {
         let (image_model, text_model) = self.freeze(self.image.init(device), self.text.init(device));
         let scale = Tensor::from_floats([(1.0 / self.temperature).ln() as f32], device);
         let logit_scale = Param::from_tensor(scale).set_require_grad(self.learnable_temperature);
+        let logit_bias = self.loss.has_bias().then(|| {
+            Param::from_tensor(Tensor::from_floats([self.logit_bias as f32], device)).set_require_grad(self.learnable_temperature)
+        });
         ClipModel {
             image_encoder: ImageEncoder {
                 model: image_model,
@@ -177,6 +192,7 @@ impl ClipConfig {
                 projection: head(self.text.hidden_size),
             },
             logit_scale,
+            logit_bias,
             settings: ClipSettings {
                 precision: Precision::Fp32,
                 normalize: self.normalize_embeddings,
@@ -219,6 +235,8 @@ pub struct ClipModel<B: Backend> {
     pub text_encoder: TextEncoder<B>,
     /// Natural log of the logit scale (`ln(1 / temperature)`); trainable only when learnable.
     pub logit_scale: Param<Tensor<B, 1>>,
+    /// Added to the scaled similarities by the sigmoid loss (present only with it).
+    pub logit_bias: Option<Param<Tensor<B, 1>>>,
     #[module(skip)]
     pub settings: ClipSettings,
 }
@@ -278,6 +296,11 @@ impl<B: Backend> ClipModel<B> {
         self.logit_scale.val().exp()
     }
 
+    /// The sigmoid loss's logit bias: `[1]` (None for the other losses).
+    pub fn bias(&self) -> Option<Tensor<B, 1>> {
+        self.logit_bias.as_ref().map(|b| b.val())
+    }
+
     /// The current temperature (`1 / scale`).
     pub fn temperature(&self) -> f64 {
         use burn::tensor::ElementConversion;
@@ -307,18 +330,28 @@ impl<B: Backend> ClipModel<B> {
 
     /// Logits and loss of paired embeddings (row `i` of each side is a pair).
     pub fn contrast(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>) -> ClipOutput<B> {
-        self.contrast_with_scale(image_embeddings, text_embeddings, self.scale())
+        self.contrast_with(image_embeddings, text_embeddings, self.scale(), self.bias())
     }
 
-    /// [`contrast`](Self::contrast) with the logit scale given: a detached scale lets several
-    /// backward passes over one loss (gradient accumulation) count its gradient once.
-    pub fn contrast_with_scale(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>, scale: Tensor<B, 1>) -> ClipOutput<B> {
-        let logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
+    /// [`contrast`](Self::contrast) with the logit scale and bias given: detached ones let
+    /// several backward passes over one loss (gradient accumulation) count their gradients once.
+    pub fn contrast_with(
+        &self,
+        image_embeddings: Tensor<B, 2>,
+        text_embeddings: Tensor<B, 2>,
+        scale: Tensor<B, 1>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> ClipOutput<B> {
+        let mut logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
+        if let Some(bias) = bias {
+            logits = logits + bias.unsqueeze::<2>();
+        }
         let loss = match self.settings.loss {
             ContrastiveLoss::Infonce => infonce(logits.clone()),
             ContrastiveLoss::SoftTargets => {
                 soft_targets(logits.clone(), text_embeddings.clone(), image_embeddings.clone(), scale.recip())
             }
+            ContrastiveLoss::Sigmoid => sigmoid_pairs(logits.clone()),
         };
         ClipOutput {
             image_embeddings,

@@ -361,7 +361,7 @@ fn naming_of<B: Backend>(model: &ClipModel<B>) -> TextNaming {
 }
 
 /// Loads a whole CLIP model: the seed notebook's Lightning checkpoint, or a file written by
-/// [`export_clip`]. A missing `logit_scale` keeps the configured temperature.
+/// [`export_clip`]. A missing `logit_scale` (or `logit_bias`) keeps the configured value.
 pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(ClipModel<B>, ImportReport), ImportError> {
     let mut snapshots = read_snapshots(path)?;
     // A LightningModule that wraps the model as `self.model` adds one more level.
@@ -369,12 +369,13 @@ pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(
         snapshots = snapshots.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
     }
     let rules = clip_rules(naming_of(&model), Direction::Import);
-    let report = apply(&mut model, path, &snapshots, &rules, "", false, &["logit_scale"])?;
+    let report = apply(&mut model, path, &snapshots, &rules, "", false, &["logit_scale", "logit_bias"])?;
     Ok((model, report))
 }
 
 /// Writes a CLIP model as safetensors with the seed's / upstream key names (timm ResNet,
-/// HF DistilBERT or BERT, the seed's heads, plus `logit_scale`), so that PyTorch code can
+/// HF DistilBERT or BERT, the seed's heads, plus `logit_scale` and the sigmoid loss's
+/// `logit_bias`), so that PyTorch code can
 /// `load_state_dict` it. Written atomically.
 pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), ImportError> {
     let err = |message: String| ImportError::Write { path: path.into(), message };

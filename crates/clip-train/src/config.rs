@@ -85,7 +85,10 @@ pub struct ModelSpec {
     pub learnable_temperature: bool,
     pub max_logit_scale: f64,
     pub normalize_embeddings: bool,
+    /// `infonce` (CLIP), `soft-targets` (the Simple-CLIP tutorial) or `sigmoid` (SigLIP).
     pub loss: ContrastiveLoss,
+    /// Initial logit bias of the sigmoid loss (SigLIP: −10, with temperature = 0.1).
+    pub logit_bias: f64,
     /// Start the towers from pretrained weights (`image_weights` / `text_weights`; nothing is
     /// downloaded).
     pub pretrained: bool,
@@ -121,6 +124,7 @@ impl Default for ModelSpec {
             max_logit_scale: 100.0,
             normalize_embeddings: false,
             loss: ContrastiveLoss::Infonce,
+            logit_bias: -10.0,
             pretrained: false,
             image_weights: None,
             text_weights: None,
@@ -210,6 +214,11 @@ pub struct TrainSpec {
     /// other; features cached, as open_clip's `--accum-freq`), with one micro-batch's activation
     /// memory, for one extra forward pass.
     pub micro_batches: usize,
+    /// Keep only the outputs of compute-bound operations (convolutions, matmuls) for the
+    /// backward pass and recompute the memory-bound ones (activations, normalization
+    /// arithmetic) from them: about half the training memory for a few percent more time
+    /// (burn's balanced checkpointing; the `clip` binary picks the autodiff backend from it).
+    pub recompute_activations: bool,
     /// Also write the step and validation metrics as TensorBoard event files (`tensorboard/`).
     pub tensorboard: bool,
     /// End the run (as finished, exporting the best model) after this many validations in a
@@ -244,6 +253,7 @@ impl Default for TrainSpec {
             drop_last: true,
             cache_frozen_text: true,
             micro_batches: 1,
+            recompute_activations: false,
             tensorboard: true,
             early_stop_patience: None,
         }
@@ -458,6 +468,7 @@ impl ExperimentConfig {
             image_trainable_stages: m.image_trainable_stages,
             text_trainable_layers: m.text_trainable_layers,
             loss: m.loss,
+            logit_bias: m.logit_bias,
         };
         config.validate()?;
         Ok(config)

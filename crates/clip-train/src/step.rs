@@ -132,8 +132,8 @@ pub fn forward_backward<B: AutodiffBackend>(
     drop(whole);
 
     // Second pass: micro-batch j with its graph, the others from the cache. Every pass sees the
-    // same loss, so only the first one carries the temperature's gradient.
-    let fixed_scale = model.scale().detach();
+    // same loss, so only the first one carries the temperature's (and logit bias's) gradient.
+    let (fixed_scale, fixed_bias) = (model.scale().detach(), model.bias().map(|b| b.detach()));
     let mut grads: Option<GroupGrads> = None;
     for (j, r) in ranges.iter().enumerate() {
         reseed(j);
@@ -145,7 +145,7 @@ pub fn forward_backward<B: AutodiffBackend>(
         let out = if j == 0 {
             model.contrast(all_images, all_texts)
         } else {
-            model.contrast_with_scale(all_images, all_texts, fixed_scale.clone())
+            model.contrast_with(all_images, all_texts, fixed_scale.clone(), fixed_bias.clone())
         };
         let pass = GroupGrads::split(model, out.loss.mul_scalar(loss_factor).backward());
         grads = Some(match grads {

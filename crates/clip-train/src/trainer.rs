@@ -193,6 +193,9 @@ pub fn train<B: AutodiffBackend>(
         history_epochs: read_jsonl(&run.metrics().join("epochs.jsonl")),
     });
 
+    if t.recompute_activations {
+        observer.on_message("activations are recomputed in the backward pass (train.recompute_activations)");
+    }
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let session_start_step = state.step;

@@ -212,9 +212,15 @@ impl ModuleVisitor<B> for SameGrads<'_> {
 #[test]
 fn micro_batches_give_the_whole_batch_gradient_and_count_each_batch_once_in_batch_norm() {
     let _serial = common::serial();
-    let dir = tempfile::tempdir().unwrap();
     // Dropout on in the heads and the text tower: both passes must draw the same masks.
-    let c = config(dir.path(), 20, &["model.dropout=0.2"]);
+    micro_batch_gradients_match(&["model.dropout=0.2"]);
+    // The sigmoid loss: its learned bias, like the temperature, gets its gradient once.
+    micro_batch_gradients_match(&["model.dropout=0.2", "model.loss=\"sigmoid\"", "model.temperature=0.1"]);
+}
+
+fn micro_batch_gradients_match(overrides: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 20, overrides);
     let device = Default::default();
     let clip = c.clip_config().unwrap();
     B::seed(&device, 3);
@@ -246,6 +252,11 @@ fn micro_batches_give_the_whole_batch_gradient_and_count_each_batch_once_in_batc
     let mut same = SameGrads { a: &want, b: &got.grads, compared: 0, largest: 0.0 };
     reference.visit(&mut same);
     assert!(same.compared > 20 && same.largest > 1e-3, "{} gradients compared, largest {}", same.compared, same.largest);
+    if let Some(bias) = &reference.logit_bias {
+        let (a, b) = (want.get::<B, 1>(bias.id).unwrap(), got.grads.get::<B, 1>(bias.id).unwrap());
+        let (a, b): (f32, f32) = (a.into_scalar(), b.into_scalar());
+        assert!(a.abs() > 1e-4 && (a - b).abs() <= 1e-4 * a.abs(), "logit bias gradient {a} vs {b}");
+    }
 
     // Batch-norm running statistics (visited with the parameters) moved once per micro-batch, as
     // in the reference, not twice.
@@ -277,6 +288,30 @@ fn training_in_micro_batches_learns() {
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed && summary.steps == 3, "{summary:?}");
     assert!(steps(&run).iter().all(|m| m.loss.is_finite() && m.loss_scale.is_some()));
+}
+
+#[test]
+fn the_sigmoid_loss_learns_its_bias_and_the_task() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 120, &["model.loss=\"siglip\"", "model.temperature=0.1", "model.logit_bias=-5.0", "train.epochs=8"]);
+    let run = RunDir::new(dir.path().join("run"));
+    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(summary.completed);
+    let s = steps(&run);
+    let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    assert!(end < first * 0.8, "loss {first} -> {end}");
+    // 24 validation images: text→image recall@10 by chance is 10/24, the mean rank 12.5.
+    let r = &summary.last_epoch.as_ref().unwrap().retrieval;
+    assert!(r.t2i_r10 > 0.6 && r.t2i_mean_rank < 9.5, "{r:?}");
+    // The bias moved from its start, and the exported model carries it.
+    let model = load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.best(), &Default::default()).unwrap();
+    let bias: f32 = model.bias().unwrap().into_scalar();
+    assert!((bias + 5.0).abs() > 1e-3, "bias {bias}");
+    let (imported, report) = clip_model::import::import_clip(c.clip_config().unwrap().init::<B>(&Default::default()), &run.exported_model()).unwrap();
+    assert!(report.applied.iter().any(|k| k.contains("logit_bias")), "{:?}", report.applied);
+    assert_eq!(imported.bias().unwrap().into_scalar(), bias);
 }
 
 #[test]
@@ -355,4 +390,30 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
     assert!(run.exported_model().is_file());
     let latest = run.latest().unwrap();
     assert!(latest.ends_with("step-000003"), "{}", latest.display());
+}
+
+#[test]
+fn recomputing_activations_trains_exactly_as_keeping_them() {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::{Autodiff, Flex};
+    type Recomputing = Autodiff<Flex, BalancedCheckpointing>;
+    let _serial = common::serial();
+    for micro in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        // Dropout in both towers and gradient norms reported (clipping far above them).
+        let overrides = ["model.dropout=0.2", "train.grad_clip_norm=1e6", "train.recompute_activations=true"];
+        let mut c = config(dir.path(), 40, &overrides);
+        c.train.micro_batches = micro.parse().unwrap();
+        let kept = RunDir::new(dir.path().join("kept"));
+        let recomputed = RunDir::new(dir.path().join("recomputed"));
+        train::<B>(&c, &kept, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        train::<Recomputing>(&c, &recomputed, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        let (a, b) = (steps(&kept), steps(&recomputed));
+        assert!(a.len() >= 4 && a.len() == b.len(), "{} vs {} steps", a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            let (gx, gy) = (x.grad_norm.unwrap(), y.grad_norm.unwrap());
+            assert!((x.loss - y.loss).abs() <= 1e-5 * x.loss.abs(), "micro-batches {micro}, step {}: loss {} vs {}", x.step, x.loss, y.loss);
+            assert!((gx - gy).abs() <= 1e-4 * gx, "micro-batches {micro}, step {}: gradient norm {gx} vs {gy}", x.step);
+        }
+    }
 }
