@@ -22,6 +22,9 @@ pub enum DataCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Override a config value, e.g. `--set data.format='"karpathy"'` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Write the synthetic shapes dataset (Flickr30k layout).
     Synth {
@@ -54,8 +57,12 @@ pub enum DataCommand {
 
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
-        DataCommand::Inspect { config, batches, json } => {
-            let data = load_data_config(&config)?;
+        DataCommand::Inspect { config, batches, json, overrides } => {
+            let data = if overrides.is_empty() {
+                load_data_config(&config)?
+            } else {
+                clip_train::ExperimentConfig::load(&config, &overrides)?.data
+            };
             report(&config, &data, batches, json)
         }
         DataCommand::Synth { out, images, size, seed } => {
@@ -89,10 +96,15 @@ fn print_report(data: &DataConfig, r: &InspectReport) {
     println!("images           {}", r.images);
     println!("captions         {} ({} rows read)", r.captions, r.caption_rows);
     println!("train            {} images, {} captions", r.train_images, r.train_captions);
-    println!(
-        "val              {} images, {} captions (val_size {}, seed {})",
-        r.val_images, r.val_captions, data.val_size, data.seed
-    );
+    if r.test_images > 0 {
+        println!("val              {} images, {} captions (the captions file's split)", r.val_images, r.val_captions);
+        println!("test             {} images, {} captions (held out: `clip eval --split test`)", r.test_images, r.test_captions);
+    } else {
+        println!(
+            "val              {} images, {} captions (val_size {}, seed {})",
+            r.val_images, r.val_captions, data.val_size, data.seed
+        );
+    }
     println!("repaired rows    {}", r.repaired.len());
     for row in &r.repaired {
         println!("  line {}: {}", row.line, row.reason);

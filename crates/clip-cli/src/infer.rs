@@ -28,7 +28,7 @@ pub struct EmbedArgs {
     /// Folder of images to embed (recursively).
     #[arg(long, conflicts_with = "split")]
     pub images: Option<PathBuf>,
-    /// Embed the images of the run's `train` or `val` split instead.
+    /// Embed the images of the run's `train`, `val` or `test` split instead.
     #[arg(long)]
     pub split: Option<String>,
     /// Index directory (created, or updated with new and changed images).
@@ -109,7 +109,8 @@ pub struct ZeroShotArgs {
 pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// `val` (default) or `train`.
+    /// `val` (default), `train`, or `test` (a split the captions file defines: Karpathy's
+    /// 1k test images, the protocol published Flickr30k results use).
     #[arg(long, default_value = "val")]
     pub split: String,
     /// Where to write the JSON (default: RUN/eval-<split>.json).
@@ -136,12 +137,20 @@ pub(crate) fn progress_bar(total: usize, what: &str) -> ProgressBar {
 /// The image files of a run's split.
 pub(crate) fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
     let s = Split::load(&run.join("split.json"))?;
-    let names = match split {
-        "val" => s.val,
-        "train" => s.train,
-        other => bail!("--split must be `train` or `val`, not {other:?}"),
-    };
+    let names = split_side(&s, split, run)?;
     Ok(names.iter().map(|n| card.data.images.join(n)).collect())
+}
+
+/// The image names of a run's `train`, `val` or `test` side; an empty test side is an error.
+pub(crate) fn split_side<'a>(s: &'a Split, side: &str, run: &Path) -> Result<&'a [String]> {
+    let names = s.side(side).with_context(|| format!("--split must be `train`, `val` or `test`, not {side:?}"))?;
+    if side == "test" && names.is_empty() {
+        bail!(
+            "{}: this run's split has no test side (only a split the captions file defines, such as Karpathy's, has one)",
+            run.display()
+        );
+    }
+    Ok(names)
 }
 
 impl BackendTask for EmbedArgs {
@@ -370,10 +379,11 @@ impl BackendTask for EvalArgs {
         let dataset = CaptionDataset::load(data)?;
         let split_path = self.checkpoint.join("split.json");
         let split = SplitDataset::from_split(&dataset, Split::load(&split_path)?, &split_path)?;
+        split_side(&split.split, &self.split, &self.checkpoint)?;
         let pairs = match self.split.as_str() {
-            "val" => split.val,
             "train" => split.train,
-            other => bail!("--split must be `train` or `val`, not {other:?}"),
+            "test" => split.test,
+            _ => split.val,
         };
         if pairs.is_empty() {
             bail!("the {} split of {} is empty", self.split, self.checkpoint.display());

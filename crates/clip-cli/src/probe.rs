@@ -29,6 +29,9 @@ pub struct ProbeArgs {
     /// Score on the images of this folder instead of the run's validation split.
     #[arg(long, requires = "train_images")]
     pub test_images: Option<PathBuf>,
+    /// The run's split to score on: `val` (default) or `test` (Karpathy's test images).
+    #[arg(long, default_value = "val", conflicts_with = "test_images")]
+    pub test_split: String,
     /// Fit on at most this many training images (a seeded sample): embedding them is the cost.
     #[arg(long)]
     pub max_train_images: Option<usize>,
@@ -86,7 +89,12 @@ impl ProbeArgs {
         };
         let (mut train, test) = match (&self.train_images, &self.test_images) {
             (Some(tr), Some(te)) => (listed(tr)?, listed(te)?),
-            _ => (split_images(&self.checkpoint, "train", card)?, split_images(&self.checkpoint, "val", card)?),
+            _ => {
+                if self.test_split == "train" {
+                    bail!("--test-split must be `val` or `test`: the probe is fitted on `train`");
+                }
+                (split_images(&self.checkpoint, "train", card)?, split_images(&self.checkpoint, &self.test_split, card)?)
+            }
         };
         if train.is_empty() || test.is_empty() {
             bail!("{}: the probe needs training and test images (train {}, test {})", self.checkpoint.display(), train.len(), test.len());

@@ -342,3 +342,63 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let err = run_err(&[&o("eval"), &o("--checkpoint"), other.as_os_str()]);
     assert!(err.contains("shape mismatch") && err.contains("projection"), "{err}");
 }
+
+#[test]
+fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    // Generate the shapes, then describe them in Karpathy's layout: 3 test, 3 val, the rest
+    // train or restval.
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = std::fs::read_to_string(dir.path().join("data/results.csv")).unwrap();
+    let mut images: Vec<(String, Vec<String>)> = Vec::new();
+    for row in rows.lines().skip(1) {
+        let f: Vec<&str> = row.split('|').map(str::trim).collect();
+        match images.last_mut() {
+            Some((name, caps)) if name == f[0] => caps.push(f[2].to_string()),
+            _ => images.push((f[0].to_string(), vec![f[2].to_string()])),
+        }
+    }
+    let entries: Vec<serde_json::Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, (name, caps))| {
+            let split = ["test", "val", "train", "restval"][if i < 3 { 0 } else if i < 6 { 1 } else { 2 + i % 2 }];
+            let sentences: Vec<serde_json::Value> = caps.iter().map(|c| serde_json::json!({"raw": c})).collect();
+            serde_json::json!({"filename": name, "split": split, "sentences": sentences})
+        })
+        .collect();
+    std::fs::write(dir.path().join("data/karpathy.json"), serde_json::to_vec(&serde_json::json!({"images": entries})).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
+    let config = dir.path().join("karpathy.toml");
+    std::fs::write(&config, text.replace("captions = \"data/results.csv\"", "format = \"karpathy\"\ncaptions = \"data/karpathy.json\"")).unwrap();
+
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["train            24 images, 120 captions", "val              3 images", "test             3 images, 15 captions"] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+
+    let run = dir.path().join("run");
+    let out = clip().args(["train", "--plain", "--config"]).arg(&config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    let side = |s: &str| split[s].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(side("test"), images[..3].iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    assert_eq!((side("train").len(), side("val").len()), (24, 3));
+
+    let out = run_ok(&[run.as_os_str(), "--split".as_ref(), "test".as_ref()].iter().fold(vec!["eval".as_ref(), "--checkpoint".as_ref()], |mut v, a| {
+        v.push(*a);
+        v
+    }));
+    assert!(out.contains("on the test split: 3 images, 15 captions"), "{out}");
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-test.json")).unwrap()).unwrap();
+    assert_eq!(e["retrieval"]["images"], 3);
+
+    // A random split has no test side: a clear error.
+    let plain = tiny_run(dir.path(), "plain", 1);
+    let err = run_err(&["eval".as_ref(), "--checkpoint".as_ref(), plain.as_os_str(), "--split".as_ref(), "test".as_ref()]);
+    assert!(err.contains("no test side"), "{err}");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport};
+use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport, PredefinedSide};
 use crate::config::DataConfig;
 use crate::error::{DataError, Result};
 
@@ -34,6 +34,8 @@ pub struct LoadReport {
 pub struct CaptionDataset {
     pub images: Vec<ImageCaptions>,
     pub report: LoadReport,
+    /// The split the captions file defines (Karpathy's), for the images found; empty otherwise.
+    pub predefined_split: Vec<(String, PredefinedSide)>,
 }
 
 impl CaptionDataset {
@@ -56,7 +58,11 @@ impl CaptionDataset {
             });
         }
         let parsed = read_captions(&config.captions, config.format, &columns)?;
-        Self::from_records(&parsed.path, parsed.records, parsed.report, &config.images, config.skip_missing)
+        let mut dataset = Self::from_records(&parsed.path, parsed.records, parsed.report, &config.images, config.skip_missing)?;
+        let found: std::collections::HashSet<&str> = dataset.images.iter().map(|i| i.name.as_str()).collect();
+        let predefined = parsed.splits.into_iter().filter(|(name, _)| found.contains(name.as_str())).collect();
+        dataset.predefined_split = predefined;
+        Ok(dataset)
     }
 
     /// Groups caption records by image and resolves their files under `images_dir`.
@@ -114,6 +120,7 @@ impl CaptionDataset {
                 parse,
                 missing_images,
             },
+            predefined_split: Vec::new(),
         })
     }
 

@@ -228,7 +228,7 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
 
     let mut results = String::from("image_name| comment_number| comment\n");
     let mut labels = String::from("image,label,class,split\n");
-    let mut split = Split { seed: config.seed, val_size: 0.0, train: Vec::new(), val: Vec::new() };
+    let mut split = Split { seed: config.seed, val_size: 0.0, train: Vec::new(), val: Vec::new(), test: Vec::new() };
     let mut counts = [0usize; 2];
     for (split_id, (name, data)) in [("train", &train), ("test", &test)].into_iter().enumerate() {
         let [n, h, w] = [data.images.dims[0], data.images.dims[1], data.images.dims[2]];

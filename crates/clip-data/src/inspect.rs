@@ -22,6 +22,9 @@ pub struct InspectReport {
     pub train_captions: usize,
     pub val_images: usize,
     pub val_captions: usize,
+    /// The test side of a split the captions file defines (Karpathy's); 0 otherwise.
+    pub test_images: usize,
+    pub test_captions: usize,
     pub repaired: Vec<RowIssue>,
     pub skipped: Vec<RowIssue>,
     pub missing_images: usize,
@@ -71,6 +74,7 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
     let count = |p: &crate::PairDataset| (p.images().len(), p.len());
     let (train_images, train_captions) = count(&split.train);
     let (val_images, val_captions) = count(&split.val);
+    let (test_images, test_captions) = count(&split.test);
     Ok(InspectReport {
         images: dataset.images.len(),
         captions: dataset.num_captions(),
@@ -79,6 +83,8 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
         train_captions,
         val_images,
         val_captions,
+        test_images,
+        test_captions,
         repaired: dataset.report.parse.repaired.clone(),
         skipped: dataset.report.parse.skipped.clone(),
         missing_images: dataset.report.missing_images.len(),

@@ -31,24 +31,31 @@ pub use loader::{ClipLoader, EpochBatches, LoaderConfig};
 pub use split::Split;
 pub use tokenizer::CaptionTokenizer;
 
-/// The train and validation sides of a dataset, split by image.
+/// The train and validation (and test) sides of a dataset, split by image.
 #[derive(Debug, Clone)]
 pub struct SplitDataset {
     pub split: Split,
     pub train: PairDataset,
     pub val: PairDataset,
+    /// Empty unless the split has a test side (Karpathy's).
+    pub test: PairDataset,
 }
 
 impl SplitDataset {
     /// Splits a loaded dataset as its config says: reuses `data.split_file` when it exists,
-    /// otherwise splits by image with `data.seed` / `data.val_size` (and saves the split to
-    /// `data.split_file` when one is named).
+    /// otherwise takes the split the captions file defines (Karpathy's), otherwise splits by
+    /// image with `data.seed` / `data.val_size` (and saves the split to `data.split_file` when
+    /// one is named).
     pub fn new(dataset: &CaptionDataset, config: &DataConfig) -> Result<Self> {
         let split = match &config.split_file {
             Some(path) if path.is_file() => Split::load(path)?,
             other => {
                 let names: Vec<String> = dataset.images.iter().map(|i| i.name.clone()).collect();
-                let split = Split::by_image(&names, config.val_size, config.seed);
+                let split = if dataset.predefined_split.is_empty() {
+                    Split::by_image(&names, config.val_size, config.seed)
+                } else {
+                    Split::predefined(&dataset.predefined_split, config.seed)
+                };
                 if let Some(path) = other {
                     split.save(path)?;
                 }
@@ -62,6 +69,7 @@ impl SplitDataset {
     pub fn from_split(dataset: &CaptionDataset, split: Split, split_path: &std::path::Path) -> Result<Self> {
         let train = PairDataset::new(dataset.select(&split.train, split_path)?);
         let val = PairDataset::new(dataset.select(&split.val, split_path)?);
-        Ok(Self { split, train, val })
+        let test = PairDataset::new(dataset.select(&split.test, split_path)?);
+        Ok(Self { split, train, val, test })
     }
 }

@@ -10,16 +10,22 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::captions::PredefinedSide;
 use crate::error::{DataError, Result};
 use crate::fs::write_atomic;
 
-/// Which images train and which validate.
+/// Which images train and which validate (and, for a split a dataset defines, which are the
+/// held-out test set that results are reported on).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Split {
     pub seed: u64,
     pub val_size: f64,
     pub train: Vec<String>,
     pub val: Vec<String>,
+    /// Never trained on nor validated during training (Karpathy's test images); empty for a
+    /// random split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
 }
 
 impl Split {
@@ -41,7 +47,30 @@ impl Split {
         // Keep a stable, readable order in saved files; iteration order is the loader's business.
         val.sort();
         train.sort();
-        Self { seed, val_size, train, val }
+        Self { seed, val_size, train, val, test: Vec::new() }
+    }
+
+    /// The split a captions file defines (Karpathy's), sides sorted by name.
+    pub fn predefined(sides: &[(String, PredefinedSide)], seed: u64) -> Self {
+        let side = |want: PredefinedSide| {
+            let mut names: Vec<String> = sides.iter().filter(|(_, s)| *s == want).map(|(n, _)| n.clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        let (train, val, test) = (side(PredefinedSide::Train), side(PredefinedSide::Val), side(PredefinedSide::Test));
+        let val_size = val.len() as f64 / (train.len() + val.len()).max(1) as f64;
+        Self { seed, val_size, train, val, test }
+    }
+
+    /// The names of a side by its name (`train`, `val` or `test`).
+    pub fn side(&self, name: &str) -> Option<&[String]> {
+        match name {
+            "train" => Some(&self.train),
+            "val" => Some(&self.val),
+            "test" => Some(&self.test),
+            _ => None,
+        }
     }
 
     /// Writes the split as JSON, atomically.
@@ -57,12 +86,17 @@ impl Split {
             path: path.into(),
             message: format!("not a split file: {e}"),
         })?;
-        let train: HashSet<&String> = split.train.iter().collect();
-        if let Some(both) = split.val.iter().find(|n| train.contains(n)) {
-            return Err(DataError::Split {
-                path: path.into(),
-                message: format!("image {both:?} is in both train and val"),
-            });
+        let sides = [("train", &split.train), ("val", &split.val), ("test", &split.test)];
+        for (i, (a, names_a)) in sides.iter().enumerate() {
+            let set: HashSet<&String> = names_a.iter().collect();
+            for (b, names_b) in &sides[i + 1..] {
+                if let Some(both) = names_b.iter().find(|n| set.contains(n)) {
+                    return Err(DataError::Split {
+                        path: path.into(),
+                        message: format!("image {both:?} is in both {a} and {b}"),
+                    });
+                }
+            }
         }
         Ok(split)
     }
@@ -116,5 +150,26 @@ mod tests {
         bad.save(&path).unwrap();
         let err = Split::load(&path).unwrap_err().to_string();
         assert!(err.contains("both train and val") && err.contains("split.json"), "{err}");
+        let mut bad = s.clone();
+        bad.test.push(bad.val[0].clone());
+        bad.save(&path).unwrap();
+        let err = Split::load(&path).unwrap_err().to_string();
+        assert!(err.contains("both val and test"), "{err}");
+    }
+
+    #[test]
+    fn a_predefined_split_keeps_its_sides_and_older_files_have_no_test_side() {
+        let sides: Vec<(String, PredefinedSide)> =
+            [("c", PredefinedSide::Test), ("a", PredefinedSide::Train), ("b", PredefinedSide::Val), ("d", PredefinedSide::Train)]
+                .into_iter()
+                .map(|(n, s)| (n.to_string(), s))
+                .collect();
+        let s = Split::predefined(&sides, 7);
+        assert_eq!((s.train.clone(), s.val.clone(), s.test.clone()), (vec!["a".into(), "d".into()], vec!["b".to_string()], vec!["c".to_string()]));
+        assert_eq!(s.side("test"), Some(&["c".to_string()][..]));
+        assert!(s.side("holdout").is_none());
+        let old: Split = serde_json::from_str(r#"{"seed": 1, "val_size": 0.5, "train": ["a"], "val": ["b"]}"#).unwrap();
+        assert!(old.test.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("test"));
     }
 }

@@ -349,7 +349,7 @@ impl ExperimentConfig {
     /// Checks every value; messages name the key and the file.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |message: String| Err(TrainError::Config { path: path.into(), message });
-        self.data.validate(path).map_err(|e| TrainError::Config { path: path.into(), message: e.to_string() })?;
+        self.data.validate(path)?;
         let t = &self.train;
         if t.epochs == 0 && t.max_steps.is_none() {
             return bad("train.epochs must be at least 1".into());
