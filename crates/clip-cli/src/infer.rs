@@ -11,7 +11,7 @@ use clip_infer::embed::list_images;
 use clip_infer::index::{EmbeddingIndex, IndexEntry};
 use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
 use clip_infer::{search, Confusion, ImageLabels, LoadedModel, ZeroShotClassifier};
-use clip_plot::{render_grid, Tile};
+use clip_plot::{render_grid_with, Tile};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
@@ -136,17 +136,28 @@ pub(crate) fn progress_bar(total: usize, what: &str) -> ProgressBar {
 
 /// The image files of a run's split.
 pub(crate) fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
+    split_images_of(run, split, card, "--split")
+}
+
+/// [`split_images`], naming the flag that chose the side in its errors.
+pub(crate) fn split_images_of(run: &Path, split: &str, card: &clip_infer::ModelCard, flag: &str) -> Result<Vec<PathBuf>> {
     let s = Split::load(&run.join("split.json"))?;
-    let names = split_side(&s, split, run)?;
+    let names = split_side_of(&s, split, run, flag)?;
     Ok(names.iter().map(|n| card.data.images.join(n)).collect())
 }
 
 /// The image names of a run's `train`, `val` or `test` side; an empty test side is an error.
 pub(crate) fn split_side<'a>(s: &'a Split, side: &str, run: &Path) -> Result<&'a [String]> {
-    let names = s.side(side).with_context(|| format!("--split must be `train`, `val` or `test`, not {side:?}"))?;
+    split_side_of(s, side, run, "--split")
+}
+
+/// [`split_side`], naming the flag that chose the side in its errors.
+pub(crate) fn split_side_of<'a>(s: &'a Split, side: &str, run: &Path, flag: &str) -> Result<&'a [String]> {
+    let names = s.side(side).with_context(|| format!("{flag} must be `train`, `val` or `test`, not {side:?}"))?;
     if side == "test" && names.is_empty() {
         bail!(
-            "{}: this run's split has no test side (only a split the captions file defines, such as Karpathy's, has one)",
+            "{}: this run's split has no test images (only a split the captions file defines, such as Karpathy's, \
+             has a test side, and its images must be on disk)",
             run.display()
         );
     }
@@ -275,7 +286,7 @@ impl BackendTask for SearchArgs {
             tiles.push(Tile { image: path.clone(), caption: format!("{:.3} {name}", h.score) });
         }
         let columns = (hits.len() as f64).sqrt().ceil() as usize;
-        let png = render_grid(&label, &tiles, columns, 200)?;
+        let png = render_grid_with(&label, &tiles, columns, 200, &|p| clip_data::imaging::decode_rgb(p).ok())?;
         clip_data::fs::write_atomic(&self.grid, &png)?;
         println!("grid: {}", self.grid.display());
         Ok(())

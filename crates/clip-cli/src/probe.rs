@@ -11,7 +11,7 @@ use clip_infer::probe::{default_grid, fit_with_sweep, seeded_order, FitOptions, 
 use clip_infer::{Confusion, ImageLabels, LoadedModel};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
-use crate::infer::{progress_bar, split_images};
+use crate::infer::{progress_bar, split_images, split_images_of};
 
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
@@ -93,7 +93,7 @@ impl ProbeArgs {
                 if self.test_split == "train" {
                     bail!("--test-split must be `val` or `test`: the probe is fitted on `train`");
                 }
-                (split_images(&self.checkpoint, "train", card)?, split_images(&self.checkpoint, &self.test_split, card)?)
+                (split_images(&self.checkpoint, "train", card)?, split_images_of(&self.checkpoint, &self.test_split, card, "--test-split")?)
             }
         };
         if train.is_empty() || test.is_empty() {
@@ -150,6 +150,9 @@ impl BackendTask for ProbeArgs {
         let test = embed(&test_files, "embedding test images")?;
         if train.labels.len() < 2 || test.labels.is_empty() {
             bail!("too few readable images: {} training, {} test", train.labels.len(), test.labels.len());
+        }
+        if train.rows.iter().chain(&test.rows).any(|v| !v.is_finite()) {
+            bail!("{}: the model gives non-finite image embeddings (NaN or infinity); no probe can be fitted", model.weights.display());
         }
         let train_set = Labelled { features: &train.rows, labels: &train.labels, dim: train.dim };
         let test_set = Labelled { features: &test.rows, labels: &test.labels, dim: test.dim };

@@ -400,5 +400,78 @@ fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
     // A random split has no test side: a clear error.
     let plain = tiny_run(dir.path(), "plain", 1);
     let err = run_err(&["eval".as_ref(), "--checkpoint".as_ref(), plain.as_os_str(), "--split".as_ref(), "test".as_ref()]);
-    assert!(err.contains("no test side"), "{err}");
+    assert!(err.contains("no test images"), "{err}");
+}
+
+#[test]
+fn training_and_search_read_images_inside_webdataset_shards() {
+    use std::ffi::OsStr;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The shapes as two shards of 15 samples: `<key>.jpg` + `<key>.txt` (one caption per line).
+    let rows = std::fs::read_to_string(dir.path().join("data/results.csv")).unwrap();
+    let mut samples: Vec<(String, String)> = Vec::new();
+    for row in rows.lines().skip(1) {
+        let f: Vec<&str> = row.split('|').map(str::trim).collect();
+        match samples.last_mut() {
+            Some((name, text)) if name == f[0] => text.push_str(&format!("{}\n", f[2])),
+            _ => samples.push((f[0].to_string(), format!("{}\n", f[2]))),
+        }
+    }
+    let shards = dir.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    for (s, chunk) in samples.chunks(15).enumerate() {
+        let mut tar = tar::Builder::new(std::fs::File::create(shards.join(format!("{s:05}.tar"))).unwrap());
+        for (name, text) in chunk {
+            let key = name.trim_end_matches(".jpg");
+            let image = std::fs::read(dir.path().join("data/images").join(name)).unwrap();
+            for (member, bytes) in [(format!("{key}.jpg"), image), (format!("{key}.txt"), text.clone().into_bytes())] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                tar.append_data(&mut header, member, bytes.as_slice()).unwrap();
+            }
+        }
+        tar.finish().unwrap();
+    }
+    let text = std::fs::read_to_string(&config).unwrap().replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
+    let shard_config = dir.path().join("shards.toml");
+    let webdataset = "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"shards\"";
+    std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", webdataset)).unwrap();
+
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&shard_config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in ["images           30", "captions         150", "train            24 images"] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+    let run = dir.path().join("run");
+    let out = clip().args(["train", "--plain", "--config"]).arg(&shard_config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let split = std::fs::read_to_string(run.join("split.json")).unwrap();
+    assert!(split.contains("00000.tar/") && split.contains("00001.tar/"), "{split}");
+
+    let o = |s: &str| OsStr::new(s).to_os_string();
+    let out = run_ok(&[&o("eval"), &o("--checkpoint"), run.as_os_str()]);
+    assert!(out.contains("6 images, 30 captions"), "{out}");
+    let index = dir.path().join("index");
+    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--split"), &o("val"), &o("--out"), index.as_os_str()]);
+    assert!(out.contains("6 to embed") && out.contains("0 skipped"), "{out}");
+    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--split"), &o("val"), &o("--out"), index.as_os_str()]);
+    assert!(out.contains("6 already indexed, 0 to embed"), "unchanged shard members are not embedded again: {out}");
+    let grid = dir.path().join("grid.png");
+    let out = run_ok(&[&o("search"), &o("--index"), index.as_os_str(), &o("a red circle"), &o("-k"), &o("4"), &o("--grid"), grid.as_os_str()]);
+    assert_eq!(out.lines().filter(|l| l.contains(".tar/")).count(), 4, "{out}");
+    // The grid shows the pictures (not the grey square of an unreadable one).
+    let png = image::open(&grid).unwrap().to_rgb8();
+    let grey = png.pixels().filter(|p| p.0 == [200, 200, 200]).count();
+    assert!(grey < (png.width() * png.height() / 10) as usize, "{grey} grey pixels");
+
+    // `data.images` must be where the shards are.
+    std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"data/images\"")).unwrap();
+    let err = run_err(&[&o("train"), &o("--plain"), &o("--config"), shard_config.as_os_str()]);
+    assert!(err.contains("data.images") && err.contains("shards"), "{err}");
 }

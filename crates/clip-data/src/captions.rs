@@ -22,6 +22,9 @@ pub enum CaptionFormat {
     Csv,
     /// One JSON object per line with an image field and a caption field.
     Jsonl,
+    /// WebDataset tar shards (`data.captions` = `data.images` = their folder, or one `.tar`):
+    /// each sample's image with its `.txt` caption (or a `.json` with `"caption"`).
+    Webdataset,
     /// Karpathy's `dataset_flickr30k.json` / `dataset_coco.json` / `dataset_flickr8k.json`:
     /// `{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw"}]}]}`. Its splits
     /// (train + restval, val, test: the 1k-image test set published results use) replace the
@@ -92,6 +95,9 @@ pub enum PredefinedSide {
 
 /// Reads and parses a captions file in the given format.
 pub fn read_captions(path: &Path, format: CaptionFormat, columns: &ColumnSpec) -> Result<ParsedCaptions> {
+    if format == CaptionFormat::Webdataset {
+        return crate::shards::read_samples(path);
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     parse_captions(path, &bytes, format, columns)
 }
@@ -129,6 +135,13 @@ pub fn parse_captions(
         )?,
         CaptionFormat::Csv => parse_delimited(path, text, columns, false)?,
         CaptionFormat::Jsonl => parse_jsonl(path, text, columns)?,
+        CaptionFormat::Webdataset => {
+            return Err(DataError::CaptionsFormat {
+                path: path.into(),
+                line: 1,
+                message: "WebDataset captions live in tar shards: read them with `read_captions`".into(),
+            })
+        }
         CaptionFormat::Karpathy => {
             let (records, report, splits) = parse_karpathy(path, text)?;
             return finish(path, records, report, splits);
@@ -399,6 +412,7 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
     let mut records = Vec::new();
     let mut report = ParseReport::default();
     let mut splits = Vec::new();
+    let mut seen: std::collections::HashMap<String, (PredefinedSide, usize)> = std::collections::HashMap::new();
     for (i, entry) in images.iter().enumerate() {
         let line = line_of(i);
         let text_field = |name: &str| entry.get(name).and_then(|v| v.as_str()).map(str::trim).filter(|s| !s.is_empty());
@@ -420,6 +434,20 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
                 continue;
             }
         };
+        // An image listed twice: on two sides it would be trained on and tested; on one side its
+        // captions would count twice.
+        if let Some(&(first_side, first_entry)) = seen.get(&image) {
+            if first_side != side {
+                return Err(DataError::CaptionsFormat {
+                    path: path.into(),
+                    line,
+                    message: format!("image {image} is listed as {side:?} (entry {}) and as {first_side:?} (entry {first_entry})", i + 1),
+                });
+            }
+            report.skipped.push(RowIssue { line, reason: format!("{image}: listed again (entry {}, first at entry {first_entry})", i + 1) });
+            continue;
+        }
+        seen.insert(image.clone(), (side, i + 1));
         let sentences = entry.get("sentences").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
         let mut kept = 0;
         for sentence in sentences {
@@ -490,6 +518,13 @@ mod tests {
         // An entry without a file name is skipped (lines are then not told apart: 1).
         let p = parse(r#"{"images": [{"split": "train", "sentences": [{"raw": "x"}]}, {"filename": "f.jpg", "split": "train", "sentences": [{"raw": "y"}]}]}"#, CaptionFormat::Karpathy).unwrap();
         assert!(p.report.skipped[0].reason.contains("entry 1") && p.records.len() == 1);
+        // Listed twice: on one side the repeat is skipped; on two sides it is an error.
+        let twice = |second: &str| format!(r#"{{"images": [{{"filename": "f.jpg", "split": "train", "sentences": [{{"raw": "y"}}]}}, {{"filename": "f.jpg", "split": "{second}", "sentences": [{{"raw": "z"}}]}}]}}"#);
+        let p = parse(&twice("restval"), CaptionFormat::Karpathy).unwrap();
+        assert_eq!((p.records.len(), p.splits.len()), (1, 1));
+        assert!(p.report.skipped[0].reason.contains("listed again"), "{:?}", p.report.skipped);
+        let err = parse(&twice("test"), CaptionFormat::Karpathy).unwrap_err().to_string();
+        assert!(err.contains("f.jpg") && err.contains("Test") && err.contains("entry 1"), "{err}");
 
         let err = parse("{\"images\": [\n{\"filename\": }", CaptionFormat::Karpathy).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("not JSON"), "{err}");

@@ -200,6 +200,20 @@ impl DataConfig {
                 ));
             }
         }
+        if self.format == CaptionFormat::Webdataset {
+            // Shard images are named `<shard>.tar/<member>` under `data.images`.
+            let shards_dir = if self.captions.extension().is_some_and(|e| e == "tar") {
+                self.captions.parent().unwrap_or(Path::new(".")).to_path_buf()
+            } else {
+                self.captions.clone()
+            };
+            if self.images != shards_dir {
+                return bad(format!(
+                    "data.format = \"webdataset\" needs data.images to be the folder of the shards ({:?}), got {:?}",
+                    shards_dir, self.images
+                ));
+            }
+        }
         self.delimiter_byte().map_err(|_| DataError::Config {
             path: file.into(),
             message: format!("data.delimiter must be one ASCII character, got {:?}", self.delimiter),

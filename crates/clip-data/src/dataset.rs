@@ -90,7 +90,7 @@ impl CaptionDataset {
             images[i].captions.push(rec.caption);
         }
 
-        let missing: Vec<usize> = (0..images.len()).filter(|&i| !images[i].path.is_file()).collect();
+        let missing: Vec<usize> = (0..images.len()).filter(|&i| !crate::shards::exists(&images[i].path)).collect();
         if !missing.is_empty() && !skip_missing {
             return Err(DataError::MissingImages {
                 captions: captions_path.into(),

@@ -157,9 +157,10 @@ fn normalize_chw(rgb: &[u8], size: usize, flip: bool, mean: &[f32; 3], std: &[f3
 }
 
 /// Decodes a JPEG or PNG (grayscale, RGBA, CMYK, 16-bit...) into 8-bit RGB; alpha is dropped.
+/// `path` is a file or a member of a WebDataset shard (`shards/00000.tar/000123.jpg`).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
+    let bytes = crate::shards::read_image_bytes(path)?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     let img = reader.decode().map_err(|source| DataError::ImageDecode {

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod imaging;
 pub mod inspect;
 pub mod loader;
+pub mod shards;
 pub mod split;
 pub mod synth;
 pub mod tokenizer;

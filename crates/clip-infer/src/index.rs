@@ -22,11 +22,11 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
-    /// The entry describing `path` as it is on disk now.
+    /// The entry describing `path` (a file, or a member of a WebDataset shard) as it is on disk now.
     pub fn of(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| InferError::io(path, e))?;
-        let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-        Ok(Self { path: path.into(), size: meta.len(), modified })
+        let (size, modified) = clip_data::shards::identity(path).map_err(|e| InferError::io(path, e))?;
+        let modified = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Self { path: path.into(), size, modified })
     }
 }
 

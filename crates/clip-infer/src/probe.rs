@@ -74,6 +74,7 @@ impl LinearProbe {
     pub fn fit(data: Labelled, classes: usize, options: FitOptions, start: Option<&LinearProbe>) -> (Self, FitReport) {
         assert!(classes > 0 && data.dim > 0 && !data.is_empty() && data.features.len() == data.len() * data.dim, "probe: shapes");
         assert!(data.labels.iter().all(|&l| l < classes), "probe: a label is out of range");
+        assert!(data.features.iter().all(|v| v.is_finite()), "probe: features must be finite");
         let objective = Objective { data, classes, l2: options.l2 };
         let x0 = match start {
             Some(p) if p.dim == data.dim && p.classes == classes => p.weights.iter().chain(&p.bias).map(|&v| v as f64).collect(),
@@ -211,8 +212,9 @@ fn lbfgs(objective: &Objective, mut x: Vec<f64>, options: FitOptions) -> (Vec<f6
             }
         };
         let Some((next, f_next, g_next)) = accepted else {
-            // No decrease along a descent direction: as close to the minimum as f64 can tell.
-            report.converged = true;
+            // No decrease along a descent direction: as close to the minimum as f64 can tell
+            // (unless the objective itself is not a number).
+            report.converged = f.is_finite();
             break;
         };
         let s: Vec<f64> = next.iter().zip(&x).map(|(a, b)| a - b).collect();

@@ -1,6 +1,6 @@
 //! A grid of images with a caption under each (search results with their scores).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use image::{imageops, Rgb, RgbImage};
 use plotters::prelude::*;
@@ -20,6 +20,11 @@ const PAD: u32 = 6;
 /// Draws `tiles` in rows of `columns`, each picture fitted into a `cell` × `cell` square: a PNG.
 /// A picture that cannot be read becomes a grey square saying so.
 pub fn render_grid(title: &str, tiles: &[Tile], columns: usize, cell: u32) -> Result<Vec<u8>, PlotError> {
+    render_grid_with(title, tiles, columns, cell, &|path| image::open(path).ok().map(|i| i.to_rgb8()))
+}
+
+/// [`render_grid`] with pictures read by `load` (e.g. from inside archives).
+pub fn render_grid_with(title: &str, tiles: &[Tile], columns: usize, cell: u32, load: &dyn Fn(&Path) -> Option<RgbImage>) -> Result<Vec<u8>, PlotError> {
     ensure_font();
     let columns = columns.max(1) as u32;
     let rows = (tiles.len() as u32).div_ceil(columns).max(1);
@@ -29,15 +34,14 @@ pub fn render_grid(title: &str, tiles: &[Tile], columns: usize, cell: u32) -> Re
     let mut failed = Vec::new();
     for (i, tile) in tiles.iter().enumerate() {
         let (cx, cy) = (PAD + (i as u32 % columns) * (cell + PAD), title_h + PAD + (i as u32 / columns) * (cell + TEXT_HEIGHT + PAD));
-        match image::open(&tile.image) {
-            Ok(img) => {
-                let img = img.to_rgb8();
+        match load(&tile.image) {
+            Some(img) => {
                 let scale = cell as f32 / img.width().max(img.height()) as f32;
                 let (tw, th) = (((img.width() as f32 * scale).round() as u32).max(1), ((img.height() as f32 * scale).round() as u32).max(1));
                 let thumb = imageops::resize(&img, tw, th, imageops::FilterType::Triangle);
                 imageops::overlay(&mut canvas, &thumb, (cx + (cell - tw) / 2) as i64, (cy + (cell - th) / 2) as i64);
             }
-            Err(_) => {
+            None => {
                 for y in cy..cy + cell {
                     for x in cx..cx + cell {
                         canvas.put_pixel(x, y, Rgb([200, 200, 200]));

@@ -6,7 +6,7 @@ pub mod curves;
 pub mod grid;
 
 pub use curves::{render_panels, Panel, Series};
-pub use grid::{render_grid, Tile};
+pub use grid::{render_grid, render_grid_with, Tile};
 
 /// Why a figure could not be drawn.
 #[derive(Debug, thiserror::Error)]

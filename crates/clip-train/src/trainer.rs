@@ -193,6 +193,9 @@ pub fn train<B: AutodiffBackend>(
         history_epochs: read_jsonl(&run.metrics().join("epochs.jsonl")),
     });
 
+    if split.val.is_empty() {
+        observer.on_message("no validation images: no validation metrics, best model or early stopping in this run");
+    }
     if t.recompute_activations {
         observer.on_message("activations are recomputed in the backward pass (train.recompute_activations)");
     }
