@@ -182,6 +182,15 @@ pub struct TrainSpec {
     pub text_encoder_lr: Option<f64>,
     pub head_lr: Option<f64>,
     pub weight_decay: f64,
+    /// Weight decay per parameter group; each defaults to `weight_decay` (the seed notebook
+    /// decays only its heads).
+    pub image_encoder_weight_decay: Option<f64>,
+    pub text_encoder_weight_decay: Option<f64>,
+    pub head_weight_decay: Option<f64>,
+    /// Also decay 1-D parameters: biases, normalization gains, the temperature and the logit
+    /// bias. Off by default, as in open_clip: decaying them pulls the learned temperature and
+    /// the norms' scales toward zero.
+    pub weight_decay_1d: bool,
     pub optimizer: OptimizerKind,
     pub betas: [f64; 2],
     pub eps: f64,
@@ -236,6 +245,10 @@ impl Default for TrainSpec {
             text_encoder_lr: None,
             head_lr: None,
             weight_decay: 1e-3,
+            image_encoder_weight_decay: None,
+            text_encoder_weight_decay: None,
+            head_weight_decay: None,
+            weight_decay_1d: false,
             optimizer: OptimizerKind::Adamw,
             betas: [0.9, 0.999],
             eps: 1e-8,
@@ -361,8 +374,14 @@ impl ExperimentConfig {
                 }
             }
         }
-        if !(t.weight_decay >= 0.0) {
-            return bad(format!("train.weight_decay must be >= 0, got {}", t.weight_decay));
+        let decays = [
+            ("weight_decay", Some(t.weight_decay)),
+            ("image_encoder_weight_decay", t.image_encoder_weight_decay),
+            ("text_encoder_weight_decay", t.text_encoder_weight_decay),
+            ("head_weight_decay", t.head_weight_decay),
+        ];
+        if let Some((key, Some(v))) = decays.into_iter().find(|(_, v)| v.is_some_and(|v| !(v >= 0.0 && v.is_finite()))) {
+            return bad(format!("train.{key} must be a finite number >= 0, got {v}"));
         }
         if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
             return bad(format!("train.min_lr must be in [0, train.lr], got {}", t.min_lr));

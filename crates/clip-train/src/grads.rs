@@ -2,7 +2,7 @@
 //! removal and clipping), and the finite check of fp16 loss scaling. Everything stays on the
 //! device as tensors; only the caller decides when to read a value back.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
@@ -66,4 +66,77 @@ pub fn sum_squares<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut Gra
 /// Multiplies every gradient of `module` in `grads` by `factor` (a 1-element tensor).
 pub fn scale<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams, factor: Tensor<B::InnerBackend, 1>) {
     for_each_grad(module, grads, &mut Scale(factor));
+}
+
+/// Whether weight decay applies to a parameter of `dims` dimensions.
+fn decays(dims: usize, decay_1d: bool) -> bool {
+    decay_1d || dims >= 2
+}
+
+/// Adds `wd · θ` to the gradient of every parameter of `module` in `grads` that decays (Adam's
+/// coupled L2 weight decay).
+pub fn add_decay<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams, wd: f64, decay_1d: bool) {
+    struct Visitor<'a> {
+        grads: &'a mut GradientsParams,
+        wd: f64,
+        decay_1d: bool,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Visitor<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !decays(D, self.decay_1d) {
+                return;
+            }
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                let g = g + param.val().inner().mul_scalar(self.wd);
+                self.grads.register::<B::InnerBackend, D>(param.id, g);
+            }
+        }
+    }
+    if wd > 0.0 {
+        module.visit(&mut Visitor { grads, wd, decay_1d });
+    }
+}
+
+/// Records `factor` for every parameter of `module` that has a gradient in `grads` and decays
+/// (AdamW's decoupled decay multiplies those by `1 − lr·wd`).
+pub fn decay_factors<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    factor: f64,
+    decay_1d: bool,
+    out: &mut std::collections::HashMap<ParamId, f64>,
+) {
+    struct Visitor<'a> {
+        grads: &'a GradientsParams,
+        factor: f64,
+        decay_1d: bool,
+        out: &'a mut std::collections::HashMap<ParamId, f64>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Visitor<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if decays(D, self.decay_1d) && self.grads.get::<B::InnerBackend, D>(param.id).is_some() {
+                self.out.insert(param.id, self.factor);
+            }
+        }
+    }
+    if factor != 1.0 {
+        module.visit(&mut Visitor { grads, factor, decay_1d, out });
+    }
+}
+
+/// Multiplies each parameter named in `factors` by its factor (still a trainable leaf).
+pub fn shrink<B: AutodiffBackend, M: Module<B>>(module: M, factors: &std::collections::HashMap<ParamId, f64>) -> M {
+    struct Mapper<'a>(&'a std::collections::HashMap<ParamId, f64>);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Mapper<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            match self.0.get(&param.id) {
+                Some(&f) => param.map(|t| Tensor::from_inner(t.inner().mul_scalar(f)).require_grad()),
+                None => param,
+            }
+        }
+    }
+    if factors.is_empty() {
+        return module;
+    }
+    module.map(&mut Mapper(factors))
 }

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::decay::WeightDecayConfig;
 use burn::module::AutodiffModule;
 use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
@@ -28,24 +27,14 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
 }
 
 impl<B: AutodiffBackend> AnyOptim<B> {
+    /// The optimizer without weight decay: [`ClipOptimizer`] applies decay itself, per group
+    /// and only to the parameters that get it.
     fn new(spec: &TrainSpec) -> Self {
         let [b1, b2] = spec.betas.map(|b| b as f32);
         match spec.optimizer {
-            OptimizerKind::Adam => AnyOptim::Adam(
-                AdamConfig::new()
-                    .with_beta_1(b1)
-                    .with_beta_2(b2)
-                    .with_epsilon(spec.eps as f32)
-                    .with_weight_decay((spec.weight_decay > 0.0).then(|| WeightDecayConfig::new(spec.weight_decay as f32)))
-                    .init(),
-            ),
+            OptimizerKind::Adam => AnyOptim::Adam(AdamConfig::new().with_beta_1(b1).with_beta_2(b2).with_epsilon(spec.eps as f32).init()),
             OptimizerKind::Adamw => AnyOptim::AdamW(
-                AdamWConfig::new()
-                    .with_beta_1(b1)
-                    .with_beta_2(b2)
-                    .with_epsilon(spec.eps as f32)
-                    .with_weight_decay(spec.weight_decay as f32)
-                    .init(),
+                AdamWConfig::new().with_beta_1(b1).with_beta_2(b2).with_epsilon(spec.eps as f32).with_weight_decay(0.0).init(),
             ),
         }
     }
@@ -190,6 +179,11 @@ pub struct ClipOptimizer<B: AutodiffBackend> {
     text: AnyOptim<B>,
     heads: AnyOptim<B>,
     lrs: [f64; 3],
+    /// Weight decay of each group, the kind (decoupled for AdamW, added to the gradient for
+    /// Adam), and whether 1-D parameters get it too.
+    decays: [f64; 3],
+    kind: OptimizerKind,
+    decay_1d: bool,
     clip_norm: Option<f64>,
     pub scaler: LossScaler,
 }
@@ -207,6 +201,13 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
                 spec.text_encoder_lr.unwrap_or(spec.lr),
                 spec.head_lr.unwrap_or(spec.lr),
             ],
+            decays: [
+                spec.image_encoder_weight_decay.unwrap_or(spec.weight_decay),
+                spec.text_encoder_weight_decay.unwrap_or(spec.weight_decay),
+                spec.head_weight_decay.unwrap_or(spec.weight_decay),
+            ],
+            kind: spec.optimizer,
+            decay_1d: spec.weight_decay_1d,
             clip_norm: spec.grad_clip_norm,
             scaler: LossScaler::new(spec),
         }
@@ -262,6 +263,23 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
             return (model, StepReport { applied: false, grad_norm: norm });
         }
         let mut model = model;
+        // Weight decay, as PyTorch's optimizers apply it: Adam adds `wd·θ` to the gradient (after
+        // clipping), AdamW shrinks θ by `1 − lr·wd` before its update (burn's order too).
+        let lrs = self.lrs.map(|lr| lr * lr_factor);
+        match self.kind {
+            OptimizerKind::Adam => {
+                grads::add_decay(&model.image_encoder.model, &mut image, self.decays[0], self.decay_1d);
+                grads::add_decay(&model.text_encoder.model, &mut text, self.decays[1], self.decay_1d);
+                grads::add_decay(&model, &mut heads, self.decays[2], self.decay_1d);
+            }
+            OptimizerKind::Adamw => {
+                let mut factors = std::collections::HashMap::new();
+                grads::decay_factors(&model.image_encoder.model, &image, 1.0 - lrs[0] * self.decays[0], self.decay_1d, &mut factors);
+                grads::decay_factors(&model.text_encoder.model, &text, 1.0 - lrs[1] * self.decays[1], self.decay_1d, &mut factors);
+                grads::decay_factors(&model, &heads, 1.0 - lrs[2] * self.decays[2], self.decay_1d, &mut factors);
+                model = grads::shrink(model, &factors);
+            }
+        }
         if image.len() > 0 {
             model = self.image.step(self.lrs[0] * lr_factor, model, image);
         }
@@ -350,6 +368,96 @@ mod tests {
         grads::scale(&model.image_encoder.model, &mut image, f);
         let scaled = grads::sum_squares(&model.image_encoder.model, &mut image).unwrap().into_scalar().elem::<f64>();
         assert!((scaled - s * 0.0625).abs() / s < 1e-5);
+    }
+
+    /// Every trainable float parameter's rank and values, in visiting order (batch norms'
+    /// running statistics, which each forward pass moves, are not trainable).
+    fn snapshot<M: Module<B>>(module: &M) -> Vec<(usize, Vec<f32>)> {
+        struct V(Vec<(usize, Vec<f32>)>);
+        impl ModuleVisitor<B> for V {
+            fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<B, D>>) {
+                if p.is_require_grad() {
+                    self.0.push((D, p.val().into_data().to_vec::<f32>().unwrap()));
+                }
+            }
+        }
+        let mut v = V(vec![]);
+        module.visit(&mut v);
+        v.0
+    }
+
+    /// All-zero gradients of every trainable parameter (the forward pass also moves the batch
+    /// norms' running statistics: snapshot after it).
+    fn zero_grads(model: &ClipModel<B>) -> <B as AutodiffBackend>::Gradients {
+        let device = Default::default();
+        let images = Tensor::<B, 4>::random([2, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let ids = Tensor::<B, 2, burn::tensor::Int>::from_ints([[1, 5, 7], [1, 9, 2]], &device);
+        let mask = Tensor::<B, 2, burn::tensor::Int>::ones([2, 3], &device);
+        model.forward(images, ids, mask).loss.mul_scalar(0.0).backward()
+    }
+
+    /// One step on all-zero gradients (Adam's own update is then zero: only decay moves weights).
+    fn zero_grad_step(model: &ClipModel<B>, spec: &TrainSpec) -> ClipModel<B> {
+        let g = zero_grads(model);
+        ClipOptimizer::<B>::new(spec).step(model.clone(), GroupGrads::split(model, g), 1.0, false).0
+    }
+
+    /// (parameters shrunk by `factor`, parameters unchanged), by rank: [1-D, ≥2-D].
+    fn decayed(before: &[(usize, Vec<f32>)], after: &[(usize, Vec<f32>)], factor: f32) -> [(usize, usize); 2] {
+        let mut counts = [(0, 0); 2];
+        for ((d, a), (_, b)) in before.iter().zip(after) {
+            let slot = &mut counts[usize::from(*d >= 2)];
+            if a == b {
+                slot.1 += 1;
+            } else if a.iter().zip(b).all(|(x, y)| (x * factor - y).abs() <= 1e-6 * x.abs().max(1e-3)) {
+                slot.0 += 1;
+            } else {
+                panic!("a parameter moved by something other than decay");
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn adamw_decays_matrices_not_biases_and_gains_and_each_group_by_its_own_rate() {
+        let model = tiny();
+        zero_grads(&model);
+        let before = snapshot(&model);
+        let spec = TrainSpec { lr: 0.1, weight_decay: 0.5, ..TrainSpec::default() };
+        // 1 − lr·wd = 0.95 for every matrix; biases and norm gains untouched.
+        let [one_d, matrices] = decayed(&before, &snapshot(&zero_grad_step(&model, &spec)), 0.95);
+        assert!(one_d.0 == 0 && one_d.1 > 10 && matrices.0 > 10 && matrices.1 == 0, "{one_d:?} {matrices:?}");
+        // weight_decay_1d: everything trainable shrinks, exactly as burn's own AdamW decay does.
+        let all = zero_grad_step(&model, &TrainSpec { weight_decay_1d: true, ..spec.clone() });
+        let [one_d, _] = decayed(&before, &snapshot(&all), 0.95);
+        assert!(one_d.0 > 10, "gains shrink too (zero biases stay zero): {one_d:?}");
+        let mut burns: OptimizerAdaptor<AdamW, ClipModel<B>, B> = AdamWConfig::new().with_weight_decay(0.5).init();
+        let g = zero_grads(&model);
+        let reference = burns.step(0.1, model.clone(), GradientsParams::from_grads(g, &model));
+        for ((_, a), (_, b)) in snapshot(&reference).iter().zip(snapshot(&all).iter()) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
+        }
+        // Per group: no decay on the image trunk, the heads' matrices still decayed.
+        let per_group = zero_grad_step(&model, &TrainSpec { image_encoder_weight_decay: Some(0.0), ..spec });
+        assert!(snapshot(&per_group.image_encoder.model) == snapshot(&model.image_encoder.model));
+        let [_, head_matrices] = decayed(&snapshot(&model.text_encoder.projection), &snapshot(&per_group.text_encoder.projection), 0.95);
+        assert!(head_matrices.0 > 0, "{head_matrices:?}");
+    }
+
+    #[test]
+    fn adam_adds_decay_to_the_gradient_of_matrices_only() {
+        let model = tiny();
+        zero_grads(&model);
+        let before = snapshot(&model);
+        let spec = TrainSpec { optimizer: OptimizerKind::Adam, lr: 0.01, weight_decay: 0.5, ..TrainSpec::default() };
+        let after = snapshot(&zero_grad_step(&model, &spec));
+        let mut moved = [0, 0];
+        for ((d, a), (_, b)) in before.iter().zip(&after) {
+            if a != b {
+                moved[usize::from(*d >= 2)] += 1;
+            }
+        }
+        assert!(moved[0] == 0 && moved[1] > 10, "{moved:?}");
     }
 
     #[test]
