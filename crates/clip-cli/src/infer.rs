@@ -338,10 +338,15 @@ impl BackendTask for ZeroShotArgs {
         };
         let scale = model.model.scale().into_scalar();
         let scale: f32 = burn::tensor::ElementConversion::elem(scale);
+        // A model trained on the sigmoid loss gives each label its own probability.
+        let bias: Option<f32> = model.model.bias().map(|b| burn::tensor::ElementConversion::elem(b.into_scalar()));
+        if bias.is_some() {
+            println!("sigmoid-loss model: each label's probability is independent (they need not sum to 100%)");
+        }
         let mut confusion = Confusion::new(&labels);
         let mut predictions = Vec::new();
         for (i, p) in emb.paths.iter().enumerate() {
-            let probs = classifier.probabilities(&emb.rows[i * emb.dim..(i + 1) * emb.dim], scale);
+            let probs = classifier.probabilities_with(&emb.rows[i * emb.dim..(i + 1) * emb.dim], scale, bias);
             let mut order: Vec<usize> = (0..labels.len()).collect();
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
             let top: Vec<(String, f32)> = order.iter().take(self.top).map(|&l| (labels[l].clone(), probs[l])).collect();

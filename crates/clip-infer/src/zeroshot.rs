@@ -77,7 +77,17 @@ impl ZeroShotClassifier {
 
     /// Class probabilities (softmax of `scale` × cosine) of one normalized image embedding.
     pub fn probabilities(&self, image: &[f32], scale: f32) -> Vec<f32> {
+        self.probabilities_with(image, scale, None)
+    }
+
+    /// [`probabilities`](Self::probabilities), or with a model trained on the sigmoid loss
+    /// (`bias` given) SigLIP's independent per-label probabilities `σ(scale · cosine + bias)`,
+    /// which need not sum to one: "none of these" is an answer.
+    pub fn probabilities_with(&self, image: &[f32], scale: f32, bias: Option<f32>) -> Vec<f32> {
         let logits: Vec<f32> = self.rows.chunks(self.dim).map(|r| scale * r.iter().zip(image).map(|(a, b)| a * b).sum::<f32>()).collect();
+        if let Some(bias) = bias {
+            return logits.into_iter().map(|l| 1.0 / (1.0 + (-(l + bias)).exp())).collect();
+        }
         let max = logits.iter().copied().fold(f32::MIN, f32::max);
         let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
         let sum: f32 = exp.iter().sum();
@@ -160,6 +170,10 @@ mod tests {
         let p = c.probabilities(&[0.8, 0.6], 10.0);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6 && p[0] > 0.8);
         assert_eq!(c.predict(&[0.1, 0.9]), 1);
+        // Sigmoid (SigLIP) probabilities: σ(10·0.8 − 5) and σ(10·0.6 − 5), independent.
+        let p = c.probabilities_with(&[0.8, 0.6], 10.0, Some(-5.0));
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        assert!((p[0] - sigmoid(3.0)).abs() < 1e-6 && (p[1] - sigmoid(1.0)).abs() < 1e-6, "{p:?}");
         let mut m = Confusion::new(&c.labels);
         m.add(0, 0);
         m.add(0, 1);
