@@ -26,6 +26,21 @@ pub enum DataCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Pack the dataset a config names into WebDataset tar shards (train from them with
+    /// `data.format = "webdataset"`): fewer, larger files for slow or network disks.
+    Shards {
+        /// Experiment config (TOML) with a `[data]` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder for `00000.tar`, `00001.tar`, ...
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        samples_per_shard: usize,
+        /// Override a config value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Write the synthetic shapes dataset (Flickr30k layout).
     Synth {
         #[arg(long, default_value = "datasets/synthetic-shapes")]
@@ -64,6 +79,17 @@ pub fn run(command: DataCommand) -> Result<()> {
                 clip_train::ExperimentConfig::load(&config, &overrides)?.data
             };
             report(&config, &data, batches, json)
+        }
+        DataCommand::Shards { config, out, samples_per_shard, overrides } => {
+            let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
+            if out.join("00000.tar").exists() {
+                anyhow::bail!("{}: already holds shards; choose an empty --out", out.display());
+            }
+            let dataset = clip_data::CaptionDataset::load(&data)?;
+            let s = clip_data::shards::write_shards(&dataset.images, &out, samples_per_shard)?;
+            println!("wrote {} samples ({} captions) into {} shards in {}", s.samples, s.captions, s.shards, out.display());
+            println!("train from them with: format = \"webdataset\", captions = images = {:?}", out.display().to_string());
+            Ok(())
         }
         DataCommand::Synth { out, images, size, seed } => {
             let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };

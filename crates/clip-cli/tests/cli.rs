@@ -214,6 +214,14 @@ fn run_ok(args: &[&std::ffi::OsStr]) -> String {
     stdout + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// Runs `clip` with `args` (no backend flag: data commands), expecting success.
+fn run_ok_plain(args: &[&std::ffi::OsStr]) -> String {
+    let out = clip().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn run_err(args: &[&std::ffi::OsStr]) -> String {
     let out = clip().args(args).args(["--backend", "cpu"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -469,6 +477,17 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let png = image::open(&grid).unwrap().to_rgb8();
     let grey = png.pixels().filter(|p| p.0 == [200, 200, 200]).count();
     assert!(grey < (png.width() * png.height() / 10) as usize, "{grey} grey pixels");
+
+    // `clip data shards` packs a dataset the same way; packing into a folder with shards refuses.
+    let packed = dir.path().join("packed");
+    let out = run_ok_plain(&[&o("data"), &o("shards"), &o("--config"), config.as_os_str(), &o("--out"), packed.as_os_str(), &o("--samples-per-shard"), &o("8")]);
+    assert!(out.contains("wrote 30 samples (150 captions) into 4 shards"), "{out}");
+    let again = clip().args([o("data"), o("shards"), o("--config"), config.clone().into_os_string(), o("--out"), packed.clone().into_os_string()]).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds shards"));
+    let packed_config = dir.path().join("packed.toml");
+    std::fs::write(&packed_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"packed\"\nimages = \"packed\"")).unwrap();
+    let out = run_ok_plain(&[&o("data"), &o("inspect"), &o("--batches"), &o("1"), &o("--config"), packed_config.as_os_str()]);
+    assert!(out.contains("images           30") && out.contains("captions         150"), "{out}");
 
     // `data.images` must be where the shards are.
     std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"data/images\"")).unwrap();

@@ -191,6 +191,51 @@ pub fn read_samples(location: &Path) -> Result<ParsedCaptions> {
     Ok(ParsedCaptions { path: location.into(), records, report, splits: Vec::new() })
 }
 
+/// What [`write_shards`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSummary {
+    pub shards: usize,
+    pub samples: usize,
+    pub captions: usize,
+}
+
+/// Packs images and their captions into WebDataset shards of `per_shard` samples under `out`
+/// (`00000.tar`, ...): each image's bytes as they are, under its name in the dataset (a `KEY.txt`
+/// beside it holds its captions, one per line); an image whose file name has more than one dot
+/// is stored under its position instead (WebDataset keys end at the first dot). Each shard is
+/// written atomically.
+pub fn write_shards(images: &[crate::ImageCaptions], out: &Path, per_shard: usize) -> Result<ShardSummary> {
+    let per_shard = per_shard.max(1);
+    let mut summary = ShardSummary { shards: 0, samples: 0, captions: 0 };
+    for (s, chunk) in images.chunks(per_shard).enumerate() {
+        let path = out.join(format!("{s:05}.tar"));
+        crate::fs::write_atomic_with(&path, |file| {
+            let mut builder = tar::Builder::new(file);
+            for (i, image) in chunk.iter().enumerate() {
+                let bytes = read_image_bytes(&image.path).map_err(std::io::Error::other)?;
+                let name = image.name.replace('\\', "/");
+                let (stem, ext) = match name.rsplit_once('.') {
+                    Some((stem, ext)) if !stem.rsplit('/').next().unwrap_or(stem).contains('.') && !ext.contains('/') => (stem.to_string(), ext.to_string()),
+                    _ => (format!("{:09}", s * per_shard + i), Path::new(&name).extension().map_or("jpg".into(), |e| e.to_string_lossy().into_owned())),
+                };
+                let text = image.captions.iter().map(|c| c.replace('\n', " ")).collect::<Vec<_>>().join("\n") + "\n";
+                for (member, data) in [(format!("{stem}.{ext}"), bytes.as_slice()), (format!("{stem}.txt"), text.as_bytes())] {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_size(data.len() as u64);
+                    header.set_mode(0o644);
+                    header.set_cksum();
+                    builder.append_data(&mut header, &member, data)?;
+                }
+            }
+            builder.finish()
+        })?;
+        summary.shards += 1;
+        summary.samples += chunk.len();
+        summary.captions += chunk.iter().map(|i| i.captions.len()).sum::<usize>();
+    }
+    Ok(summary)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +285,43 @@ mod tests {
         // Plain files still read as files.
         std::fs::write(dir.path().join("plain.jpg"), b"plain").unwrap();
         assert_eq!(read_image_bytes(&dir.path().join("plain.jpg")).unwrap(), b"plain");
+    }
+
+    #[test]
+    fn written_shards_read_back_as_the_same_images_and_captions() {
+        let dir = tempfile::tempdir().unwrap();
+        let images: Vec<crate::ImageCaptions> = ["a/one.jpg", "two.png", "odd.name.jpg"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let path = dir.path().join("src").join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, format!("pixels {i}")).unwrap();
+                crate::ImageCaptions { name: name.to_string(), path, captions: vec![format!("caption {i}"), format!("second\nline {i}")] }
+            })
+            .collect();
+        let out = dir.path().join("shards");
+        let summary = write_shards(&images, &out, 2).unwrap();
+        assert_eq!(summary, ShardSummary { shards: 2, samples: 3, captions: 6 });
+        let parsed = read_samples(&out).unwrap();
+        let got: Vec<(&str, &str)> = parsed.records.iter().map(|r| (r.image.as_str(), r.caption.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("00000.tar/a/one.jpg", "caption 0"),
+                ("00000.tar/a/one.jpg", "second line 0"),
+                ("00000.tar/two.png", "caption 1"),
+                ("00000.tar/two.png", "second line 1"),
+                ("00001.tar/000000002.jpg", "caption 2"),
+                ("00001.tar/000000002.jpg", "second line 2"),
+            ]
+        );
+        assert_eq!(read_image_bytes(&out.join("00000.tar/two.png")).unwrap(), b"pixels 1");
+        // A missing image fails its shard, which is not left half-written.
+        let missing = vec![crate::ImageCaptions { name: "gone.jpg".into(), path: dir.path().join("gone.jpg"), captions: vec!["x".into()] }];
+        let err = write_shards(&missing, &dir.path().join("other"), 2).unwrap_err().to_string();
+        assert!(err.contains("gone.jpg"), "{err}");
+        assert!(!dir.path().join("other/00000.tar").exists(), "no partial shard is left");
     }
 
     #[test]
