@@ -90,7 +90,7 @@ impl BackendTask for StepArgs {
             let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
             let mut model = model.clone();
             let micro = self.micro_batches;
-            let inputs = StepInputs::Tokens { images: images.clone(), input_ids: ids.clone(), attention_mask: mask.clone() };
+            let inputs = StepInputs::tokens(images.clone(), ids.clone(), mask.clone());
             let mut one_step = |model: clip_model::ClipModel<B>, phases: &mut [f64; 3]| {
                 if micro > 1 {
                     // Forward and backward passes interleave: phase 0 holds both.

@@ -40,6 +40,7 @@ impl AugmentConfig {
         Self::default()
     }
 
+    /// Whether the same image always comes out the same (no random crop, no flip).
     pub fn is_identity(&self) -> bool {
         !self.random_resized_crop && !self.horizontal_flip
     }

@@ -323,6 +323,11 @@ impl<B: Backend> ClipModel<B> {
         self.contrast(image_embeddings, text_embeddings)
     }
 
+    /// Image embeddings from the image tower's pooled features (the head only).
+    pub fn encode_image_features(&self, image_features: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.finish(self.image_encoder.projection.forward(image_features, self.settings.precision))
+    }
+
     /// Text embeddings from the text tower's pooled features (the head only).
     pub fn encode_text_features(&self, text_features: Tensor<B, 2>) -> Tensor<B, 2> {
         self.finish(self.text_encoder.projection.forward(text_features, self.settings.precision))

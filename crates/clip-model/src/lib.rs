@@ -14,6 +14,7 @@ pub mod projection;
 pub mod resnet;
 pub mod retrieval;
 pub mod text;
+pub mod image_cache;
 pub mod text_cache;
 
 pub use clip::{ClipConfig, ClipModel, ClipOutput};
@@ -23,5 +24,6 @@ pub use projection::{ProjectionHead, ProjectionHeadConfig};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use retrieval::{retrieval_metrics, RetrievalMetrics};
 pub use text::{Pooling, TextTransformer, TextTransformerConfig};
+pub use image_cache::ImageFeatureCache;
 pub use text_cache::TextFeatureCache;
 pub use resnet::Stem;

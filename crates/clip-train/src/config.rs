@@ -218,6 +218,9 @@ pub struct TrainSpec {
     /// With a frozen text tower, compute each distinct caption's features once and reuse them
     /// (LiT-style; the frozen tower then runs without dropout).
     pub cache_frozen_text: bool,
+    /// With a frozen image tower and no augmentation, compute each image's features once and
+    /// reuse them every epoch (LiT: a locked pretrained image tower).
+    pub cache_frozen_image: bool,
     /// Split each batch into this many micro-batches for the forward and backward passes:
     /// gradient accumulation that keeps the whole batch's loss (every pair a negative for every
     /// other; features cached, as open_clip's `--accum-freq`), with one micro-batch's activation
@@ -265,6 +268,7 @@ impl Default for TrainSpec {
             val_every_steps: 0,
             drop_last: true,
             cache_frozen_text: true,
+            cache_frozen_image: true,
             micro_batches: 1,
             recompute_activations: false,
             tensorboard: true,

@@ -19,19 +19,40 @@ use clip_model::{ClipModel, ClipOutput};
 
 use crate::optim::GroupGrads;
 
-/// A batch on the device: images with the captions' tokens, or with their text-tower features
-/// (a frozen, cached text tower).
+/// The image side of a batch on the device: pixels, or the image tower's pooled features (a
+/// frozen, cached image tower).
 #[derive(Debug, Clone)]
-pub enum StepInputs<B: Backend> {
-    Tokens { images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int> },
-    TextFeatures { images: Tensor<B, 4>, features: Tensor<B, 2> },
+pub enum ImageInput<B: Backend> {
+    Pixels(Tensor<B, 4>),
+    Features(Tensor<B, 2>),
+}
+
+/// The text side of a batch on the device: the captions' tokens, or the text tower's pooled
+/// features (a frozen, cached text tower).
+#[derive(Debug, Clone)]
+pub enum TextInput<B: Backend> {
+    Tokens { input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int> },
+    Features(Tensor<B, 2>),
+}
+
+/// A batch on the device, row `i` of each side a pair.
+#[derive(Debug, Clone)]
+pub struct StepInputs<B: Backend> {
+    pub image: ImageInput<B>,
+    pub text: TextInput<B>,
 }
 
 impl<B: Backend> StepInputs<B> {
+    /// Pixels and tokens: both towers run.
+    pub fn tokens(images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Self {
+        Self { image: ImageInput::Pixels(images), text: TextInput::Tokens { input_ids, attention_mask } }
+    }
+
     /// Image–caption pairs in the batch.
     pub fn len(&self) -> usize {
-        match self {
-            Self::Tokens { images, .. } | Self::TextFeatures { images, .. } => images.dims()[0],
+        match &self.image {
+            ImageInput::Pixels(t) => t.dims()[0],
+            ImageInput::Features(t) => t.dims()[0],
         }
     }
 
@@ -40,28 +61,30 @@ impl<B: Backend> StepInputs<B> {
     }
 
     fn rows(&self, r: Range<usize>) -> Self {
-        match self {
-            Self::Tokens { images, input_ids, attention_mask } => Self::Tokens {
-                images: images.clone().slice(r.clone()),
-                input_ids: input_ids.clone().slice(r.clone()),
-                attention_mask: attention_mask.clone().slice(r),
-            },
-            Self::TextFeatures { images, features } => {
-                Self::TextFeatures { images: images.clone().slice(r.clone()), features: features.clone().slice(r) }
+        let image = match &self.image {
+            ImageInput::Pixels(t) => ImageInput::Pixels(t.clone().slice(r.clone())),
+            ImageInput::Features(t) => ImageInput::Features(t.clone().slice(r.clone())),
+        };
+        let text = match &self.text {
+            TextInput::Tokens { input_ids, attention_mask } => {
+                TextInput::Tokens { input_ids: input_ids.clone().slice(r.clone()), attention_mask: attention_mask.clone().slice(r) }
             }
-        }
+            TextInput::Features(t) => TextInput::Features(t.clone().slice(r)),
+        };
+        Self { image, text }
     }
 
     /// Image and text embeddings, `[len, projection_dim]` each.
     fn embed(&self, model: &ClipModel<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        match self {
-            Self::Tokens { images, input_ids, attention_mask } => {
-                (model.encode_image(images.clone()), model.encode_text(input_ids.clone(), attention_mask.clone()))
-            }
-            Self::TextFeatures { images, features } => {
-                (model.encode_image(images.clone()), model.encode_text_features(features.clone()))
-            }
-        }
+        let image = match &self.image {
+            ImageInput::Pixels(t) => model.encode_image(t.clone()),
+            ImageInput::Features(t) => model.encode_image_features(t.clone()),
+        };
+        let text = match &self.text {
+            TextInput::Tokens { input_ids, attention_mask } => model.encode_text(input_ids.clone(), attention_mask.clone()),
+            TextInput::Features(t) => model.encode_text_features(t.clone()),
+        };
+        (image, text)
     }
 }
 

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_infer::zeroshot::parse_templates;
 use clip_infer::{EvalExtras, ImageLabels, ModelCard, ZeroShotClassifier};
-use clip_model::{ClipConfig, ClipModel, TextFeatureCache};
+use clip_model::{ClipConfig, ClipModel, ImageFeatureCache, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
@@ -23,8 +23,11 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{improves, read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
-use crate::step::{forward_backward, materialize, StepInputs};
+use crate::step::{forward_backward, materialize, ImageInput, StepInputs, TextInput};
 use crate::tensorboard::EventWriter;
+
+/// Images a frozen image tower's cache keeps (a ResNet-50 row is 8 KB: ~1.6 GB at most).
+const IMAGE_CACHE_ROWS: usize = 200_000;
 
 /// Distinct captions a frozen text tower's cache keeps (a 768-wide row is 3 KB: ~1.5 GB at most).
 const TEXT_CACHE_ROWS: usize = 500_000;
@@ -162,6 +165,13 @@ pub fn train<B: AutodiffBackend>(
     let mut model = model.with_precision(model_precision);
     // A frozen text tower gives each caption the same features all run long: compute them once.
     let mut text_cache = (t.cache_frozen_text && !clip_config.text_trainable).then(|| TextFeatureCache::new(TEXT_CACHE_ROWS));
+    // A frozen image tower gives an image the same features every epoch unless augmentation
+    // changes the image.
+    let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
+    let mut image_cache = (frozen_image && config.data.augment.is_identity()).then(|| ImageFeatureCache::new(IMAGE_CACHE_ROWS));
+    if frozen_image && image_cache.is_none() {
+        observer.on_message("image features not cached: augmentation changes the frozen tower's input every epoch");
+    }
 
     let batches_per_epoch = train_loader.num_batches();
     let mut total_steps = config.train.epochs * batches_per_epoch;
@@ -214,7 +224,7 @@ pub fn train<B: AutodiffBackend>(
             let Some(batch) = batches.next() else { break };
             let batch = batch?;
             let n = batch.len();
-            let inputs = match text_cache.as_mut() {
+            let text = match text_cache.as_mut() {
                 Some(cache) => {
                     let features = cache.features(
                         || model.text_encoder.model.valid(),
@@ -224,23 +234,24 @@ pub fn train<B: AutodiffBackend>(
                         &batch.attention_mask,
                         batch.seq_len,
                     );
-                    StepInputs::TextFeatures {
-                        features: Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device),
-                        images: Tensor::<B, 4>::from_data(
-                            TensorData::new(batch.images, [n, 3, batch.image_size, batch.image_size]),
-                            device,
-                        ),
-                    }
+                    TextInput::Features(Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device))
                 }
                 None => {
-                    let on_device = batch.to_device::<B>(device);
-                    StepInputs::Tokens {
-                        images: on_device.images,
-                        input_ids: on_device.input_ids,
-                        attention_mask: on_device.attention_mask,
-                    }
+                    let [ids, mask] = [&batch.input_ids, &batch.attention_mask]
+                        .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), [n, batch.seq_len]), device));
+                    TextInput::Tokens { input_ids: ids, attention_mask: mask }
                 }
             };
+            let size = batch.image_size;
+            let image = match image_cache.as_mut() {
+                Some(cache) => {
+                    let features =
+                        cache.features(|| model.image_encoder.model.valid(), model_precision, device, &batch.image_indices, &batch.images, size);
+                    ImageInput::Features(Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device))
+                }
+                None => ImageInput::Pixels(Tensor::<B, 4>::from_data(TensorData::new(batch.images, [n, 3, size, size]), device)),
+            };
+            let inputs = StepInputs { image, text };
             // Dropout draws from the backend's generator: reseed it per step (and micro-batch) so
             // a resumed run draws what the uninterrupted one would have.
             let step = state.step;

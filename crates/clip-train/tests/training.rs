@@ -246,7 +246,7 @@ fn micro_batch_gradients_match(overrides: &[&str]) {
     let want_loss: f64 = out.loss.clone().into_scalar().into();
     let want = GroupGrads::split(&reference, out.loss.backward());
 
-    let inputs = StepInputs::Tokens { images, input_ids, attention_mask };
+    let inputs = StepInputs::tokens(images, input_ids, attention_mask);
     let got = forward_backward(&model, &inputs, 3, 1.0, &mut |j| seed(j));
     assert!((got.loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{} vs {want_loss}", got.loss);
     let mut same = SameGrads { a: &want, b: &got.grads, compared: 0, largest: 0.0 };
@@ -414,6 +414,26 @@ fn recomputing_activations_trains_exactly_as_keeping_them() {
             let (gx, gy) = (x.grad_norm.unwrap(), y.grad_norm.unwrap());
             assert!((x.loss - y.loss).abs() <= 1e-5 * x.loss.abs(), "micro-batches {micro}, step {}: loss {} vs {}", x.step, x.loss, y.loss);
             assert!((gx - gy).abs() <= 1e-4 * gx, "micro-batches {micro}, step {}: gradient norm {gx} vs {gy}", x.step);
+        }
+    }
+}
+
+#[test]
+fn a_frozen_image_tower_is_cached_and_trains_exactly_as_recomputing_it() {
+    let _serial = common::serial();
+    for micro in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let micro = format!("train.micro_batches={micro}");
+        let cached = config(dir.path(), 60, &["model.image_trainable=false", "model.dropout=0.2", "train.epochs=2", &micro]);
+        let mut plain = cached.clone();
+        plain.train.cache_frozen_image = false;
+        let (a, b) = (RunDir::new(dir.path().join("cached")), RunDir::new(dir.path().join("plain")));
+        train::<B>(&cached, &a, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        train::<B>(&plain, &b, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        let (x, y) = (steps(&a), steps(&b));
+        assert!(x.len() >= 10 && x.len() == y.len(), "{} steps", x.len());
+        for (p, q) in x.iter().zip(&y) {
+            assert!((p.loss - q.loss).abs() <= 1e-5 * q.loss.abs(), "{micro}, step {}: {} vs {}", p.step, p.loss, q.loss);
         }
     }
 }
