@@ -164,6 +164,9 @@ impl Observer for FirstCudaStep<'_> {
 fn print_summary(s: &TrainSummary) {
     let state = if s.completed { "finished" } else { "stopped" };
     println!("{state} after {} steps in {:.0} s: {}", s.steps, s.elapsed_s, s.run_dir);
+    if s.skipped_images > 0 {
+        println!("  {} unreadable training image(s) left out of their batches (data.skip_unreadable)", s.skipped_images);
+    }
     if let Some(reason) = &s.stopped {
         println!("  {reason}; continue with: clip train --resume {}", s.run_dir);
     }

@@ -20,6 +20,9 @@ pub struct ExamplePipeline {
     pub seed: u64,
     /// Batches are padded to their longest caption rounded up to a multiple of this.
     pub pad_to_multiple_of: usize,
+    /// Leave an image that cannot be read or decoded out of its batch (and report it) instead of
+    /// failing: training does, so one corrupt file does not end a long run; evaluation does not.
+    pub skip_unreadable: bool,
 }
 
 impl ExamplePipeline {
@@ -31,6 +34,7 @@ impl ExamplePipeline {
             tokenizer: config.tokenizer()?,
             seed: config.seed,
             pad_to_multiple_of: config.pad_to_multiple_of,
+            skip_unreadable: config.skip_unreadable,
         })
     }
 
@@ -38,6 +42,7 @@ impl ExamplePipeline {
     pub fn eval(config: &DataConfig) -> Result<Self> {
         Ok(Self {
             augment: AugmentConfig::none(),
+            skip_unreadable: false,
             ..Self::train(config)?
         })
     }
@@ -112,6 +117,8 @@ pub struct HostBatch {
     pub image_indices: Vec<usize>,
     /// The dataset item of each row.
     pub items: Vec<usize>,
+    /// Images left out of this batch because they could not be read, with the reason.
+    pub skipped: Vec<(std::path::PathBuf, String)>,
 }
 
 impl HostBatch {
@@ -151,6 +158,7 @@ impl HostBatch {
             seq_len,
             image_indices,
             items,
+            skipped: Vec::new(),
         }
     }
 

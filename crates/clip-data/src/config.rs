@@ -36,6 +36,10 @@ pub struct DataConfig {
     /// Drop images that are named but absent instead of failing.
     #[serde(default)]
     pub skip_missing: bool,
+    /// During training, leave an image that cannot be read or decoded out of its batch and
+    /// report it, instead of ending the run (evaluation always fails on one, naming it).
+    #[serde(default = "default_true")]
+    pub skip_unreadable: bool,
     /// Fraction of images held out for validation.
     #[serde(default = "default_val_size")]
     pub val_size: f64,
@@ -98,6 +102,9 @@ fn default_caption_column() -> String {
 }
 fn default_delimiter() -> String {
     ",".into()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_val_size() -> f64 {
     0.2

@@ -157,19 +157,33 @@ fn build_batch(
     let mut images = vec![0.0f32; items.len() * numel];
     let mut tokens = Vec::with_capacity(items.len());
     let mut image_indices = Vec::with_capacity(items.len());
-    for (row, &item) in items.iter().enumerate() {
+    let mut kept = Vec::with_capacity(items.len());
+    let mut skipped = Vec::new();
+    for &item in items {
         let pair = pairs.pair_in_epoch(item, epoch).expect("order holds valid items");
-        tokens.push(pipeline.example_into(&pair, epoch, item, &mut images[row * numel..(row + 1) * numel])?);
-        image_indices.push(pair.image_index);
+        let row = tokens.len();
+        match pipeline.example_into(&pair, epoch, item, &mut images[row * numel..(row + 1) * numel]) {
+            Ok(ids) => {
+                tokens.push(ids);
+                image_indices.push(pair.image_index);
+                kept.push(item);
+            }
+            Err(e @ (DataError::Io { .. } | DataError::ImageDecode { .. } | DataError::ImageResize { .. })) if pipeline.skip_unreadable => {
+                skipped.push((pair.image_path.clone(), e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(HostBatch::collate(
-        images,
-        pipeline.transform.size as usize,
-        tokens,
-        pipeline.padding(),
-        image_indices,
-        items.to_vec(),
-    ))
+    if tokens.is_empty() && !items.is_empty() {
+        return Err(DataError::Worker {
+            batch: index,
+            message: format!("no image of this batch could be read; first: {}", skipped.first().map_or(String::new(), |(_, e)| e.clone())),
+        });
+    }
+    images.truncate(tokens.len() * numel);
+    let mut batch = HostBatch::collate(images, pipeline.transform.size as usize, tokens, pipeline.padding(), image_indices, kept);
+    batch.skipped = skipped;
+    Ok(batch)
 }
 
 struct State {

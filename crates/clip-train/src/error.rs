@@ -13,6 +13,8 @@ pub enum TrainError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("validation failed after step {step}: {message}; the training so far is saved in {checkpoint} (fix the cause, then --resume)")]
+    Validation { step: usize, checkpoint: PathBuf, message: String },
     #[error(transparent)]
     Data(#[from] clip_data::DataError),
     #[error(transparent)]

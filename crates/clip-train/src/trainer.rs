@@ -98,6 +98,9 @@ pub struct TrainSummary {
     /// The last validation's metrics.
     pub last_epoch: Option<EpochMetrics>,
     pub skipped_steps: usize,
+    /// Training images left out of their batches because they could not be read (this session).
+    #[serde(default)]
+    pub skipped_images: usize,
     pub elapsed_s: f64,
 }
 
@@ -215,6 +218,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_epoch: Option<EpochMetrics> = read_jsonl::<EpochMetrics>(&run.metrics().join("epochs.jsonl")).pop();
     let mut stopped = None;
     let mut early_stopped = false;
+    let mut skipped_images = 0usize;
     let mut window = Instant::now();
 
     'epochs: while state.step < total_steps {
@@ -223,6 +227,10 @@ pub fn train<B: AutodiffBackend>(
         while state.step < total_steps {
             let Some(batch) = batches.next() else { break };
             let batch = batch?;
+            for (path, reason) in &batch.skipped {
+                skipped_images += 1;
+                observer.on_message(&format!("skipped an unreadable image ({skipped_images} so far): {}: {reason}", path.display()));
+            }
             let n = batch.len();
             let text = match text_cache.as_mut() {
                 Some(cache) => {
@@ -312,7 +320,10 @@ pub fn train<B: AutodiffBackend>(
                 let train_loss = (state.epoch_loss_count > 0).then(|| state.epoch_loss_sum / state.epoch_loss_count as f64);
                 let elapsed = elapsed_before + started.elapsed().as_secs_f64();
                 let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: true, elapsed_s: elapsed };
-                last_epoch = Some(validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point)?);
+                match validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point) {
+                    Ok(m) => last_epoch = Some(m),
+                    Err(e) => return Err(keep_work_then_fail(run, &model, &optim, &state, config.checkpoint.keep_last, observer, e)),
+                }
             }
             let patience_spent = validated && t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
             let stop = !patience_spent && observer.should_stop();
@@ -359,7 +370,10 @@ pub fn train<B: AutodiffBackend>(
             let train_loss = (finished_epoch_loss.1 > 0).then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64);
             let elapsed = elapsed_before + started.elapsed().as_secs_f64();
             let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: !epoch_done, elapsed_s: elapsed };
-            last_epoch = Some(validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point)?);
+            match validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point) {
+                Ok(m) => last_epoch = Some(m),
+                Err(e) => return Err(keep_work_then_fail(run, &model, &optim, &state, config.checkpoint.keep_last, observer, e)),
+            }
         }
         let patience_spent = t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
         let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
@@ -394,6 +408,7 @@ pub fn train<B: AutodiffBackend>(
         best_score: state.best_score,
         last_epoch,
         skipped_steps: optim.scaler.skipped_steps,
+        skipped_images,
         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
     };
     clip_data::fs::write_atomic(&run.root.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
@@ -514,6 +529,26 @@ impl Validator<'_> {
             state.validations_since_best += 1;
         }
         Ok(m)
+    }
+}
+
+/// A validation failed (an unreadable validation image, say): save the training done so far,
+/// then report the failure with where to resume from.
+fn keep_work_then_fail<B: AutodiffBackend>(
+    run: &RunDir,
+    model: &ClipModel<B>,
+    optim: &ClipOptimizer<B>,
+    state: &TrainState,
+    keep_last: usize,
+    observer: &mut dyn Observer,
+    error: TrainError,
+) -> TrainError {
+    match save_checkpoint(run, model, optim, state, keep_last) {
+        Ok(path) => {
+            observer.on_checkpoint(&path, "before failing");
+            TrainError::Validation { step: state.step, checkpoint: path, message: error.to_string() }
+        }
+        Err(_) => error,
     }
 }
 

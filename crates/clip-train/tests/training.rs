@@ -437,3 +437,32 @@ fn a_frozen_image_tower_is_cached_and_trains_exactly_as_recomputing_it() {
         }
     }
 }
+
+#[test]
+fn an_unreadable_training_image_is_skipped_and_an_unreadable_validation_image_keeps_the_work() {
+    let _serial = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 40, &["train.max_steps=1"]);
+    let first = RunDir::new(dir.path().join("first"));
+    train::<B>(&c, &first, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let split = clip_data::Split::load(&first.split()).unwrap();
+    let images = dir.path().join("data/images");
+    std::fs::write(images.join(&split.train[0]), b"not a picture").unwrap();
+
+    // One epoch: every training image is visited; the broken one's captions are left out.
+    let c = config(dir.path(), 40, &["train.epochs=1"]);
+    let run = RunDir::new(dir.path().join("skips"));
+    let s = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert!(s.completed && s.skipped_images == 5, "{s:?}");
+    let strict = config(dir.path(), 40, &["train.epochs=1", "data.skip_unreadable=false"]);
+    let err = train::<B>(&strict, &RunDir::new(dir.path().join("strict")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    assert!(err.contains(&split.train[0]), "{err}");
+
+    // A broken validation image fails the validation, after the epoch's training is saved.
+    std::fs::write(images.join(&split.val[0]), b"not a picture either").unwrap();
+    let run = RunDir::new(dir.path().join("val"));
+    let err = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    assert!(err.contains(&split.val[0]) && err.contains("saved in"), "{err}");
+    let saved = clip_train::checkpoint::read_state(&run.latest().unwrap()).unwrap();
+    assert_eq!(saved.step, s.steps);
+}
