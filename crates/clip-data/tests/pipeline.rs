@@ -155,10 +155,21 @@ fn a_vanished_image_is_an_error_naming_it_not_a_panic() {
     let split = SplitDataset::new(&ds, &config).unwrap();
     let victim = split.train.images()[0].path.clone();
     std::fs::write(&victim, b"garbage").unwrap();
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(false));
+    // The evaluation pipeline (and training with skip_unreadable = false): an error naming it.
+    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::eval(&config).unwrap(), config.loader(false));
     let results: Vec<_> = loader.epoch(0).collect();
     let err = results.iter().find_map(|r| r.as_ref().err()).expect("an error");
     assert!(err.to_string().contains(victim.to_str().unwrap()), "{err}");
+    // Training: the image's rows are left out of their batches and reported.
+    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(false));
+    let batches: Vec<_> = loader.epoch(0).map(|b| b.unwrap()).collect();
+    let skipped: Vec<_> = batches.iter().flat_map(|b| b.skipped.iter()).collect();
+    let captions = split.train.images()[0].captions.len();
+    assert_eq!(skipped.len(), captions);
+    assert!(skipped.iter().all(|(p, reason)| *p == victim && reason.contains("decode")), "{skipped:?}");
+    let rows: usize = batches.iter().map(|b| b.len()).sum();
+    assert_eq!(rows + captions, split.train.len());
+    assert!(batches.iter().all(|b| b.images.len() == b.len() * 3 * b.image_size * b.image_size));
 }
 
 #[test]
