@@ -219,10 +219,12 @@ pub fn train<B: AutodiffBackend>(
     let mut stopped = None;
     let mut early_stopped = false;
     let mut skipped_images = 0usize;
-    let mut window = Instant::now();
+    let mut window: Instant;
 
     'epochs: while state.step < total_steps {
         let epoch = state.epoch;
+        // Throughput counts training, not the validation and checkpoint before this point.
+        window = Instant::now();
         let mut batches = train_loader.epoch_from(epoch, state.batch);
         while state.step < total_steps {
             let Some(batch) = batches.next() else { break };
@@ -349,6 +351,9 @@ pub fn train<B: AutodiffBackend>(
             if stop {
                 stopped = Some("stopped on request".to_string());
                 break 'epochs;
+            }
+            if validated {
+                window = Instant::now();
             }
         }
         drop(batches);
