@@ -351,15 +351,9 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     assert!(err.contains("shape mismatch") && err.contains("projection"), "{err}");
 }
 
-#[test]
-fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 30, 1);
-    // Generate the shapes, then describe them in Karpathy's layout: 3 test, 3 val, the rest
-    // train or restval.
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows = std::fs::read_to_string(dir.path().join("data/results.csv")).unwrap();
+/// The generated shapes of `dir/data` (after a first `data inspect`): each image with its captions.
+fn synthetic_images(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let rows = std::fs::read_to_string(dir.join("data/results.csv")).unwrap();
     let mut images: Vec<(String, Vec<String>)> = Vec::new();
     for row in rows.lines().skip(1) {
         let f: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -368,6 +362,28 @@ fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
             _ => images.push((f[0].to_string(), vec![f[2].to_string()])),
         }
     }
+    images
+}
+
+/// `clip data inspect` of `config` succeeds and prints every line of `wants`.
+fn inspect_shows(config: &Path, wants: &[&str]) {
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in wants {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+}
+
+#[test]
+fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    // Generate the shapes, then describe them in Karpathy's layout: 3 test, 3 val, the rest
+    // train or restval.
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let images = synthetic_images(dir.path());
     let entries: Vec<serde_json::Value> = images
         .iter()
         .enumerate()
@@ -382,12 +398,7 @@ fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
     let config = dir.path().join("karpathy.toml");
     std::fs::write(&config, text.replace("captions = \"data/results.csv\"", "format = \"karpathy\"\ncaptions = \"data/karpathy.json\"")).unwrap();
 
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["train            24 images, 120 captions", "val              3 images", "test             3 images, 15 captions"] {
-        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
-    }
+    inspect_shows(&config, &["train            24 images, 120 captions", "val              3 images", "test             3 images, 15 captions"]);
 
     let run = dir.path().join("run");
     let out = clip().args(["train", "--plain", "--config"]).arg(&config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
@@ -419,15 +430,7 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The shapes as two shards of 15 samples: `<key>.jpg` + `<key>.txt` (one caption per line).
-    let rows = std::fs::read_to_string(dir.path().join("data/results.csv")).unwrap();
-    let mut samples: Vec<(String, String)> = Vec::new();
-    for row in rows.lines().skip(1) {
-        let f: Vec<&str> = row.split('|').map(str::trim).collect();
-        match samples.last_mut() {
-            Some((name, text)) if name == f[0] => text.push_str(&format!("{}\n", f[2])),
-            _ => samples.push((f[0].to_string(), format!("{}\n", f[2]))),
-        }
-    }
+    let samples: Vec<(String, String)> = synthetic_images(dir.path()).into_iter().map(|(name, caps)| (name, caps.join("\n") + "\n")).collect();
     let shards = dir.path().join("shards");
     std::fs::create_dir_all(&shards).unwrap();
     for (s, chunk) in samples.chunks(15).enumerate() {
@@ -450,12 +453,7 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let webdataset = "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"shards\"";
     std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", webdataset)).unwrap();
 
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&shard_config).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["images           30", "captions         150", "train            24 images"] {
-        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
-    }
+    inspect_shows(&shard_config, &["images           30", "captions         150", "train            24 images"]);
     let run = dir.path().join("run");
     let out = clip().args(["train", "--plain", "--config"]).arg(&shard_config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

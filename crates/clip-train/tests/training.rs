@@ -35,8 +35,7 @@ fn mixed_precision_trains_with_f32_master_weights() {
         let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
         assert!(summary.completed, "{precision}");
         let s = steps(&run);
-        let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
-        let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+        let (first, end) = common::first_and_last_losses(&s);
         assert!(end < first * 0.85, "{precision}: loss {first} -> {end}");
         let model = load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.latest().unwrap(), &Default::default()).unwrap();
         let mut dtypes = Dtypes(vec![]);
@@ -277,8 +276,7 @@ fn training_in_micro_batches_learns() {
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed);
     let s = steps(&run);
-    let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
-    let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    let (first, end) = common::first_and_last_losses(&s);
     assert!(end < first * 0.85, "loss {first} -> {end}");
 
     // With a frozen, cached text tower (features instead of tokens) and fp16 loss scaling.
@@ -299,8 +297,7 @@ fn the_sigmoid_loss_learns_its_bias_and_the_task() {
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed);
     let s = steps(&run);
-    let first: f64 = s[..3].iter().map(|m| m.loss).sum::<f64>() / 3.0;
-    let end: f64 = s[s.len() - 3..].iter().map(|m| m.loss).sum::<f64>() / 3.0;
+    let (first, end) = common::first_and_last_losses(&s);
     assert!(end < first * 0.8, "loss {first} -> {end}");
     // 24 validation images: text→image recall@10 by chance is 10/24, the mean rank 12.5.
     let r = &summary.last_epoch.as_ref().unwrap().retrieval;

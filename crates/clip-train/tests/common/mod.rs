@@ -63,6 +63,13 @@ backend = "cpu"
     ExperimentConfig::load(&path, &overrides).unwrap()
 }
 
+/// Mean loss of the first three and of the last three steps.
+#[allow(dead_code)]
+pub fn first_and_last_losses(s: &[StepMetrics]) -> (f64, f64) {
+    let mean = |m: &[StepMetrics]| m.iter().map(|m| m.loss).sum::<f64>() / m.len() as f64;
+    (mean(&s[..3]), mean(&s[s.len() - 3..]))
+}
+
 pub fn steps(run: &RunDir) -> Vec<StepMetrics> {
     read_jsonl(&run.metrics().join("steps.jsonl"))
 }
