@@ -10,15 +10,14 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::feature_rows::FeatureRows;
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 
 /// Cached features keyed by the image's index in its dataset.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFeatureCache {
-    rows: HashMap<usize, Vec<f32>>,
-    dim: usize,
-    max_rows: usize,
+    rows: FeatureRows<usize>,
     /// Rows served from the cache and rows computed, since creation.
     pub hits: u64,
     pub misses: u64,
@@ -28,7 +27,7 @@ impl ImageFeatureCache {
     /// A cache holding at most `max_rows` images (past that, new images are computed each time
     /// they are seen, not stored).
     pub fn new(max_rows: usize) -> Self {
-        Self { max_rows, ..Self::default() }
+        Self { rows: FeatureRows::new(max_rows), ..Self::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -36,12 +35,12 @@ impl ImageFeatureCache {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.len() == 0
     }
 
     /// Width of the cached features (0 before the first batch).
     pub fn dim(&self) -> usize {
-        self.dim
+        self.rows.dim
     }
 
     /// Features `[batch * out_features]` (row-major) of a batch: `keys` name each row's image,
@@ -59,7 +58,7 @@ impl ImageFeatureCache {
         let per_image = 3 * size * size;
         let mut missing: Vec<(usize, usize)> = Vec::new(); // (key, first row)
         for (row, &key) in keys.iter().enumerate() {
-            if !self.rows.contains_key(&key) && !missing.iter().any(|&(k, _)| k == key) {
+            if !self.rows.contains(&key) && !missing.iter().any(|&(k, _)| k == key) {
                 missing.push((key, row));
             }
         }
@@ -71,25 +70,12 @@ impl ImageFeatureCache {
             let data: Vec<f32> = missing.iter().flat_map(|&(_, row)| pixels[row * per_image..(row + 1) * per_image].iter().copied()).collect();
             let images = Tensor::<TB, 4>::from_data(TensorData::new(data, [missing.len(), 3, size, size]), device);
             let rows = tower().forward(images, precision).into_data().convert::<f32>().to_vec::<f32>().expect("f32 features");
-            self.dim = rows.len() / missing.len();
-            for (&(key, _), row) in missing.iter().zip(rows.chunks(self.dim)) {
+            self.rows.dim = rows.len() / missing.len();
+            for (&(key, _), row) in missing.iter().zip(rows.chunks(self.rows.dim)) {
                 fresh.insert(key, row.to_vec());
             }
         }
-        let mut out = Vec::with_capacity(keys.len() * self.dim);
-        for key in keys {
-            match self.rows.get(key) {
-                Some(row) => out.extend_from_slice(row),
-                None => out.extend_from_slice(&fresh[key]),
-            }
-        }
-        for (key, row) in fresh {
-            if self.rows.len() >= self.max_rows {
-                break;
-            }
-            self.rows.insert(key, row);
-        }
-        out
+        self.rows.assemble(keys, fresh)
     }
 }
 

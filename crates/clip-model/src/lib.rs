@@ -14,6 +14,7 @@ pub mod projection;
 pub mod resnet;
 pub mod retrieval;
 pub mod text;
+mod feature_rows;
 pub mod image_cache;
 pub mod text_cache;
 

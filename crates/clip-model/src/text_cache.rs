@@ -11,15 +11,14 @@ use std::collections::HashMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::feature_rows::FeatureRows;
 use crate::precision::Precision;
 use crate::text::TextTransformer;
 
 /// Cached features keyed by a caption's token ids (without padding).
 #[derive(Debug, Clone, Default)]
 pub struct TextFeatureCache {
-    rows: HashMap<Vec<i32>, Vec<f32>>,
-    dim: usize,
-    max_rows: usize,
+    rows: FeatureRows<Vec<i32>>,
     /// Rows served from the cache and rows computed, since creation.
     pub hits: u64,
     pub misses: u64,
@@ -32,7 +31,7 @@ impl TextFeatureCache {
     /// A cache holding at most `max_rows` captions (past that, new captions are computed each
     /// time they are seen, not stored).
     pub fn new(max_rows: usize) -> Self {
-        Self { max_rows, ..Self::default() }
+        Self { rows: FeatureRows::new(max_rows), ..Self::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +39,7 @@ impl TextFeatureCache {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.len() == 0
     }
 
     /// Features `[batch * hidden]` (row-major) for a batch of padded token ids and its mask
@@ -62,42 +61,29 @@ impl TextFeatureCache {
                 ids.iter().zip(mask).filter(|(_, &m)| m != 0).map(|(&i, _)| i).collect()
             })
             .collect();
-        let mut missing: Vec<&Vec<i32>> = keys.iter().filter(|k| !self.rows.contains_key(*k)).collect();
+        let mut missing: Vec<&Vec<i32>> = keys.iter().filter(|k| !self.rows.contains(k)).collect();
         missing.sort();
         missing.dedup();
         let computed = keys.iter().filter(|k| missing.binary_search(k).is_ok()).count();
         self.hits += (batch - computed) as u64;
         self.misses += computed as u64;
-        let mut fresh: HashMap<&Vec<i32>, Vec<f32>> = HashMap::new();
+        let mut fresh: HashMap<Vec<i32>, Vec<f32>> = HashMap::new();
         if !missing.is_empty() {
             let tower = tower();
             for chunk in missing.chunks(CHUNK) {
                 let rows = compute(&tower, precision, device, chunk);
-                self.dim = rows.len() / chunk.len();
-                for (key, row) in chunk.iter().zip(rows.chunks(self.dim)) {
-                    fresh.insert(*key, row.to_vec());
+                self.rows.dim = rows.len() / chunk.len();
+                for (key, row) in chunk.iter().zip(rows.chunks(self.rows.dim)) {
+                    fresh.insert((*key).clone(), row.to_vec());
                 }
             }
         }
-        let mut out = Vec::with_capacity(batch * self.dim);
-        for key in &keys {
-            match self.rows.get(key) {
-                Some(row) => out.extend_from_slice(row),
-                None => out.extend_from_slice(&fresh[key]),
-            }
-        }
-        for (key, row) in fresh {
-            if self.rows.len() >= self.max_rows {
-                break;
-            }
-            self.rows.insert(key.clone(), row);
-        }
-        out
+        self.rows.assemble(&keys, fresh)
     }
 
     /// Width of the cached features (0 before the first batch).
     pub fn dim(&self) -> usize {
-        self.dim
+        self.rows.dim
     }
 }
 
