@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::optim::{ClipOptimizer, LossScaler};
+use crate::schedule::Plateau;
 
 /// Where a run lives.
 #[derive(Debug, Clone)]
@@ -116,6 +117,9 @@ pub struct TrainState {
     /// Validations since the best one (early stopping's patience).
     #[serde(default)]
     pub validations_since_best: usize,
+    /// The plateau schedule's progress (absent in runs from before it existed).
+    #[serde(default)]
+    pub plateau: Plateau,
     /// Running sum and count of the current epoch's training loss (for its mean).
     pub epoch_loss_sum: f64,
     pub epoch_loss_count: usize,
@@ -134,6 +138,7 @@ impl TrainState {
             best_step: None,
             best_score: None,
             validations_since_best: 0,
+            plateau: Plateau::default(),
             epoch_loss_sum: 0.0,
             epoch_loss_count: 0,
             scaler,

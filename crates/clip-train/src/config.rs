@@ -156,6 +156,10 @@ pub enum ScheduleKind {
     Constant,
     /// Linear warmup, then cosine decay to `min_lr` at the last step.
     Cosine,
+    /// Multiply the learning rates by `plateau_factor` when more than `plateau_patience`
+    /// validations in a row have not improved `checkpoint.best_by` (PyTorch's
+    /// `ReduceLROnPlateau`, the seed notebook's schedule), down to `min_lr`.
+    Plateau,
 }
 
 /// Which backend trains.
@@ -197,6 +201,10 @@ pub struct TrainSpec {
     pub schedule: ScheduleKind,
     pub warmup_steps: usize,
     pub min_lr: f64,
+    /// `schedule = "plateau"`: validations without improvement tolerated before a reduction,
+    /// and the factor of each reduction (the seed notebook's: 1 and 0.8).
+    pub plateau_patience: usize,
+    pub plateau_factor: f64,
     /// Clip the global gradient norm to this value (off when absent).
     pub grad_clip_norm: Option<f64>,
     pub precision: Precision,
@@ -258,6 +266,8 @@ impl Default for TrainSpec {
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,
             min_lr: 0.0,
+            plateau_patience: 1,
+            plateau_factor: 0.8,
             grad_clip_norm: None,
             precision: Precision::Fp32,
             loss_scale: 65536.0,
@@ -389,6 +399,9 @@ impl ExperimentConfig {
         }
         if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
             return bad(format!("train.min_lr must be in [0, train.lr], got {}", t.min_lr));
+        }
+        if !(t.plateau_factor > 0.0 && t.plateau_factor < 1.0) {
+            return bad(format!("train.plateau_factor must be in (0, 1), got {}", t.plateau_factor));
         }
         if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return bad(format!("train.betas must be in [0, 1), got {:?}", t.betas));
@@ -624,5 +637,8 @@ mod shipped_configs {
         want.image_trainable = true;
         assert_eq!(seed.clip_config().unwrap(), want);
         assert_eq!((seed.data.batch_size, seed.data.image_size, seed.data.text_max_length), (32, 224, 200));
+        // The notebook's ReduceLROnPlateau(patience=1, factor=0.8) on the validation loss.
+        assert_eq!((seed.train.schedule, seed.train.plateau_patience, seed.train.plateau_factor), (ScheduleKind::Plateau, 1, 0.8));
+        assert_eq!(seed.checkpoint.best_by, BestBy::ValLoss);
     }
 }

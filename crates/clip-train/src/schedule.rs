@@ -1,22 +1,65 @@
-//! Learning-rate schedules as pure functions of the step, so a resumed run needs only the step.
+//! Learning-rate schedules as functions of the step and, for the plateau schedule, of the
+//! reductions counted so far (kept in the checkpoint's state), so a resumed run continues them.
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ScheduleKind, TrainSpec};
 
 /// The learning-rate multiplier at `step` (0-based) of `total` steps: linear warmup from
-/// `1/warmup` to 1, then constant or a cosine down to `min_lr / lr` at the last step.
-pub fn lr_factor(spec: &TrainSpec, step: usize, total: usize) -> f64 {
+/// `1/warmup` to 1, then constant, a cosine down to `min_lr / lr` at the last step, or
+/// `plateau_factor` to the power of the reductions so far (not below `min_lr / lr`).
+pub fn lr_factor(spec: &TrainSpec, step: usize, total: usize, plateau: &Plateau) -> f64 {
     let warmup = spec.warmup_steps;
-    if warmup > 0 && step < warmup {
-        return (step + 1) as f64 / warmup as f64;
-    }
+    let ramp = if warmup > 0 && step < warmup { (step + 1) as f64 / warmup as f64 } else { 1.0 };
     match spec.schedule {
-        ScheduleKind::Constant => 1.0,
+        ScheduleKind::Constant => ramp,
+        ScheduleKind::Plateau => ramp * spec.plateau_factor.powi(plateau.reductions as i32).max(spec.min_lr / spec.lr),
+        ScheduleKind::Cosine if ramp < 1.0 => ramp,
         ScheduleKind::Cosine => {
             let floor = spec.min_lr / spec.lr;
             let span = total.saturating_sub(warmup).max(1);
             let t = ((step - warmup.min(step)) as f64 / span as f64).min(1.0);
             floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
         }
+    }
+}
+
+/// Relative change a validation must make to count as an improvement (PyTorch's
+/// `ReduceLROnPlateau` default, `threshold = 1e-4` in `rel` mode): noise is not progress.
+const PLATEAU_THRESHOLD: f64 = 1e-4;
+
+/// The state of the plateau schedule (PyTorch's `ReduceLROnPlateau`, which the seed notebook
+/// steps with the validation loss after every epoch): the best validation score, the
+/// validations since it, and the reductions made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    pub best: Option<f64>,
+    pub validations_without_improvement: usize,
+    pub reductions: usize,
+}
+
+impl Plateau {
+    /// Counts a validation's score; true when it reduces the learning rate, which happens when
+    /// more than `patience` validations in a row did not improve on the best by the threshold.
+    pub fn observe(&mut self, score: f64, lower_is_better: bool, patience: usize) -> bool {
+        let improved = match self.best {
+            _ if score.is_nan() => false,
+            None => true,
+            Some(b) if lower_is_better => score < b - b.abs() * PLATEAU_THRESHOLD,
+            Some(b) => score > b + b.abs() * PLATEAU_THRESHOLD,
+        };
+        if improved {
+            self.best = Some(score);
+            self.validations_without_improvement = 0;
+            return false;
+        }
+        self.validations_without_improvement += 1;
+        if self.validations_without_improvement > patience {
+            self.validations_without_improvement = 0;
+            self.reductions += 1;
+            return true;
+        }
+        false
     }
 }
 
@@ -33,12 +76,40 @@ mod tests {
             min_lr: 1e-4,
             ..TrainSpec::default()
         };
-        assert!((lr_factor(&spec, 0, 110) - 0.1).abs() < 1e-12);
-        assert!((lr_factor(&spec, 9, 110) - 1.0).abs() < 1e-12);
-        assert!((lr_factor(&spec, 10, 110) - 1.0).abs() < 1e-12);
-        assert!((lr_factor(&spec, 60, 110) - 0.55).abs() < 1e-12);
-        assert!((lr_factor(&spec, 110, 110) - 0.1).abs() < 1e-12);
+        let none = Plateau::default();
+        assert!((lr_factor(&spec, 0, 110, &none) - 0.1).abs() < 1e-12);
+        assert!((lr_factor(&spec, 9, 110, &none) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(&spec, 10, 110, &none) - 1.0).abs() < 1e-12);
+        assert!((lr_factor(&spec, 60, 110, &none) - 0.55).abs() < 1e-12);
+        assert!((lr_factor(&spec, 110, 110, &none) - 0.1).abs() < 1e-12);
         let constant = TrainSpec::default();
-        assert_eq!(lr_factor(&constant, 500, 10), 1.0);
+        assert_eq!(lr_factor(&constant, 500, 10, &none), 1.0);
+    }
+
+    #[test]
+    fn plateau_reduces_after_more_than_patience_validations_without_improvement() {
+        // The seed notebook's ReduceLROnPlateau(mode="min", patience=1, factor=0.8).
+        let mut p = Plateau::default();
+        let reduced: Vec<bool> = [3.0, 2.0, 2.5, 2.1, 2.0, 1.9999, 1.5, 1.6, 1.7, 1.8, f64::NAN]
+            .iter()
+            .map(|&loss| p.observe(loss, true, 1))
+            .collect();
+        // 2.5, 2.1: two without improvement → reduce; 2.0 (not below 2.0), 1.9999 (within the
+        // relative threshold) → reduce; 1.6, 1.7 → reduce; 1.8, NaN → reduce.
+        let want = [false, false, false, true, false, true, false, false, true, false, true];
+        assert_eq!(reduced, want);
+        assert_eq!((p.reductions, p.best), (4, Some(1.5)));
+
+        // Higher is better (rsum); patience 0 reduces on every validation without improvement.
+        let mut p = Plateau::default();
+        let reduced: Vec<bool> = [100.0, 120.0, 119.0, 130.0, 130.0].iter().map(|&r| p.observe(r, false, 0)).collect();
+        assert_eq!(reduced, [false, false, true, false, true]);
+
+        let spec = TrainSpec { schedule: ScheduleKind::Plateau, plateau_factor: 0.5, lr: 1e-3, min_lr: 2e-4, warmup_steps: 4, ..TrainSpec::default() };
+        let after = |reductions| Plateau { reductions, ..Plateau::default() };
+        assert_eq!(lr_factor(&spec, 1, 100, &after(0)), 0.5); // warming up
+        assert_eq!(lr_factor(&spec, 10, 100, &after(0)), 1.0);
+        assert_eq!(lr_factor(&spec, 10, 100, &after(2)), 0.25);
+        assert!((lr_factor(&spec, 10, 100, &after(5)) - 0.2).abs() < 1e-12, "min_lr is the floor");
     }
 }

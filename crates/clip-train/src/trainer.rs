@@ -18,7 +18,7 @@ use clip_model::{ClipConfig, ClipModel, ImageFeatureCache, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
-use crate::config::{BestBy, ExperimentConfig};
+use crate::config::{BestBy, ExperimentConfig, ScheduleKind};
 use crate::error::{Result, TrainError};
 use crate::metrics::{improves, read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
 use crate::optim::ClipOptimizer;
@@ -208,6 +208,9 @@ pub fn train<B: AutodiffBackend>(
 
     if split.val.is_empty() {
         observer.on_message("no validation images: no validation metrics, best model or early stopping in this run");
+        if t.schedule == ScheduleKind::Plateau {
+            observer.on_message("train.schedule = \"plateau\" keeps the learning rates constant: it reduces them on validations");
+        }
     }
     if t.recompute_activations {
         observer.on_message("activations are recomputed in the backward pass (train.recompute_activations)");
@@ -273,7 +276,7 @@ pub fn train<B: AutodiffBackend>(
                 return Err(TrainError::Diverged { step: state.step + 1, loss: loss_value });
             }
             let (acc_i2t, acc_t2i) = (out.acc_i2t, out.acc_t2i);
-            let factor = lr_factor(t, state.step, total_steps);
+            let factor = lr_factor(t, state.step, total_steps, &state.plateau);
             let (next, report) = optim.step(model, out.grads, factor, false);
             model = next;
             state.step += 1;
@@ -532,6 +535,18 @@ impl Validator<'_> {
             observer.on_checkpoint(&path, "best");
         } else {
             state.validations_since_best += 1;
+        }
+        let t = &self.config.train;
+        if t.schedule == ScheduleKind::Plateau {
+            let score = m.score(best_by).unwrap_or(f64::NAN);
+            if state.plateau.observe(score, best_by.lower_is_better(), t.plateau_patience) {
+                let factor = t.plateau_factor.powi(state.plateau.reductions as i32).max(t.min_lr / t.lr);
+                observer.on_message(&format!(
+                    "{} has not improved for {} validations: learning rates reduced to {factor:.3e} × their base (train.schedule = \"plateau\")",
+                    best_by_name(best_by),
+                    t.plateau_patience + 1,
+                ));
+            }
         }
         Ok(m)
     }

@@ -390,6 +390,42 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
 }
 
 #[test]
+fn the_plateau_schedule_reduces_the_learning_rate_when_validation_stalls_and_resumes_with_it() {
+    let _serial = common::serial();
+    // Frozen towers and a learning rate far below any weight's rounding: the validation loss
+    // never improves after the first validation, which happens after every step.
+    let overrides =
+        ["model.trainable=false", "train.lr=1e-30", "train.val_every_steps=1", "train.max_steps=8", "train.schedule=\"plateau\"", "train.plateau_factor=0.5", "train.warmup_steps=0"];
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), 60, &overrides);
+    let run = RunDir::new(dir.path().join("run"));
+    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let relative = |run: &RunDir| -> Vec<f64> { steps(run).iter().map(|m| m.lr / 1e-30).collect() };
+    // Patience 1: the validations after steps 1 (the best), 2, 3 (→ × 0.5), 4, 5 (→ × 0.25), ...
+    let want = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125];
+    let got = relative(&run);
+    assert!(got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9), "{got:?}");
+
+    // Stopped after step 4 and resumed: the reductions so far come back with the checkpoint.
+    struct StopAfter(usize, usize);
+    impl clip_train::Observer for StopAfter {
+        fn on_step(&mut self, m: &clip_train::metrics::StepMetrics) {
+            self.1 = m.step;
+        }
+        fn should_stop(&mut self) -> bool {
+            self.1 >= self.0
+        }
+    }
+    let resumed = RunDir::new(dir.path().join("resumed"));
+    train::<B>(&c, &resumed, false, &Default::default(), "cpu", &mut StopAfter(4, 0)).unwrap();
+    train::<B>(&c, &resumed, true, &Default::default(), "cpu", &mut Silent).unwrap();
+    assert_eq!(relative(&resumed), got);
+
+    let err = ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.plateau_factor=1.5".into()]).unwrap_err().to_string();
+    assert!(err.contains("train.plateau_factor"), "{err}");
+}
+
+#[test]
 fn recomputing_activations_trains_exactly_as_keeping_them() {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::{Autodiff, Flex};
