@@ -4,6 +4,7 @@ mod allocator;
 mod backend;
 mod bench;
 mod data;
+mod export;
 mod infer;
 mod interrupt;
 mod kernels;
@@ -40,6 +41,9 @@ enum Command {
     /// Linear-probe accuracy of the image tower: a logistic regression on its embeddings of
     /// labelled training images, scored on the validation split (or given folders).
     Probe(probe::ProbeArgs),
+    /// Write a run's model as ONNX files (image and text encoders), with its tokenizer and
+    /// preprocessing, for serving from ONNX Runtime and other runtimes.
+    Export(export::ExportArgs),
     /// Inspect datasets and generate synthetic ones.
     Data {
         #[command(subcommand)]
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ZeroShot(args) => infer::zero_shot(args),
         Command::Eval(args) => infer::eval(args),
         Command::Probe(args) => probe::probe(args),
+        Command::Export(args) => export::export(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

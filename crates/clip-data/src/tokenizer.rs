@@ -147,6 +147,13 @@ impl CaptionTokenizer {
         self.inner.get_truncation().map(|t| t.max_length).unwrap_or(usize::MAX)
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json` (normalizer, WordPiece vocabulary,
+    /// `[CLS]`/`[SEP]`, truncation): what serving an exported model needs, in any language the
+    /// `tokenizers` library runs in.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| DataError::Tokenizer { source_name: self.source.clone(), message: e.to_string() })
+    }
+
     /// Where the vocabulary came from (`bert-base-uncased` or a path).
     pub fn source(&self) -> &str {
         &self.source

@@ -1,7 +1,7 @@
 //! CLIP models in Burn: a ResNet image tower ([`resnet`]), a DistilBERT/BERT text tower
 //! ([`text`]), the seed's projection heads ([`projection`]), the model and its temperature
 //! ([`clip`]), contrastive losses ([`loss`]), retrieval metrics ([`retrieval`]), mixed precision without autocast ([`precision`]),
-//! and weight import/export with upstream key names ([`import`]).
+//! weight import/export with upstream key names ([`import`]), and ONNX export of the towers ([`onnx`]).
 
 pub mod batch_norm;
 pub mod clip;
@@ -9,6 +9,8 @@ pub mod conv;
 pub mod flops;
 pub mod import;
 pub mod loss;
+pub mod onnx;
+pub mod onnx_proto;
 pub mod precision;
 pub mod projection;
 pub mod resnet;
