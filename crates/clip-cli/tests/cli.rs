@@ -327,6 +327,32 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--l2=-1")]);
     assert!(err.contains("--l2"), "{err}");
 
+    // ONNX export: both towers, the tokenizer, the preprocessing in the files' metadata (the
+    // numbers they compute are checked against an ONNX runtime in clip-model's tests).
+    let exported = dir.path().join("exported");
+    let out = run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
+    assert!(out.contains("image_encoder.onnx") && out.contains("text_encoder.onnx"), "{out}");
+    use clip_model::onnx_proto::ModelProto;
+    use prost::Message;
+    let image_model = ModelProto::decode(std::fs::read(exported.join("image_encoder.onnx")).unwrap().as_slice()).unwrap();
+    let text_model = ModelProto::decode(std::fs::read(exported.join("text_encoder.onnx")).unwrap().as_slice()).unwrap();
+    let names = |m: &ModelProto, inputs: bool| -> Vec<String> {
+        let g = m.graph.as_ref().unwrap();
+        (if inputs { &g.input } else { &g.output }).iter().map(|v| v.name.clone()).collect()
+    };
+    assert_eq!((names(&image_model, true), names(&image_model, false)), (vec!["pixel_values".to_string()], vec!["image_embeds".to_string()]));
+    assert_eq!(names(&text_model, true), ["input_ids", "attention_mask"]);
+    assert_eq!(names(&text_model, false), ["text_embeds"]);
+    let meta = |key: &str| image_model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.clone());
+    assert_eq!(meta("image_size").as_deref(), Some("32"));
+    assert!(meta("model_card").is_some_and(|c| c.contains("projection_dim")));
+    let tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer["model"]["type"], "WordPiece");
+    assert!(exported.join("model.json").is_file());
+    let out = clip().args(["export", "--checkpoint"]).arg(dir.path().join("no-such-run")).arg("--out").arg(&exported).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-such-run") && !err.contains("panicked"), "{err}");
+
     // An index made by another model is refused.
     let other = tiny_run(dir.path(), "other", 2);
     let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--checkpoint"), other.as_os_str()]);
