@@ -10,7 +10,7 @@ use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset
 use clip_infer::embed::list_images;
 use clip_infer::index::{EmbeddingIndex, IndexEntry};
 use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
-use clip_infer::{search, Confusion, ImageLabels, LoadedModel, ZeroShotClassifier};
+use clip_infer::{search, Confusion, ImageLabels, LoadedModel, SearchService, ZeroShotClassifier};
 use clip_plot::{render_grid_with, Tile};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -232,39 +232,25 @@ impl BackendTask for SearchArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
-        let index = EmbeddingIndex::load(&self.index)?;
-        let run = self.checkpoint.clone().unwrap_or_else(|| index.meta.run_dir.clone());
-        let model = LoadedModel::<B::InnerBackend>::from_run(&run, &device)?;
-        if model.id != index.meta.model_id {
-            bail!(
-                "{}: the index was built by model {} ({}), but {} holds model {}; embed again with this model",
-                self.index.display(),
-                index.meta.model_id,
-                index.meta.run_dir.display(),
-                run.display(),
-                model.id
-            );
-        }
+        let service = SearchService::<B::InnerBackend>::open(&self.index, self.checkpoint.as_deref(), &device)?;
         let mut captions = self.captions.clone();
         if let Some(f) = &self.captions_file {
             let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             captions.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
         }
         let (query, label) = match (&self.query, &self.image) {
-            (Some(text), None) => (model.embed_texts(std::slice::from_ref(text), &device)?.0, format!("\"{text}\"")),
+            (Some(text), None) => (service.embed_text(text)?, format!("\"{text}\"")),
             (None, Some(img)) => {
-                let e = model.embed_images(std::slice::from_ref(img), 1, 1, &device, &mut |_, _| {});
-                if let Some((p, reason)) = e.skipped.first() {
-                    bail!("{}: cannot use as a query: {reason}", p.display());
-                }
-                (e.rows, img.display().to_string())
+                let bytes = clip_data::shards::read_image_bytes(img)?;
+                let query = service.embed_image_bytes(bytes, &img.display().to_string()).with_context(|| "cannot use as a query")?;
+                (query, img.display().to_string())
             }
             (Some(_), Some(_)) => bail!("give a text query or --image, not both"),
             (None, None) => bail!("give a text query or --image FILE"),
         };
         if !captions.is_empty() {
             // Image → text: rank the given captions.
-            let (rows, dim) = model.embed_texts(&captions, &device)?;
+            let (rows, dim) = service.model.embed_texts(&captions, &device)?;
             let hits = &search(&rows, &query, dim, captions.len(), 1)[0];
             println!("captions for {label}:");
             for h in hits {
@@ -272,18 +258,16 @@ impl BackendTask for SearchArgs {
             }
             return Ok(());
         }
-        if index.is_empty() {
+        if service.is_empty() {
             bail!("{}: the index is empty, nothing to search", self.index.display());
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let hits = &search(&index.rows, &query, index.meta.dim, self.k, threads)[0];
-        println!("top {} of {} for {label}:", hits.len(), index.len());
+        let hits = service.nearest(&query, self.k)?;
+        println!("top {} of {} for {label}:", hits.len(), service.len());
         let mut tiles = Vec::new();
-        for h in hits {
-            let path = &index.meta.entries[h.index].path;
-            println!("{:.4}  {}", h.score, path.display());
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            tiles.push(Tile { image: path.clone(), caption: format!("{:.3} {name}", h.score) });
+        for h in &hits {
+            println!("{:.4}  {}", h.score, h.path.display());
+            let name = h.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            tiles.push(Tile { image: h.path.clone(), caption: format!("{:.3} {name}", h.score) });
         }
         let columns = (hits.len() as f64).sqrt().ceil() as usize;
         let png = render_grid_with(&label, &tiles, columns, 200, &|p| clip_data::imaging::decode_rgb(p).ok())?;

@@ -9,6 +9,7 @@ mod infer;
 mod interrupt;
 mod kernels;
 mod probe;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     /// Linear-probe accuracy of the image tower: a logistic regression on its embeddings of
     /// labelled training images, scored on the validation split (or given folders).
     Probe(probe::ProbeArgs),
+    /// Serve an index over HTTP: a search page, JSON text and image queries, the images.
+    Serve(serve::ServeArgs),
     /// Write a run's model as ONNX files (image and text encoders), with its tokenizer and
     /// preprocessing, for serving from ONNX Runtime and other runtimes.
     Export(export::ExportArgs),
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => infer::eval(args),
         Command::Probe(args) => probe::probe(args),
         Command::Export(args) => export::export(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

@@ -518,3 +518,92 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let err = run_err(&[&o("train"), &o("--plain"), &o("--config"), shard_config.as_os_str()]);
     assert!(err.contains("data.images") && err.contains("shards"), "{err}");
 }
+
+/// A `clip serve` process, killed when dropped (a failing test leaves no server behind).
+struct Served(std::process::Child);
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One HTTP/1.1 request; the status and the body of the reply.
+fn http(address: &str, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "{method} {target} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+    let status = String::from_utf8_lossy(&reply[..split]).split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, reply[split + 4..].to_vec())
+}
+
+#[test]
+fn serve_answers_text_and_image_queries_like_search_does() {
+    use std::ffi::OsStr;
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path(), "run", 3);
+    let images = dir.path().join("data/images");
+    let index = dir.path().join("index");
+    let o = |s: &str| OsStr::new(s).to_os_string();
+    run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--images"), images.as_os_str(), &o("--out"), index.as_os_str()]);
+    let grid = dir.path().join("grid.png");
+    let searched = run_ok(&[&o("search"), &o("--index"), index.as_os_str(), &o("a small blue square"), &o("-k"), &o("5"), &o("--grid"), grid.as_os_str()]);
+    let want: Vec<String> = searched.lines().filter(|l| l.contains(".jpg")).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).collect();
+    assert_eq!(want.len(), 5, "{searched}");
+
+    let child = clip()
+        .args(["serve", "--backend", "cpu", "--port", "0", "--index"])
+        .arg(&index)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut served = Served(child);
+    let mut line = String::new();
+    std::io::BufReader::new(served.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("serving 30 images"), "{line}");
+    let address = line.trim().rsplit("http://").next().unwrap().trim_end_matches('/').to_string();
+
+    // Text → image: the same ranking as `clip search`.
+    let (status, body) = http(&address, "GET", "/search?q=a+small+blue%20square&k=5", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let got: Vec<String> = reply["matches"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, want);
+    assert_eq!(reply["images"], 30);
+
+    // The images are served, and an uploaded one finds itself first.
+    let first = reply["matches"][0]["url"].as_str().unwrap().to_string();
+    let (status, bytes) = http(&address, "GET", &first, b"");
+    assert_eq!(status, 200);
+    assert_eq!(bytes, std::fs::read(&want[0]).unwrap());
+    let (status, body) = http(&address, "POST", "/search?k=1", &bytes);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(reply["matches"][0]["path"].as_str().unwrap(), want[0]);
+    assert!((reply["matches"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4, "{reply}");
+
+    // Bad requests get a status and a JSON message; the server keeps serving.
+    for (method, target, body, status, says) in [
+        ("GET", "/search", &b""[..], 400, "text query"),
+        ("GET", "/search?q=red&k=zero", b"", 400, "k must be"),
+        ("POST", "/search", b"not an image", 400, "cannot decode"),
+        ("GET", "/image/30", b"", 404, "no image"),
+        ("GET", "/elsewhere", b"", 404, "nothing at"),
+    ] {
+        let (got, body) = http(&address, method, target, body);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(got, status, "{method} {target}: {text}");
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(error["error"].as_str().unwrap().contains(says), "{method} {target}: {text}");
+    }
+    let (status, page) = http(&address, "GET", "/", b"");
+    assert!(status == 200 && String::from_utf8_lossy(&page).contains("<form"));
+    let (status, _) = http(&address, "GET", "/health", b"");
+    assert_eq!(status, 200);
+}

@@ -159,7 +159,12 @@ fn normalize_chw(rgb: &[u8], size: usize, flip: bool, mean: &[f32; 3], std: &[f3
 /// Decodes a JPEG or PNG (grayscale, RGBA, CMYK, 16-bit...) into 8-bit RGB; alpha is dropped.
 /// `path` is a file or a member of a WebDataset shard (`shards/00000.tar/000123.jpg`).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = crate::shards::read_image_bytes(path)?;
+    decode_rgb_bytes(crate::shards::read_image_bytes(path)?, path)
+}
+
+/// [`decode_rgb`] of an encoded image already in memory (an upload, say); `path` names it in
+/// errors.
+pub fn decode_rgb_bytes(bytes: Vec<u8>, path: &Path) -> Result<RgbImage> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;

@@ -88,7 +88,9 @@ impl<B: Backend> LoadedModel<B> {
             m
         };
         let weight_bytes = std::fs::read(&weights).map_err(|e| InferError::io(&weights, e))?;
-        let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&serde_json::to_vec(&card.clip).expect("serializes"), 0xcbf2_9ce4_8422_2325)));
+        // The files as written, not the card as this version re-serializes it: a newer `clip`
+        // (a config field added) must not disown the indexes made with an older one.
+        let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&bytes, 0xcbf2_9ce4_8422_2325)));
         let tokenizer = card.data.tokenizer()?;
         Ok(Self {
             transform: card.data.image_transform(),

@@ -1,5 +1,6 @@
 //! What users do with a trained CLIP model: load it from a run directory ([`card`]), embed images
-//! and texts ([`embed`]) into an on-disk index ([`index`]), search it ([`search`]), classify
+//! and texts ([`embed`]) into an on-disk index ([`index`]), search it ([`search`]; loaded once for
+//! many queries: [`service`]), classify
 //! zero-shot ([`zeroshot`]), fit linear probes on
 //! image features ([`probe`]), and evaluate retrieval on a split ([`evaluate`], which training also
 //! uses for validation).
@@ -13,6 +14,7 @@ pub mod labels;
 pub mod matmul;
 pub mod probe;
 pub mod search;
+pub mod service;
 pub mod zeroshot;
 
 pub use card::{LoadedModel, ModelCard};
@@ -22,4 +24,5 @@ pub use index::EmbeddingIndex;
 pub use labels::ImageLabels;
 pub use probe::{fit_with_sweep, LinearProbe, ProbeFit};
 pub use search::{search, Hit};
+pub use service::{Match, SearchService};
 pub use zeroshot::{Confusion, ZeroShotClassifier};
