@@ -41,6 +41,24 @@ pub enum DataCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Render training samples as the model sees them (crop, flip, colour augmentation, the
+    /// caption with "left"/"right" swapped for mirrored images) into a PNG grid.
+    Preview {
+        /// Experiment config (TOML) with a `[data]` section.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "augment-preview.png")]
+        out: PathBuf,
+        /// Samples shown (the first ones of the epoch's shuffled order).
+        #[arg(long, default_value_t = 16)]
+        samples: usize,
+        /// The epoch whose order and augmentation are drawn.
+        #[arg(long, default_value_t = 0)]
+        epoch: usize,
+        /// Override a config value, e.g. `--set data.augment.color_jitter=[0.4,0.4,0.4,0.1]` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Write the synthetic shapes dataset (Flickr30k layout).
     Synth {
         #[arg(long, default_value = "datasets/synthetic-shapes")]
@@ -90,6 +108,10 @@ pub fn run(command: DataCommand) -> Result<()> {
             println!("wrote {} samples ({} captions) into {} shards in {}", s.samples, s.captions, s.shards, out.display());
             println!("train from them with: format = \"webdataset\", captions = images = {:?}", out.display().to_string());
             Ok(())
+        }
+        DataCommand::Preview { config, out, samples, epoch, overrides } => {
+            let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
+            preview(&data, &out, samples, epoch)
         }
         DataCommand::Synth { out, images, size, seed } => {
             let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
@@ -151,4 +173,39 @@ fn print_report(data: &DataConfig, r: &InspectReport) {
         "loader           {:.1} ms per batch of {} at {}px ({} workers, {} batches timed)",
         r.ms_per_batch, r.batch_size, data.image_size, r.num_workers, r.batches_timed
     );
+}
+
+/// Writes a grid of the first `samples` training examples of `epoch`, de-normalized.
+fn preview(data: &DataConfig, out: &Path, samples: usize, epoch: usize) -> Result<()> {
+    let dataset = clip_data::CaptionDataset::load(data)?;
+    let split = clip_data::SplitDataset::new(&dataset, data)?;
+    let pipeline = clip_data::ExamplePipeline::train(data)?;
+    let loader = clip_data::ClipLoader::new(split.train.clone(), pipeline.clone(), data.loader(true));
+    let (size, numel) = (pipeline.transform.size, pipeline.transform.numel());
+    let (mean, std) = (pipeline.transform.mean, pipeline.transform.std);
+    let mut images = Vec::new();
+    let mut tiles = Vec::new();
+    for item in loader.order(epoch).into_iter().take(samples) {
+        let pair = split.train.pair_in_epoch(item, epoch).context("an item of the epoch's order")?;
+        let mut pixels = vec![0f32; numel];
+        pipeline.example_into(&pair, epoch, item, &mut pixels)?;
+        let plane = (size * size) as usize;
+        let image = image::RgbImage::from_fn(size, size, |x, y| {
+            let i = (y * size + x) as usize;
+            image::Rgb(std::array::from_fn(|c| ((pixels[c * plane + i] * std[c] + mean[c]) * 255.0).round().clamp(0.0, 255.0) as u8))
+        });
+        let flipped = pipeline.augment.flips(pipeline.seed, epoch, item);
+        tiles.push(clip_plot::Tile { image: PathBuf::from(images.len().to_string()), caption: pipeline.caption_for(&pair, flipped) });
+        images.push(image);
+    }
+    if tiles.is_empty() {
+        anyhow::bail!("the training split is empty: nothing to preview");
+    }
+    let columns = (tiles.len() as f64).sqrt().ceil() as usize;
+    let title = format!("epoch {epoch}: {} training samples as augmented", tiles.len());
+    let load = |p: &Path| p.to_str().and_then(|s| s.parse::<usize>().ok()).and_then(|i| images.get(i).cloned());
+    let png = clip_plot::render_grid_with(&title, &tiles, columns, size.max(160), &load)?;
+    clip_data::fs::write_atomic(out, &png)?;
+    println!("{}: {} samples of epoch {epoch}", out.display(), tiles.len());
+    Ok(())
 }

@@ -170,6 +170,17 @@ fn data_inspect_reports_the_dataset() {
     for want in ["images           30", "captions         150", "train            24 images", "val              6 images", "caption tokens   min", "ms per batch of 16"] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
+
+    // The training samples as augmented, in a grid; a bad augmentation value names its key.
+    let png = dir.path().join("preview.png");
+    let jitter = ["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.1]", "--set", "data.augment.grayscale_prob=0.5"];
+    let out = clip().args(["data", "preview", "--samples", "4", "--config"]).arg(&config).arg("--out").arg(&png).args(jitter).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let grid = image::open(&png).unwrap();
+    assert!(grid.width() >= 2 * 160 && grid.height() >= 2 * 160, "{}x{}", grid.width(), grid.height());
+    let out = clip().args(["data", "preview", "--config"]).arg(&config).args(["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.9]"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.augment.color_jitter") && !err.contains("panicked"), "{err}");
 }
 
 #[test]

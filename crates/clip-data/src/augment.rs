@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::color::{ColorChange, Jitter};
 use crate::imaging::{CropBox, View};
 
 /// `[data.augment]`: what training applies on top of the deterministic transform.
@@ -20,6 +21,15 @@ pub struct AugmentConfig {
     /// When an image is mirrored, swap the words "left" and "right" in its caption so the pair
     /// still agrees.
     pub flip_swaps_left_right: bool,
+    /// ColorJitter strengths: brightness, contrast, saturation (factors drawn in
+    /// `[max(0, 1 - s), 1 + s]`) and hue (a shift in `[-h, h]` turns, h ≤ 0.5); all 0: off.
+    /// Hue shifts and grayscale change what a caption's colour words describe: keep them off
+    /// for datasets whose captions name colours.
+    pub color_jitter: [f64; 4],
+    /// The share of images jittered (open_clip's `color_jitter_prob`).
+    pub color_jitter_prob: f64,
+    /// The share of images turned gray (after any jitter).
+    pub grayscale_prob: f64,
 }
 
 impl Default for AugmentConfig {
@@ -30,6 +40,9 @@ impl Default for AugmentConfig {
             crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
             horizontal_flip: false,
             flip_swaps_left_right: true,
+            color_jitter: [0.0; 4],
+            color_jitter_prob: 0.8,
+            grayscale_prob: 0.0,
         }
     }
 }
@@ -40,9 +53,13 @@ impl AugmentConfig {
         Self::default()
     }
 
-    /// Whether the same image always comes out the same (no random crop, no flip).
+    /// Whether the same image always comes out the same (no random crop, flip or colour change).
     pub fn is_identity(&self) -> bool {
-        !self.random_resized_crop && !self.horizontal_flip
+        !self.random_resized_crop && !self.horizontal_flip && !self.jitters() && self.grayscale_prob == 0.0
+    }
+
+    fn jitters(&self) -> bool {
+        self.color_jitter.iter().any(|&s| s > 0.0) && self.color_jitter_prob > 0.0
     }
 
     /// Checks ranges; the message names the offending key.
@@ -54,6 +71,18 @@ impl AugmentConfig {
         let [lo, hi] = self.crop_ratio;
         if !(lo > 0.0 && lo <= hi) {
             return Err(format!("data.augment.crop_ratio must satisfy 0 < min <= max, got {:?}", self.crop_ratio));
+        }
+        let [b, c, s, h] = self.color_jitter;
+        if ![b, c, s].iter().all(|v| (0.0..=10.0).contains(v)) || !(0.0..=0.5).contains(&h) {
+            return Err(format!(
+                "data.augment.color_jitter is [brightness, contrast, saturation, hue] with each of the first three in [0, 10] and hue in [0, 0.5], got {:?}",
+                self.color_jitter
+            ));
+        }
+        for (key, p) in [("color_jitter_prob", self.color_jitter_prob), ("grayscale_prob", self.grayscale_prob)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("data.augment.{key} must be in [0, 1], got {p}"));
+            }
         }
         Ok(())
     }
@@ -69,7 +98,11 @@ impl AugmentConfig {
         let crop = self
             .random_resized_crop
             .then(|| random_resized_crop(&mut rng, width as f64, height as f64, self.crop_scale, self.crop_ratio));
-        View { crop, flip }
+        // Colours are drawn last: runs without them see the crops and flips they always did.
+        let jitter = (self.jitters() && rng.random_bool(self.color_jitter_prob)).then(|| Jitter::draw(&mut rng, self.color_jitter));
+        let grayscale = self.grayscale_prob > 0.0 && rng.random_bool(self.grayscale_prob);
+        let color = (jitter.is_some() || grayscale).then_some(ColorChange { jitter, grayscale });
+        View { crop, flip, color }
     }
 
     /// Whether this sample is flipped (cheap: no image size needed).
@@ -199,6 +232,44 @@ mod tests {
         let mut a = AugmentConfig::default();
         a.crop_scale = [0.5, 1.5];
         assert!(a.validate().unwrap_err().contains("crop_scale"));
+        let a = AugmentConfig { color_jitter: [0.4, 0.4, 0.4, 0.7], ..AugmentConfig::default() };
+        assert!(a.validate().unwrap_err().contains("color_jitter"));
+        let a = AugmentConfig { grayscale_prob: 1.5, ..AugmentConfig::default() };
+        assert!(a.validate().unwrap_err().contains("grayscale_prob"));
+    }
+
+    #[test]
+    fn colours_are_drawn_after_the_geometry_and_change_the_pixels() {
+        let geometric = crop_flip();
+        let coloured = AugmentConfig { color_jitter: [0.4, 0.4, 0.4, 0.1], color_jitter_prob: 0.8, grayscale_prob: 0.2, ..crop_flip() };
+        assert!(!coloured.is_identity() && !AugmentConfig { grayscale_prob: 0.1, ..AugmentConfig::none() }.is_identity());
+        let (mut jittered, mut gray) = (0, 0);
+        for i in 0..400 {
+            let (a, b) = (geometric.sample_view(5, 0, i, 64, 48), coloured.sample_view(5, 0, i, 64, 48));
+            assert_eq!((a.crop, a.flip, a.color), (b.crop, b.flip, None), "the same crops and flips as without colours");
+            assert_eq!(b, coloured.sample_view(5, 0, i, 64, 48));
+            if let Some(c) = b.color {
+                jittered += c.jitter.is_some() as usize;
+                gray += c.grayscale as usize;
+            }
+        }
+        assert!((290..=350).contains(&jittered) && (50..=110).contains(&gray), "{jittered} {gray}");
+
+        // Applied: a jittered image differs from the plain one; a gray one has equal channels.
+        let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 200]));
+        let t = crate::ImageTransform { mean: [0.5; 3], std: [0.25; 3], ..crate::ImageTransform::seed(8) };
+        let render = |view: &View| {
+            let mut out = vec![0f32; t.numel()];
+            t.apply_into(&img, view, &mut out).unwrap();
+            out
+        };
+        let plain = render(&View::default());
+        let jitter = Jitter { brightness: 1.2, contrast: 0.8, saturation: 1.0, hue: 0.05, order: [0, 1, 2, 3] };
+        let jittered = render(&View { color: Some(ColorChange { jitter: Some(jitter), grayscale: false }), ..View::default() });
+        assert!(plain.iter().zip(&jittered).any(|(a, b)| (a - b).abs() > 0.1));
+        let gray = render(&View { color: Some(ColorChange { jitter: None, grayscale: true }), ..View::default() });
+        let plane = 64;
+        assert!((0..plane).all(|i| (gray[i] - gray[plane + i]).abs() < 1e-5 && (gray[i] - gray[2 * plane + i]).abs() < 1e-5));
     }
 
     #[test]

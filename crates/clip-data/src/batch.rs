@@ -68,10 +68,16 @@ impl ExamplePipeline {
                 path: pair.image_path.clone(),
                 message,
             })?;
-        if view.flip && self.augment.flip_swaps_left_right {
-            self.tokenizer.encode(&swap_left_right(&pair.caption))
+        self.tokenizer.encode(&self.caption_for(pair, view.flip))
+    }
+
+    /// The caption as training sees it: "left" and "right" swapped when the image is mirrored
+    /// and the augmentation asks for it.
+    pub fn caption_for(&self, pair: &CaptionPair, flipped: bool) -> String {
+        if flipped && self.augment.flip_swaps_left_right {
+            swap_left_right(&pair.caption)
         } else {
-            self.tokenizer.encode(&pair.caption)
+            pair.caption.clone()
         }
     }
 }

@@ -9,6 +9,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::color::ColorChange;
 use crate::error::{DataError, Result};
 
 /// ImageNet channel means (albumentations' `Normalize` defaults, which the seed uses).
@@ -47,11 +48,13 @@ pub struct CropBox {
     pub height: f64,
 }
 
-/// The geometric part of one sample's augmentation, drawn before the image is touched.
+/// One sample's augmentation, drawn before the image is touched: where to crop, whether to
+/// mirror, how to change its colours.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct View {
     pub crop: Option<CropBox>,
     pub flip: bool,
+    pub color: Option<ColorChange>,
 }
 
 /// The deterministic part of image preprocessing, shared by training and evaluation.
@@ -131,7 +134,14 @@ impl ImageTransform {
             resized = dst.into_vec();
             &resized
         };
-        normalize_chw(pixels, s as usize, view.flip, &self.mean, &self.std, out);
+        match &view.color {
+            None => normalize_chw(pixels, 1.0 / 255.0, s as usize, view.flip, &self.mean, &self.std, out),
+            Some(change) => {
+                let mut unit: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
+                change.apply(&mut unit);
+                normalize_chw(&unit, 1.0, s as usize, view.flip, &self.mean, &self.std, out);
+            }
+        }
         Ok(())
     }
 }
@@ -140,17 +150,18 @@ thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
-/// Writes `(pixel / 255 - mean) / std` channel-first, mirroring columns when `flip` is set.
-fn normalize_chw(rgb: &[u8], size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+/// Writes `(pixel · unit - mean) / std` channel-first (`unit` takes pixels to [0, 1]),
+/// mirroring columns when `flip` is set.
+fn normalize_chw<T: Copy + Into<f32>>(rgb: &[T], unit: f32, size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
     let plane = size * size;
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * std[c]));
+    let scale: [f32; 3] = std::array::from_fn(|c| unit / std[c]);
     let shift: [f32; 3] = std::array::from_fn(|c| mean[c] / std[c]);
     for y in 0..size {
         for x in 0..size {
             let src = 3 * (y * size + if flip { size - 1 - x } else { x });
             let dst = y * size + x;
             for c in 0..3 {
-                out[c * plane + dst] = rgb[src + c] as f32 * scale[c] - shift[c];
+                out[c * plane + dst] = rgb[src + c].into() * scale[c] - shift[c];
             }
         }
     }
@@ -208,7 +219,7 @@ mod tests {
         let mut flipped = vec![0.0; t.numel()];
         // Height 1 → 2 upsamples rows; columns keep their order.
         t.apply_into(&img, &View::default(), &mut plain).unwrap();
-        t.apply_into(&img, &View { crop: None, flip: true }, &mut flipped).unwrap();
+        t.apply_into(&img, &View { flip: true, ..View::default() }, &mut flipped).unwrap();
         assert!(plain[0] < plain[1]);
         assert_eq!(plain[0], flipped[1]);
         assert_eq!(plain[1], flipped[0]);

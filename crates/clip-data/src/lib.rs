@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod error;
 pub mod fashion_mnist;
 pub mod fs;
+pub mod color;
 pub mod imaging;
 pub mod inspect;
 pub mod loader;
