@@ -9,6 +9,7 @@ mod infer;
 mod interrupt;
 mod kernels;
 mod probe;
+mod runs;
 mod serve;
 mod train;
 
@@ -42,6 +43,8 @@ enum Command {
     /// Linear-probe accuracy of the image tower: a logistic regression on its embeddings of
     /// labelled training images, scored on the validation split (or given folders).
     Probe(probe::ProbeArgs),
+    /// The runs of a runs directory side by side: status, best validation, differing config values.
+    Runs(runs::RunsArgs),
     /// Serve an index over HTTP: a search page, JSON text and image queries, the images.
     Serve(serve::ServeArgs),
     /// Write a run's model as ONNX files (image and text encoders), with its tokenizer and
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Probe(args) => probe::probe(args),
         Command::Export(args) => export::export(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Runs(args) => runs::runs(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

@@ -366,6 +366,14 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
 
     // An index made by another model is refused.
     let other = tiny_run(dir.path(), "other", 2);
+
+    // The two runs side by side: both finished, and the seed is what sets them apart.
+    let out = run_ok_plain(&[&o("runs"), dir.path().as_os_str()]);
+    let row = |name: &str| out.lines().skip(1).find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no row {name}: {out}")).to_string();
+    assert!(row("run").contains("finished") && row("other").contains("finished"), "{out}");
+    let seeds = out.lines().find(|l| l.starts_with("train.seed")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(seeds.split_whitespace().collect::<Vec<_>>(), ["train.seed", "2", "1"], "{out}");
+    assert!(!out.contains("train.lr"), "equal settings are not listed: {out}");
     let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--checkpoint"), other.as_os_str()]);
     assert!(err.contains("built by model") && err.contains("index"), "{err}");
     let err = run_err(&[&o("embed"), &o("--checkpoint"), other.as_os_str(), &o("--images"), folder_s, &o("--out"), index_s]);

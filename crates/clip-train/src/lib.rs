@@ -2,7 +2,7 @@
 //! ([`trainer`]) with per-group learning rates, global-norm clipping and fp16 loss scaling
 //! ([`optim`], [`grads`]), schedules ([`schedule`]), atomic checkpoints and resume
 //! ([`checkpoint`]), metrics files and curves ([`metrics`], [`plots`]), and the live terminal
-//! dashboard ([`dashboard`]).
+//! dashboard ([`dashboard`]), and an overview of a runs directory ([`runs`]).
 
 pub mod checkpoint;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod grads;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
+pub mod runs;
 pub mod schedule;
 pub mod step;
 pub mod tensorboard;
