@@ -40,8 +40,13 @@ def preprocess(paths, meta):
     batch = []
     for p in paths:
         img = Image.open(p).convert("RGB")
+        if meta.get("resize") == "center-crop":
+            side = min(img.size)
+            left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
+            img = img.crop((left, top, left + side, top + side))
         if img.size != (size, size):
-            # "squash": both sides to the size, aspect ratio not kept (bilinear).
+            # Pillow's bilinear filter is the "antialias" one; "bilinear" (OpenCV's INTER_LINEAR,
+            # no antialiasing) differs slightly when shrinking: embeddings are then close, not equal.
             img = img.resize((size, size), Image.BILINEAR)
         x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
         batch.append((x - mean) / std)

@@ -177,6 +177,9 @@ fn print_report(data: &DataConfig, r: &InspectReport) {
 
 /// Writes a grid of the first `samples` training examples of `epoch`, de-normalized.
 fn preview(data: &DataConfig, out: &Path, samples: usize, epoch: usize) -> Result<()> {
+    if samples == 0 {
+        anyhow::bail!("--samples must be at least 1");
+    }
     let dataset = clip_data::CaptionDataset::load(data)?;
     let split = clip_data::SplitDataset::new(&dataset, data)?;
     let pipeline = clip_data::ExamplePipeline::train(data)?;

@@ -28,13 +28,16 @@ pub fn export(args: ExportArgs) -> Result<()> {
     let loaded = LoadedModel::<Flex>::from_run(&args.checkpoint, &device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let data = &loaded.card.data;
-    let card = serde_json::to_string_pretty(&loaded.card).context("model card")?;
+    // The card as the run wrote it (its bytes are part of the model's identity).
+    let card_path = args.checkpoint.join("model.json");
+    let card = std::fs::read_to_string(&card_path).with_context(|| format!("reading {}", card_path.display()))?;
     // The preprocessing a server must reproduce, next to the weights that expect it.
     let metadata = vec![
         ("image_size".to_string(), data.image_size.to_string()),
         ("mean".to_string(), serde_json::to_string(&data.mean)?),
         ("std".to_string(), serde_json::to_string(&data.std)?),
         ("resize".to_string(), serde_json::to_value(data.resize)?.as_str().unwrap_or_default().to_string()),
+        ("resize_filter".to_string(), serde_json::to_value(data.resize_filter)?.as_str().unwrap_or_default().to_string()),
         ("text_max_length".to_string(), data.text_max_length.to_string()),
         ("normalized_embeddings".to_string(), loaded.card.clip.normalize_embeddings.to_string()),
         ("model_card".to_string(), card.clone()),
@@ -58,8 +61,9 @@ pub fn export(args: ExportArgs) -> Result<()> {
     );
     println!("  {}: the tokenizer (tokenizers / transformers.js), at most {} tokens", tokenizer.display(), data.text_max_length);
     println!(
-        "  preprocessing: resize ({}) to {s}×{s}, RGB in [0, 1], minus mean {:?}, divided by std {:?}, channels first",
+        "  preprocessing: resize ({}, {}) to {s}×{s}, RGB in [0, 1], minus mean {:?}, divided by std {:?}, channels first",
         metadata[3].1,
+        metadata[4].1,
         data.mean,
         data.std,
         s = data.image_size

@@ -177,7 +177,7 @@ impl BackendTask for EmbedArgs {
         let files: Vec<PathBuf> = files.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
         let mut index = if EmbeddingIndex::exists(&self.out) {
             let index = EmbeddingIndex::load(&self.out)?;
-            if index.meta.model_id != model.id {
+            if !model.made(&index.meta.model_id) {
                 bail!(
                     "{}: this index was built by another model ({} from {}); this is {} from {}. Use a new --out",
                     self.out.display(),
@@ -193,7 +193,8 @@ impl BackendTask for EmbedArgs {
         };
         // Keep rows of files still there and unchanged; embed the new and the changed.
         let wanted: HashSet<&PathBuf> = files.iter().collect();
-        let mut kept = EmbeddingIndex::new(&index.meta.model_id, &index.meta.run_dir, index.meta.dim);
+        // Saved under the model's current identity (an index with the legacy one is upgraded).
+        let mut kept = EmbeddingIndex::new(&model.id, &index.meta.run_dir, index.meta.dim);
         kept.meta.embeddings = index.meta.embeddings.clone();
         let mut have = HashSet::new();
         for (i, e) in index.meta.entries.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! `clip serve`: an index and its model behind HTTP, for applications and for people: a search
 //! page at `/`, JSON at `/search` (text query by GET, image query by POST), the indexed images at
-//! `/image/N`. Requests are answered one at a time; the model stays loaded between them.
+//! `/image/N`. A few worker threads share the loaded model.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -79,29 +79,58 @@ impl BackendTask for ServeArgs {
         println!("serving {} images from {} ({backend}) at http://{address}/", service.len(), self.index.display());
         use std::io::Write;
         std::io::stdout().flush().ok();
-        for request in server.incoming_requests() {
-            let started = Instant::now();
-            let (method, url) = (request.method().clone(), request.url().to_string());
-            let status = answer(&service, request);
-            eprintln!("{method} {url} → {status} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
-        }
+        // A few workers share the loaded model: a slow upload or a long query does not hold up
+        // the others.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    while let Ok(request) = server.recv() {
+                        let started = Instant::now();
+                        let (method, url) = (request.method().clone(), request.url().to_string());
+                        let status = answer(&service, request);
+                        eprintln!("{method} {url} → {status} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+                    }
+                });
+            }
+        });
         Ok(())
     }
 }
 
-/// Answers one request; returns its status code.
+/// Answers one request; returns its status code. A panic while answering (a decoder's, say)
+/// becomes a 500 for that request, not the end of the server.
 fn answer<B: burn::tensor::backend::Backend>(service: &SearchService<B>, mut request: Request) -> u16 {
+    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply_to(service, &mut request)));
+    let response = match reply {
+        Ok(Ok(response)) => response,
+        Ok(Err(Failure(status, message))) => json(&serde_json::json!({ "error": message })).with_status_code(status),
+        Err(panic) => {
+            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            json(&serde_json::json!({ "error": format!("internal error: {}", what.unwrap_or_default()) })).with_status_code(500)
+        }
+    };
+    let status = response.status_code().0;
+    // A client that went away is not the server's problem.
+    let _ = request.respond(response);
+    status
+}
+
+fn reply_to<B: burn::tensor::backend::Backend>(service: &SearchService<B>, request: &mut Request) -> Reply {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let reply = match (request.method(), path) {
+    match (request.method(), path) {
         (Method::Get, "/") => Ok(Response::from_data(PAGE.as_bytes().to_vec()).with_header(header("text/html; charset=utf-8"))),
         (Method::Get, "/health") => {
             let body = serde_json::json!({ "images": service.len(), "model": service.model.id });
             Ok(json(&body))
         }
         (Method::Get, "/search") => search_text(service, param("q"), param("k")),
+        (Method::Post, "/search") if request.body_length().is_some_and(|n| n > MAX_UPLOAD) => {
+            Err(Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20)))
+        }
         (Method::Post, "/search") => {
             let mut body = Vec::new();
             let read = request.as_reader().take(MAX_UPLOAD as u64 + 1).read_to_end(&mut body);
@@ -114,12 +143,7 @@ fn answer<B: burn::tensor::backend::Backend>(service: &SearchService<B>, mut req
         (Method::Get, p) if p.starts_with("/image/") => image(service, &p["/image/".len()..]),
         (_, "/" | "/health" | "/search") => Err(Failure(405, format!("{} is not answered at {path}", request.method()))),
         _ => Err(Failure(404, format!("nothing at {path}: try /, /search?q=..., /image/N or /health"))),
-    };
-    let response = reply.unwrap_or_else(|Failure(status, message)| json(&serde_json::json!({ "error": message })).with_status_code(status));
-    let status = response.status_code().0;
-    // A client that went away is not the server's problem.
-    let _ = request.respond(response);
-    status
+    }
 }
 
 fn header(content_type: &str) -> Header {
@@ -168,9 +192,12 @@ fn image<B: burn::tensor::backend::Backend>(service: &SearchService<B>, n: &str)
     let path = n.parse::<usize>().ok().and_then(|i| service.path(i)).ok_or_else(|| Failure(404, format!("no image {n:?} in the index")))?;
     let bytes = clip_data::shards::read_image_bytes(path).map_err(|e| Failure(404, e.to_string()))?;
     let kind = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
         Some("png") => "image/png",
         Some("webp") => "image/webp",
-        _ => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        _ => "application/octet-stream",
     };
     Ok(Response::from_data(bytes).with_header(header(kind)))
 }

@@ -621,6 +621,16 @@ fn serve_answers_text_and_image_queries_like_search_does() {
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(error["error"].as_str().unwrap().contains(says), "{method} {target}: {text}");
     }
+    // An upload announced as too large is refused before it is read.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(stream, "POST /search HTTP/1.1\r\nHost: {address}\r\nContent-Length: 40000000\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = vec![0u8; 12];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&reply));
+    }
     let (status, page) = http(&address, "GET", "/", b"");
     assert!(status == 200 && String::from_utf8_lossy(&page).contains("<form"));
     let (status, _) = http(&address, "GET", "/health", b"");

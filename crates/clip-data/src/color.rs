@@ -39,9 +39,9 @@ impl Jitter {
     }
 }
 
-/// ITU-R 601 luma, the weights torchvision's grayscale uses.
+/// ITU-R 601 luma with torchvision's rounding of the weights (`rgb_to_grayscale`).
 fn luma(r: f32, g: f32, b: f32) -> f32 {
-    0.299 * r + 0.587 * g + 0.114 * b
+    0.2989 * r + 0.587 * g + 0.114 * b
 }
 
 impl ColorChange {
@@ -168,6 +168,25 @@ mod tests {
         let mut x = pixels;
         ColorChange { jitter: None, grayscale: true }.apply(&mut x);
         assert!(close(&x, &[a, a, a, b, b, b]), "{x:?}");
+    }
+
+    #[test]
+    fn matches_torchvision_on_reference_pixels() {
+        // tests/fixtures/color_reference.py printed these (torchvision 0.29.2).
+        let pixels = [0.2f32, 0.4, 0.6, 1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.9, 0.3, 0.1];
+        let cases: [(ColorChange, [f32; 12]); 6] = [
+            (change(1.3, 1.0, 1.0, 0.0), [0.26, 0.52, 0.78, 1.0, 0.0, 0.0, 0.65, 0.65, 0.65, 1.0, 0.39, 0.13]),
+            (change(1.0, 0.6, 1.0, 0.0), [0.281834, 0.401834, 0.521834, 0.761834, 0.161834, 0.161834, 0.461834, 0.461834, 0.461834, 0.701834, 0.341834, 0.221834]),
+            (change(1.0, 1.0, 1.7, 0.0), [0.085914, 0.425914, 0.765914, 1.0, 0.0, 0.0, 0.500035, 0.500035, 0.500035, 1.0, 0.190443, 0.0]),
+            (change(1.0, 1.0, 1.0, 0.15), [0.36, 0.2, 0.6, 1.0, 0.9, 0.0, 0.5, 0.5, 0.5, 0.78, 0.9, 0.1]),
+            (change(1.0, 1.0, 1.0, -0.4), [0.56, 0.6, 0.2, 0.0, 0.4, 1.0, 0.5, 0.5, 0.5, 0.1, 0.22, 0.9]),
+            (ColorChange { jitter: None, grayscale: true }, [0.36298, 0.36298, 0.36298, 0.2989, 0.2989, 0.2989, 0.49995, 0.49995, 0.49995, 0.45651, 0.45651, 0.45651]),
+        ];
+        for (c, want) in cases {
+            let mut x = pixels;
+            c.apply(&mut x);
+            assert!(close(&x, &want), "{c:?}: {x:?} vs torchvision {want:?}");
+        }
     }
 
     #[test]

@@ -27,8 +27,42 @@ pub struct LoadedModel<B: Backend> {
     pub tokenizer: CaptionTokenizer,
     /// Identifies architecture + weights: indexes built by another model are refused.
     pub id: String,
+    /// The identity indexes made before `id` hashed the files as written.
+    pub legacy_id: Option<String>,
     pub run_dir: PathBuf,
     pub weights: PathBuf,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// `model.json` with its `clip` object kept as written.
+#[derive(Deserialize)]
+struct RawCard<'a> {
+    #[serde(borrow)]
+    clip: &'a serde_json::value::RawValue,
+}
+
+/// JSON text without the whitespace between tokens (strings kept as they are).
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// 64-bit FNV-1a, stable across platforms and Rust versions.
@@ -61,6 +95,11 @@ fn find_weights(run: &Path) -> Option<PathBuf> {
 }
 
 impl<B: Backend> LoadedModel<B> {
+    /// Whether embeddings recorded under `model_id` (an index's) were made by this model.
+    pub fn made(&self, model_id: &str) -> bool {
+        self.id == model_id || self.legacy_id.as_deref() == Some(model_id)
+    }
+
     /// Loads the model of a run directory (`model.json` + its best weights).
     pub fn from_run(run: &Path, device: &B::Device) -> Result<Self> {
         let card_path = run.join("model.json");
@@ -90,7 +129,12 @@ impl<B: Backend> LoadedModel<B> {
         let weight_bytes = std::fs::read(&weights).map_err(|e| InferError::io(&weights, e))?;
         // The files as written, not the card as this version re-serializes it: a newer `clip`
         // (a config field added) must not disown the indexes made with an older one.
-        let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&bytes, 0xcbf2_9ce4_8422_2325)));
+        let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&bytes, FNV_OFFSET)));
+        // Indexes made before that hashed the card's `clip` object, compact, as the version that
+        // wrote `model.json` serialized it: that is the file's own object without whitespace.
+        let legacy_id = serde_json::from_slice::<RawCard>(&bytes)
+            .ok()
+            .map(|raw| format!("{:016x}", fnv1a(&weight_bytes, fnv1a(minify(raw.clip.get()).as_bytes(), FNV_OFFSET))));
         let tokenizer = card.data.tokenizer()?;
         Ok(Self {
             transform: card.data.image_transform(),
@@ -98,8 +142,24 @@ impl<B: Backend> LoadedModel<B> {
             card,
             tokenizer,
             id,
+            legacy_id,
             run_dir: run.into(),
             weights,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_drops_whitespace_between_tokens_only() {
+        let pretty = "{\n  \"a\": [1, 2],\n  \"b\": \"x y \\\" z\"\n}";
+        assert_eq!(minify(pretty), "{\"a\":[1,2],\"b\":\"x y \\\" z\"}");
+        let value = serde_json::json!({"clip": {"image": {"layers": [3, 4]}, "name": "a b"}, "data": 1});
+        let card = serde_json::to_string_pretty(&value).unwrap();
+        let raw: RawCard = serde_json::from_str(&card).unwrap();
+        assert_eq!(minify(raw.clip.get()), serde_json::to_string(&value["clip"]).unwrap());
     }
 }

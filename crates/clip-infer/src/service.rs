@@ -41,7 +41,7 @@ impl<B: Backend> SearchService<B> {
         let index = EmbeddingIndex::load(index_dir)?;
         let run = checkpoint.map(Path::to_path_buf).unwrap_or_else(|| index.meta.run_dir.clone());
         let model = LoadedModel::<B>::from_run(&run, device)?;
-        if model.id != index.meta.model_id {
+        if !model.made(&index.meta.model_id) {
             return Err(InferError::Index {
                 path: index_dir.into(),
                 message: format!(

@@ -5,7 +5,8 @@
 //!
 //! Inference semantics: batch norms use their running statistics, dropout is off. Every
 //! operator is in ONNX's default domain at opset 17; layer norm and GELU are spelled out in
-//! elementary operators (runtimes fuse them back), so older runtimes read the files too.
+//! elementary operators (runtimes fuse them back), so runtimes without kernels for
+//! `LayerNormalization` or a GELU run the files too.
 
 use std::path::Path;
 

@@ -86,31 +86,40 @@ fn exported_towers_compute_the_burn_models_embeddings() {
 
         let image_path = dir.path().join(format!("image-{n}.onnx"));
         write_onnx(&image_encoder_onnx(&model, &[]), &image_path).unwrap();
-        let pixels = pixels.inner();
-        let ours = model.encode_image(pixels.clone()).into_data().to_vec::<f32>().unwrap();
-        let values = pixels.into_data().to_vec::<f32>().unwrap();
-        let input = tract_onnx::prelude::Tensor::from_shape(&[3, 3, size, size], &values).unwrap();
-        let onnx = run(&image_path, vec![(input, f32::fact([3, 3, size, size]).into())]);
-        assert_close(&format!("image tower {n}"), &ours, &onnx);
+        // The batch and the image size are free in the file: another batch and size too.
+        let other = Tensor::<B, 4>::random([1, 3, size + 8, size + 8], Distribution::Normal(0.0, 1.0), &device);
+        for pixels in [pixels.inner(), other] {
+            let dims = pixels.dims();
+            let ours = model.encode_image(pixels.clone()).into_data().to_vec::<f32>().unwrap();
+            let values = pixels.into_data().to_vec::<f32>().unwrap();
+            let input = tract_onnx::prelude::Tensor::from_shape(&dims, &values).unwrap();
+            let onnx = run(&image_path, vec![(input, f32::fact(dims).into())]);
+            assert_close(&format!("image tower {n} at {dims:?}"), &ours, &onnx);
+        }
 
         let text_path = dir.path().join(format!("text-{n}.onnx"));
         let metadata = [("image_size".to_string(), size.to_string())];
         let proto = text_encoder_onnx(&model, &config, &metadata);
         assert_eq!(proto.metadata_props[0].value, size.to_string());
         write_onnx(&proto, &text_path).unwrap();
-        let ids: Vec<i64> = IDS.iter().flatten().copied().collect();
-        let ids_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [3, 7]), &device);
-        let mask_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(mask(), [3, 7]), &device);
-        let ours = model.encode_text(ids_burn, mask_burn).into_data().to_vec::<f32>().unwrap();
-        let inputs = vec![
-            (tract_onnx::prelude::Tensor::from_shape(&[3, 7], &ids).unwrap(), i64::fact([3, 7]).into()),
-            (tract_onnx::prelude::Tensor::from_shape(&[3, 7], &mask()).unwrap(), i64::fact([3, 7]).into()),
-        ];
-        let onnx = run(&text_path, inputs);
-        assert_close(&format!("text tower {n}"), &ours, &onnx);
-        if normalize {
-            let norm: f32 = onnx[..6].iter().map(|v| v * v).sum::<f32>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        // All three captions at length 7, then the first two cut to length 5 (batch and
+        // sequence length are free in the file).
+        for (rows, len) in [(3, 7), (2, 5)] {
+            let ids: Vec<i64> = IDS.iter().take(rows).flat_map(|r| r[..len].to_vec()).collect();
+            let mask: Vec<i64> = ids.iter().map(|&t| (t != 0) as i64).collect();
+            let ids_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [rows, len]), &device);
+            let mask_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [rows, len]), &device);
+            let ours = model.encode_text(ids_burn, mask_burn).into_data().to_vec::<f32>().unwrap();
+            let inputs = vec![
+                (tract_onnx::prelude::Tensor::from_shape(&[rows, len], &ids).unwrap(), i64::fact([rows, len]).into()),
+                (tract_onnx::prelude::Tensor::from_shape(&[rows, len], &mask).unwrap(), i64::fact([rows, len]).into()),
+            ];
+            let onnx = run(&text_path, inputs);
+            assert_close(&format!("text tower {n} at {rows}×{len}"), &ours, &onnx);
+            if normalize {
+                let norm: f32 = onnx[..6].iter().map(|v| v * v).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+            }
         }
     }
 }

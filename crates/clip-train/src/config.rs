@@ -200,6 +200,8 @@ pub struct TrainSpec {
     pub eps: f64,
     pub schedule: ScheduleKind,
     pub warmup_steps: usize,
+    /// The floor of the cosine and plateau schedules, relative to `lr`: every group's rate stops
+    /// at its own base rate × `min_lr / lr`.
     pub min_lr: f64,
     /// `schedule = "plateau"`: validations without improvement tolerated before a reduction,
     /// and the factor of each reduction (the seed notebook's: 1 and 0.8).

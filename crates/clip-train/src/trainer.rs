@@ -212,6 +212,9 @@ pub fn train<B: AutodiffBackend>(
             observer.on_message("train.schedule = \"plateau\" keeps the learning rates constant: it reduces them on validations");
         }
     }
+    if t.schedule == ScheduleKind::Plateau && t.val_every_epochs == 0 && t.val_every_steps == 0 {
+        observer.on_message("train.schedule = \"plateau\" will not reduce: the run validates only at its end (set val_every_epochs or val_every_steps)");
+    }
     if t.recompute_activations {
         observer.on_message("activations are recomputed in the backward pass (train.recompute_activations)");
     }
@@ -539,8 +542,10 @@ impl Validator<'_> {
         let t = &self.config.train;
         if t.schedule == ScheduleKind::Plateau {
             let score = m.score(best_by).unwrap_or(f64::NAN);
-            if state.plateau.observe(score, best_by.lower_is_better(), t.plateau_patience) {
-                let factor = t.plateau_factor.powi(state.plateau.reductions as i32).max(t.min_lr / t.lr);
+            let factor_at = |reductions: usize| t.plateau_factor.powi(reductions as i32).max(t.min_lr / t.lr);
+            let before = factor_at(state.plateau.reductions);
+            if state.plateau.observe(score, best_by.lower_is_better(), t.plateau_patience) && factor_at(state.plateau.reductions) < before {
+                let factor = factor_at(state.plateau.reductions);
                 observer.on_message(&format!(
                     "{} has not improved for {} validations: learning rates reduced to {factor:.3e} × their base (train.schedule = \"plateau\")",
                     best_by_name(best_by),
