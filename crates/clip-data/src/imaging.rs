@@ -135,7 +135,7 @@ impl ImageTransform {
             &resized
         };
         match &view.color {
-            None => normalize_chw(pixels, 1.0 / 255.0, s as usize, view.flip, &self.mean, &self.std, out),
+            None => normalize_chw(pixels, 255.0, s as usize, view.flip, &self.mean, &self.std, out),
             Some(change) => {
                 let mut unit: Vec<f32> = pixels.iter().map(|&v| v as f32 / 255.0).collect();
                 change.apply(&mut unit);
@@ -150,11 +150,11 @@ thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
-/// Writes `(pixel · unit - mean) / std` channel-first (`unit` takes pixels to [0, 1]),
-/// mirroring columns when `flip` is set.
-fn normalize_chw<T: Copy + Into<f32>>(rgb: &[T], unit: f32, size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+/// Writes `(pixel / white - mean) / std` channel-first (`white`: 255 for bytes, 1 for values
+/// already in [0, 1]), mirroring columns when `flip` is set.
+fn normalize_chw<T: Copy + Into<f32>>(rgb: &[T], white: f32, size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
     let plane = size * size;
-    let scale: [f32; 3] = std::array::from_fn(|c| unit / std[c]);
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (white * std[c]));
     let shift: [f32; 3] = std::array::from_fn(|c| mean[c] / std[c]);
     for y in 0..size {
         for x in 0..size {
