@@ -11,6 +11,7 @@ mod kernels;
 mod probe;
 mod runs;
 mod serve;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Linear-probe accuracy of the image tower: a logistic regression on its embeddings of
     /// labelled training images, scored on the validation split (or given folders).
     Probe(probe::ProbeArgs),
+    /// Train one config over a grid of settings (`--grid train.lr=1e-3,3e-4`), run after run,
+    /// then compare the runs.
+    Sweep(sweep::SweepArgs),
     /// The runs of a runs directory side by side: status, best validation, differing config values.
     Runs(runs::RunsArgs),
     /// Serve an index over HTTP: a search page, JSON text and image queries, the images.
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::export(args),
         Command::Serve(args) => serve::serve(args),
         Command::Runs(args) => runs::runs(args),
+        Command::Sweep(args) => sweep::sweep(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
             let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
             let backend = backend.unwrap_or(config.train.backend);

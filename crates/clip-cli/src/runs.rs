@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use clip_train::runs::list_runs;
+use clip_train::runs::{list_runs, RunOverview};
 
 #[derive(Args, Debug, Clone)]
 pub struct RunsArgs {
@@ -27,10 +27,16 @@ pub fn runs(args: RunsArgs) -> Result<()> {
         println!("no runs in {}", args.dir.display());
         return Ok(());
     }
+    print_overview(&runs);
+    Ok(())
+}
+
+/// The runs as a table, then the settings that differ between them (one row per key).
+pub fn print_overview(runs: &[RunOverview]) {
     let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
     let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(3).max(3);
     println!("{:width$}  {:13}  {:>7}  {:>6}  {:>16}  {:>8}  {:>8}  {:>9}", "run", "status", "steps", "time", "best", "t→i R@1", "i→t R@1", "zero-shot");
-    for r in &runs {
+    for r in runs {
         let time = r.elapsed_s.map_or("-".to_string(), |s| if s < 90.0 { format!("{s:.0}s") } else if s < 5400.0 { format!("{:.0}m", s / 60.0) } else { format!("{:.1}h", s / 3600.0) });
         let best = r.best_score.map_or("-".to_string(), |v| format!("{} {v:.4}", r.best_by));
         let (t2i, i2t, zs) = match &r.best {
@@ -42,7 +48,7 @@ pub fn runs(args: RunsArgs) -> Result<()> {
     // The settings that set runs apart: one row per key, one column per run.
     let keys: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| r.differs.keys()).collect();
     if keys.is_empty() || runs.len() < 2 {
-        return Ok(());
+        return;
     }
     const CELL: usize = 24;
     let cell = |v: &str| {
@@ -54,16 +60,15 @@ pub fn runs(args: RunsArgs) -> Result<()> {
     let key_width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max(HEADER.len());
     println!();
     print!("{HEADER:key_width$}");
-    for r in &runs {
+    for r in runs {
         print!("  {:CELL$}", cell(&r.name));
     }
     println!();
     for key in keys {
         print!("{key:key_width$}");
-        for r in &runs {
+        for r in runs {
             print!("  {:CELL$}", cell(r.differs.get(key).map_or("", String::as_str)));
         }
         println!();
     }
-    Ok(())
 }

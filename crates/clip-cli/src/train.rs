@@ -76,6 +76,11 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
 /// Trains a config as the quickstart does (into a fresh run directory under its runs_dir).
 pub fn train_config(config: ExperimentConfig, backend: BackendChoice, plain: bool) -> Result<TrainSummary> {
     let run = RunDir::create_unique(&config.runs_dir, &config.name)?;
+    train_in(config, run, backend, plain)
+}
+
+/// Trains a config into a new run directory made for it.
+pub fn train_in(config: ExperimentConfig, run: RunDir, backend: BackendChoice, plain: bool) -> Result<TrainSummary> {
     train_job(Job { config, run, resume: false, plain }, backend)
 }
 

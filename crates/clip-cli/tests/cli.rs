@@ -636,3 +636,32 @@ fn serve_answers_text_and_image_queries_like_search_does() {
     let (status, _) = http(&address, "GET", "/health", b"");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_sweep_trains_every_combination_and_compares_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    let out = clip()
+        .args(["sweep", "--plain", "--backend", "cpu", "--set", "train.max_steps=2", "--grid", "train.seed=1,2", "--grid", "train.lr=1e-3,3e-4", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("sweep: 4 runs"), "{stdout}");
+    let runs_dir = config.parent().unwrap().join("runs");
+    let mut made: Vec<String> = std::fs::read_dir(&runs_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    made.sort();
+    assert_eq!(made.len(), 4, "{made:?}");
+    assert!(made.iter().all(|n| n.contains("-seed=") && n.contains("-lr=")), "{made:?}");
+    // The comparison at the end: every run finished, and the two settings that vary are listed.
+    assert_eq!(stdout.lines().filter(|l| l.contains(" finished ")).count(), 4, "{stdout}");
+    for key in ["train.seed", "train.lr"] {
+        assert!(stdout.lines().any(|l| l.starts_with(key)), "no {key} row: {stdout}");
+    }
+    // A bad value in the grid fails before anything trains, naming the key.
+    let out = clip().args(["sweep", "--grid", "train.lr=1e-3,fast", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.lr") && !err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_dir(&runs_dir).unwrap().count(), 4);
+}

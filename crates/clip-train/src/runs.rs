@@ -93,15 +93,20 @@ impl RunOverview {
 /// The runs directly inside `runs_dir`, by name, each with the config values that set it apart.
 pub fn list_runs(runs_dir: &Path) -> Result<Vec<RunOverview>> {
     let entries = std::fs::read_dir(runs_dir).map_err(|e| TrainError::io(runs_dir, e))?;
+    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    overview(&dirs)
+}
+
+/// The given run directories (others skipped), in order, each with the config values that set
+/// it apart from the rest of them.
+pub fn overview(dirs: &[PathBuf]) -> Result<Vec<RunOverview>> {
     let mut runs = Vec::new();
-    for entry in entries.flatten() {
-        if entry.path().is_dir() {
-            if let Some(run) = RunOverview::read(&entry.path())? {
-                runs.push(run);
-            }
+    for dir in dirs {
+        if let Some(run) = RunOverview::read(dir)? {
+            runs.push(run);
         }
     }
-    runs.sort_by(|a, b| a.name.cmp(&b.name));
     mark_differences(&mut runs);
     Ok(runs)
 }
