@@ -50,7 +50,7 @@ pub struct ImageEmbeddings {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-fn normalize_rows(rows: &mut [f32], dim: usize) {
+pub(crate) fn normalize_rows(rows: &mut [f32], dim: usize) {
     for r in rows.chunks_mut(dim) {
         let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         r.iter_mut().for_each(|v| *v /= n);

@@ -82,8 +82,8 @@ impl<B: Backend> SearchService<B> {
         let size = transform.size as usize;
         let images = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &self.device);
         let mut row: Vec<f32> = self.model.model.encode_image(images).into_data().convert::<f32>().to_vec().unwrap_or_default();
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|v| *v /= norm);
+        let dim = row.len();
+        crate::embed::normalize_rows(&mut row, dim);
         Ok(row)
     }
 

@@ -405,14 +405,17 @@ pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), 
     metadata.insert("format".to_string(), "pt".to_string());
     metadata.insert("producer".to_string(), "clip-model".to_string());
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes a file as a whole or not at all: a temporary file beside it, renamed into place.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImportError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"), std::process::id()));
-    std::fs::write(&tmp, &bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            err(e.to_string())
-        })
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ImportError::Write { path: path.into(), message: e.to_string() }
+    })
 }
 
 #[cfg(test)]

@@ -158,13 +158,7 @@ pub fn write_onnx(model: &ModelProto, path: &Path) -> Result<(), ImportError> {
             bytes.len() as f64 / 1e9
         )));
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e.to_string())
-    })
+    crate::import::write_atomically(path, &bytes)
 }
 
 /// A dimension of a graph input or output.
