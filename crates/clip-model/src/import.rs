@@ -53,6 +53,10 @@ pub struct ImportReport {
     pub unused: Vec<String>,
     /// Known non-weights skipped on purpose (BatchNorm `num_batches_tracked`, `position_ids`).
     pub ignored: Vec<String>,
+    /// What the file holds besides weights and was left unread: a Lightning checkpoint's
+    /// `hyper_parameters`, `optimizer_states`, `loops`..., and the classes it names but that were
+    /// never built (one line each).
+    pub skipped: Vec<String>,
 }
 
 /// The text checkpoint's naming scheme.
@@ -154,8 +158,16 @@ fn text_rules(naming: TextNaming) -> &'static [Rule] {
     }
 }
 
-/// Reads every tensor of a weight file, keyed by its upstream name.
-fn read_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, ImportError> {
+/// Every tensor of a weight file keyed by its upstream name, and what the file holds besides.
+struct WeightFile {
+    tensors: BTreeMap<String, TensorSnapshot>,
+    skipped: Vec<String>,
+}
+
+/// Reads a weight file. Torch files are read by [`crate::torch_file`] (nothing in them is
+/// executed; a Lightning checkpoint's `state_dict` is taken, its other entries reported as
+/// skipped); only pre-1.6 legacy torch files go through burn-store's reader.
+fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
     let err = |message: String| ImportError::Read { path: path.into(), message };
     if !path.is_file() {
         return Err(err("no such file".into()));
@@ -164,7 +176,15 @@ fn read_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, Impor
     match ext.as_str() {
         "safetensors" => {
             let mut store = SafetensorsStore::from_file(path);
-            store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))
+            let tensors = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+            Ok(WeightFile { tensors, skipped: Vec::new() })
+        }
+        "bin" | "pt" | "pth" | "ckpt" if crate::torch_file::is_zip(path) => {
+            let file = crate::torch_file::read_torch_file(path, Some("state_dict")).map_err(|e| match e {
+                crate::torch_file::TorchFileError::Format { message, .. } => err(message),
+                crate::torch_file::TorchFileError::Io { source, .. } => err(source.to_string()),
+            })?;
+            Ok(WeightFile { tensors: file.tensors, skipped: file.skipped })
         }
         "bin" | "pt" | "pth" | "ckpt" => {
             let mut store = PytorchStore::from_file(path);
@@ -172,9 +192,10 @@ fn read_snapshots(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, Impor
             // Lightning checkpoints (and some torch.save dicts) nest the weights under `state_dict`.
             if all.keys().any(|k| k.starts_with("state_dict.")) {
                 let mut store = PytorchStore::from_file(path).with_top_level_key("state_dict");
-                return store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()));
+                let tensors = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+                return Ok(WeightFile { tensors, skipped: Vec::new() });
             }
-            Ok(all)
+            Ok(WeightFile { tensors: all, skipped: Vec::new() })
         }
         _ => Err(ImportError::Extension { path: path.into() }),
     }
@@ -205,16 +226,16 @@ fn renamed(snapshot: &TensorSnapshot, name: &str) -> TensorSnapshot {
 fn apply<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     module: &mut M,
     path: &Path,
-    snapshots: &BTreeMap<String, TensorSnapshot>,
+    file: &WeightFile,
     rules: &[(Regex, String)],
     keep_prefix: &str,
     allow_missing: bool,
     optional: &[&str],
 ) -> Result<ImportReport, ImportError> {
-    let mut report = ImportReport::default();
+    let mut report = ImportReport { skipped: file.skipped.clone(), ..ImportReport::default() };
     let mut ours = Vec::new();
     let mut origin = BTreeMap::new();
-    for (key, snap) in snapshots {
+    for (key, snap) in &file.tensors {
         let Some(rest) = key.strip_prefix(keep_prefix) else {
             continue;
         };
@@ -330,17 +351,17 @@ pub fn import_text<B: Backend>(
     path: &Path,
     naming: TextNaming,
 ) -> Result<(TextTransformer<B>, ImportReport), ImportError> {
-    let snapshots = read_snapshots(path)?;
+    let file = read_snapshots(path)?;
     let rules = compile(text_rules(naming), "", Direction::Import);
-    let report = apply(&mut model, path, &snapshots, &rules, "", false, &[])?;
+    let report = apply(&mut model, path, &file, &rules, "", false, &[])?;
     Ok((model, report))
 }
 
 /// Loads a timm or torchvision ResNet state dict into an image tower (a classifier is unused).
 pub fn import_resnet<B: Backend>(mut model: ResNet<B>, path: &Path) -> Result<(ResNet<B>, ImportReport), ImportError> {
-    let snapshots = read_snapshots(path)?;
+    let file = read_snapshots(path)?;
     let rules = compile(RESNET_RULES, "", Direction::Import);
-    let report = apply(&mut model, path, &snapshots, &rules, "", false, &[])?;
+    let report = apply(&mut model, path, &file, &rules, "", false, &[])?;
     Ok((model, report))
 }
 
@@ -363,13 +384,13 @@ fn naming_of<B: Backend>(model: &ClipModel<B>) -> TextNaming {
 /// Loads a whole CLIP model: the seed notebook's Lightning checkpoint, or a file written by
 /// [`export_clip`]. A missing `logit_scale` (or `logit_bias`) keeps the configured value.
 pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(ClipModel<B>, ImportReport), ImportError> {
-    let mut snapshots = read_snapshots(path)?;
+    let mut file = read_snapshots(path)?;
     // A LightningModule that wraps the model as `self.model` adds one more level.
-    if snapshots.keys().all(|k| k.starts_with("model.")) {
-        snapshots = snapshots.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
+    if !file.tensors.is_empty() && file.tensors.keys().all(|k| k.starts_with("model.")) {
+        file.tensors = file.tensors.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
     }
     let rules = clip_rules(naming_of(&model), Direction::Import);
-    let report = apply(&mut model, path, &snapshots, &rules, "", false, &["logit_scale", "logit_bias"])?;
+    let report = apply(&mut model, path, &file, &rules, "", false, &["logit_scale", "logit_bias"])?;
     Ok((model, report))
 }
 

@@ -16,6 +16,7 @@ pub mod projection;
 pub mod resnet;
 pub mod retrieval;
 pub mod text;
+pub mod torch_file;
 mod feature_rows;
 pub mod image_cache;
 pub mod text_cache;

@@ -334,3 +334,46 @@ fn real_minilm_weights_match_transformers_when_present() {
     let ours: Vec<f32> = model.forward(ids, mask, Precision::Fp32).into_data().to_vec().unwrap();
     assert_rel("minilm mean pooled", &ours, &want.mean_pooled.concat());
 }
+
+/// The smallest cosine similarity between corresponding rows.
+fn min_row_cosine(ours: &[f32], theirs: &[f32], width: usize) -> f32 {
+    ours.chunks(width)
+        .zip(theirs.chunks(width))
+        .map(|(a, b)| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b))
+        })
+        .fold(1.0, f32::min)
+}
+
+/// Checkpoints as the seed notebook's Lightning run writes them (`save_hyperparameters()` with
+/// its `__main__.Config` holding a `torch.device`, optimizer states keyed by integers, loops,
+/// callbacks), from Lightning 2.x and 1.9: the weights import, everything else is reported.
+#[test]
+fn seed_notebook_lightning_checkpoints_import_past_everything_else_they_hold() {
+    let expected = Io(std::fs::read(fixture("seed_notebook/expected.safetensors")).unwrap());
+    let (ids, mask) = (expected.int::<B>("input_ids"), expected.int::<B>("attention_mask"));
+    let pixels = expected.float::<B, 4>("pixels");
+    for (file, prefix) in [("seed_lightning2.ckpt", ""), ("seed_pl19.ckpt", "pl19.")] {
+        let (model, report) = import_clip(tiny_clip().init::<B>(&Default::default()), &fixture(&format!("seed_notebook/{file}"))).unwrap();
+        assert!(report.missing.is_empty() && report.unused.is_empty(), "{file}: {report:?}");
+        assert_eq!(report.ignored.len(), 17, "{file}: num_batches_tracked of 17 BatchNorms");
+        let skipped = report.skipped.join("\n");
+        for want in ["hyper_parameters: dict of 1; objects of __main__.Config, torch.device", "optimizer_states", "loops", "callbacks", "lr_schedulers", "epoch"] {
+            assert!(skipped.contains(want), "{file}: {want:?} not in\n{skipped}");
+        }
+        assert!(!skipped.contains("state_dict"), "{skipped}");
+        for (name, ours) in [
+            ("image_embeddings", model.encode_image(pixels.clone())),
+            ("text_embeddings", model.encode_text(ids.clone(), mask.clone())),
+        ] {
+            let key = format!("{prefix}{name}");
+            let (shape, theirs) = expected.get(&key);
+            let ours: Vec<f32> = ours.into_data().to_vec().unwrap();
+            let cos = min_row_cosine(&ours, &theirs, shape[1]);
+            assert!(cos >= 0.99999, "{file} {name}: cosine {cos}");
+            assert_rel(&key, &ours, &theirs);
+        }
+    }
+}
