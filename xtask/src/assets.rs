@@ -158,17 +158,33 @@ pub fn fetch(assets_dir: &Path, only: &[String]) -> Result<Vec<&'static str>> {
     Ok(ready)
 }
 
-/// Returns whether anything had to be fetched.
+/// Returns whether anything had to be fetched. Never replaces or removes a file it did not
+/// write: a file already at an asset's path (or at its archive's) with another checksum is an
+/// error naming it.
 fn fetch_one(asset: &Asset, assets_dir: &Path, downloads: &Path) -> Result<bool> {
     let dest = assets_dir.join(asset.dest);
     if asset.files.iter().all(|(f, sha)| has_sha(&dest.join(f), sha)) {
         return Ok(false);
     }
+    for (file, sha) in asset.files {
+        let to = dest.join(file);
+        if to.exists() && !has_sha(&to, sha) {
+            bail!("{}: exists but is not the expected file (sha256 {sha}); left as it is: move it away to fetch {}", to.display(), asset.id);
+        }
+    }
     let archive = downloads.join(asset.archive);
-    if !has_sha(&archive, asset.archive_sha256) {
+    if archive.exists() && !has_sha(&archive, asset.archive_sha256) {
+        bail!(
+            "{}: exists but is not the expected archive (sha256 {}); left as it is: replace or remove it and run again",
+            archive.display(),
+            asset.archive_sha256
+        );
+    }
+    if !archive.exists() {
         download(asset, downloads)?;
         let got = sha256_file(&archive).with_context(|| format!("the download did not produce {}", archive.display()))?;
         if got != asset.archive_sha256 {
+            // This download made it (the path was free before): ours to remove.
             let _ = std::fs::remove_file(&archive);
             bail!("{}: sha256 {got}, expected {} (file removed)", archive.display(), asset.archive_sha256);
         }
@@ -255,6 +271,31 @@ mod tests {
         assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(has_sha(&p, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
         assert!(!has_sha(&dir.join("missing"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_of_someone_elses_are_never_replaced_or_removed() {
+        let dir = std::env::temp_dir().join(format!("xtask-theirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let asset = &ASSETS[1];
+        let downloads = dir.join("downloads");
+        // A file of the user's where an asset file goes.
+        let (file, _) = asset.files[0];
+        let to = dir.join(asset.dest).join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(&to, b"mine").unwrap();
+        let err = fetch_one(asset, &dir, &downloads).unwrap_err().to_string();
+        assert!(err.contains(&to.display().to_string()) && err.contains("not the expected file"), "{err}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"mine");
+        // A wrong archive someone put in downloads/: neither downloaded over nor removed.
+        std::fs::remove_file(&to).unwrap();
+        std::fs::create_dir_all(&downloads).unwrap();
+        let archive = downloads.join(asset.archive);
+        std::fs::write(&archive, b"not the package").unwrap();
+        let err = fetch_one(asset, &dir, &downloads).unwrap_err().to_string();
+        assert!(err.contains(asset.archive) && err.contains("not the expected archive"), "{err}");
+        assert_eq!(std::fs::read(&archive).unwrap(), b"not the package");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

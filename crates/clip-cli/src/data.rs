@@ -32,7 +32,7 @@ pub enum DataCommand {
         /// Experiment config (TOML) with a `[data]` section.
         #[arg(long)]
         config: PathBuf,
-        /// Folder for `00000.tar`, `00001.tar`, ...
+        /// Folder for `00000.tar`, `00001.tar`, ... (missing or empty).
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 10_000)]
@@ -47,8 +47,12 @@ pub enum DataCommand {
         /// Experiment config (TOML) with a `[data]` section.
         #[arg(long)]
         config: PathBuf,
+        /// The PNG to write (an existing file is replaced only if clip drew it).
         #[arg(long, default_value = "augment-preview.png")]
         out: PathBuf,
+        /// Replace --out even if it is a file clip did not write.
+        #[arg(long)]
+        overwrite: bool,
         /// Samples shown (the first ones of the epoch's shuffled order).
         #[arg(long, default_value_t = 16)]
         samples: usize,
@@ -59,7 +63,8 @@ pub enum DataCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Write the synthetic shapes dataset (Flickr30k layout).
+    /// Write the synthetic shapes dataset (Flickr30k layout) into a missing or empty folder, or
+    /// one it generated before.
     Synth {
         #[arg(long, default_value = "datasets/synthetic-shapes")]
         out: PathBuf,
@@ -77,6 +82,7 @@ pub enum DataCommand {
         /// Folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
         #[arg(long, default_value = "datasets/assets/fashion-mnist")]
         source: PathBuf,
+        /// Output folder: missing, empty, or one this converter wrote before.
         #[arg(long, default_value = "datasets/fashion-mnist")]
         out: PathBuf,
         /// Seed of the caption wording.
@@ -100,16 +106,15 @@ pub fn run(command: DataCommand) -> Result<()> {
         }
         DataCommand::Shards { config, out, samples_per_shard, overrides } => {
             let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
-            if out.join("00000.tar").exists() {
-                anyhow::bail!("{}: already holds shards; choose an empty --out", out.display());
-            }
+            clip_data::shards::claim_shards_dir(&out)?;
             let dataset = clip_data::CaptionDataset::load(&data)?;
             let s = clip_data::shards::write_shards(&dataset.images, &out, samples_per_shard)?;
             println!("wrote {} samples ({} captions) into {} shards in {}", s.samples, s.captions, s.shards, out.display());
             println!("train from them with: format = \"webdataset\", captions = images = {:?}", out.display().to_string());
             Ok(())
         }
-        DataCommand::Preview { config, out, samples, epoch, overrides } => {
+        DataCommand::Preview { config, out, samples, epoch, overrides, overwrite } => {
+            crate::infer::claim_output(&out, overwrite, "--out", crate::infer::Output::Png)?;
             let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
             preview(&data, &out, samples, epoch)
         }

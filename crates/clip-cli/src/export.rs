@@ -17,14 +17,29 @@ pub struct ExportArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Directory to write `image_encoder.onnx`, `text_encoder.onnx`, `tokenizer.json` and
-    /// `model.json` into (created if missing; files in it are replaced atomically).
+    /// `model.json` into: missing, empty, or an earlier export (its files are then replaced
+    /// atomically); any other folder is refused.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Whether `dir` holds an earlier export: its `image_encoder.onnx` names clip as its producer
+/// (the ModelProto's field 2, `producer_name`, which the encoder writes within its first bytes).
+fn is_export_dir(dir: &std::path::Path) -> bool {
+    const PRODUCER: &[u8] = b"\x12\x09clip-burn";
+    let head = clip_data::fs::read_head(&dir.join("image_encoder.onnx"), 64);
+    head.windows(PRODUCER.len()).any(|w| w == PRODUCER)
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
     // Export reads weights and writes files: the CPU backend does it wherever a GPU is.
     let device = Default::default();
+    clip_data::fs::claim_dir(
+        &args.out,
+        "an ONNX export",
+        is_export_dir,
+        "Give --out a new or empty folder (or the folder of an earlier `clip export`, to replace it).",
+    )?;
     let loaded = LoadedModel::<Flex>::from_run(&args.checkpoint, &device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let data = &loaded.card.data;

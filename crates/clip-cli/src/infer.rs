@@ -61,9 +61,12 @@ pub struct SearchArgs {
     pub captions_file: Option<PathBuf>,
     #[arg(short, long, default_value_t = 9)]
     pub k: usize,
-    /// Grid PNG of the matches.
+    /// Grid PNG of the matches (an existing file is replaced only if clip drew it).
     #[arg(long, default_value = "search-results.png")]
     pub grid: PathBuf,
+    /// Replace --grid even if it is a file clip did not write.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Use this run's model instead of the one recorded in the index (must be the same model).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -96,9 +99,13 @@ pub struct ZeroShotArgs {
     /// Print every image (default: the first 20).
     #[arg(long)]
     pub all: bool,
-    /// Write predictions, accuracy and the confusion matrix here as JSON.
+    /// Write predictions, accuracy and the confusion matrix here as JSON (an existing file is
+    /// replaced only if clip wrote it).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace --json even if it is a file clip did not write.
+    #[arg(long)]
+    pub overwrite: bool,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     #[arg(long, value_parser = parse_backend, default_value = "auto")]
@@ -113,9 +120,13 @@ pub struct EvalArgs {
     /// 1k test images, the protocol published Flickr30k results use).
     #[arg(long, default_value = "val")]
     pub split: String,
-    /// Where to write the JSON (default: RUN/eval-<split>.json).
+    /// Where to write the JSON (default: RUN/eval-<split>.json; an existing file elsewhere is
+    /// replaced only if clip wrote it).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace --json even if it is a file clip did not write.
+    #[arg(long)]
+    pub overwrite: bool,
     /// CSV of image labels (columns `image` = file name, and --label-column): also report
     /// class-level retrieval, where any item of the same label is a hit (for datasets whose
     /// captions name a class, such as Fashion-MNIST's labels.csv).
@@ -125,6 +136,25 @@ pub struct EvalArgs {
     pub label_column: String,
     #[arg(long, value_parser = parse_backend, default_value = "auto")]
     pub backend: BackendChoice,
+}
+
+/// Whether clip may write the output file `path` that `flag` names (checked before any work):
+/// missing, recognised as clip's (a marked PNG or a tagged JSON report), or `overwrite`.
+pub(crate) fn claim_output(path: &Path, overwrite: bool, flag: &str, kind: Output) -> Result<()> {
+    let is_ours = match kind {
+        Output::Png => clip_plot::written_by_clip,
+        Output::Json => clip_data::fs::is_tagged_json,
+    };
+    let hint = format!("Give {flag} another path, or add --overwrite to replace this file.");
+    clip_data::fs::claim_file(path, overwrite, is_ours, &hint)?;
+    Ok(())
+}
+
+/// The kinds of output file [`claim_output`] recognises as clip's.
+#[derive(Clone, Copy)]
+pub(crate) enum Output {
+    Png,
+    Json,
 }
 
 pub(crate) fn progress_bar(total: usize, what: &str) -> ProgressBar {
@@ -168,6 +198,7 @@ impl BackendTask for EmbedArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+        EmbeddingIndex::claim_dir(&self.out)?;
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
         let files = match (&self.images, &self.split) {
             (Some(dir), _) => list_images(dir).with_context(|| format!("listing {}", dir.display()))?,
@@ -233,6 +264,7 @@ impl BackendTask for SearchArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+        claim_output(&self.grid, self.overwrite, "--grid", Output::Png)?;
         let service = SearchService::<B::InnerBackend>::open(&self.index, self.checkpoint.as_deref(), &device)?;
         let mut captions = self.captions.clone();
         if let Some(f) = &self.captions_file {
@@ -293,6 +325,9 @@ impl BackendTask for ZeroShotArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+        if let Some(path) = &self.json {
+            claim_output(path, self.overwrite, "--json", Output::Json)?;
+        }
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
         let labels: Vec<String> = self.labels.iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         let templates = match &self.templates {
@@ -364,7 +399,7 @@ impl BackendTask for ZeroShotArgs {
                 confusion,
                 skipped: emb.skipped.iter().map(|(p, r)| format!("{}: {r}", p.display())).collect(),
             };
-            clip_data::fs::write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+            clip_data::fs::write_atomic(path, &clip_data::fs::tagged_json("zero-shot", &report)?)?;
             println!("wrote {}", path.display());
         }
         Ok(())
@@ -375,6 +410,10 @@ impl BackendTask for EvalArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+        // The default, RUN/eval-<split>.json, is a file of the run's; a path given is checked.
+        if let Some(path) = &self.json {
+            claim_output(path, self.overwrite, "--json", Output::Json)?;
+        }
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
         let data = &model.card.data;
         let dataset = CaptionDataset::load(data)?;
@@ -411,7 +450,7 @@ impl BackendTask for EvalArgs {
             println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", l.i2t_r1 * 100.0, l.i2t_r5 * 100.0, l.i2t_r10 * 100.0, l.i2t_mean_rank, l.i2t_median_rank);
         }
         let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
-        clip_data::fs::write_atomic(&path, &serde_json::to_vec_pretty(&e)?)?;
+        clip_data::fs::write_atomic(&path, &clip_data::fs::tagged_json("eval", &e)?)?;
         println!("wrote {}", path.display());
         Ok(())
     }

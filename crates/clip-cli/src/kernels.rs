@@ -195,7 +195,24 @@ impl log::Log for EventCounter {
     fn flush(&self) {}
 }
 
+/// Whether `path` is a kernel trace clip wrote (empty, or its first line `SECONDS\tcubecl...\t`):
+/// only such a file is replaced by a new trace.
+fn is_trace(path: &std::path::Path) -> bool {
+    let head = clip_data::fs::read_head(path, 256);
+    let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut fields = first.split(|&b| b == b'\t');
+    let seconds = fields.next().and_then(|f| std::str::from_utf8(f).ok()).is_some_and(|f| f.parse::<f64>().is_ok());
+    head.is_empty() || (seconds && fields.next().is_some_and(|t| t.starts_with(b"cubecl")) && fields.next().is_some())
+}
+
 fn install_event_counter(trace: Option<PathBuf>) {
+    let trace = trace.filter(|path| match clip_data::fs::claim_file(path, false, is_trace, "Name a new file in CLIP_KERNEL_TRACE.") {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("warning: no kernel trace: {err}");
+            false
+        }
+    });
     let trace = trace.and_then(|path| match std::fs::File::create(&path) {
         Ok(f) => Some(Mutex::new(f)),
         Err(err) => {
@@ -288,6 +305,18 @@ mod tests {
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn only_a_trace_of_ours_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("ours.tsv");
+        std::fs::write(&ours, "0.125\tcubecl_runtime::tune\tTuning matmul\n").unwrap();
+        let empty = dir.path().join("empty.tsv");
+        std::fs::write(&empty, "").unwrap();
+        let theirs = dir.path().join("notes.txt");
+        std::fs::write(&theirs, "my notes\n").unwrap();
+        assert!(is_trace(&ours) && is_trace(&empty) && !is_trace(&theirs));
     }
 
     #[test]

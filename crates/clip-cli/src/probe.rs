@@ -11,7 +11,7 @@ use clip_infer::probe::{default_grid, fit_with_sweep, seeded_order, FitOptions, 
 use clip_infer::{Confusion, ImageLabels, LoadedModel};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
-use crate::infer::{progress_bar, split_images, split_images_of};
+use crate::infer::{claim_output, progress_bar, split_images, split_images_of, Output};
 
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
@@ -42,9 +42,13 @@ pub struct ProbeArgs {
     /// Seed of the training sample and of the validation part of the sweep.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to write the report (default: RUN/probe.json).
+    /// Where to write the report (default: RUN/probe.json; an existing file elsewhere is
+    /// replaced only if clip wrote it).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Replace --json even if it is a file clip did not write.
+    #[arg(long)]
+    pub overwrite: bool,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Threads that decode images.
@@ -119,6 +123,10 @@ impl BackendTask for ProbeArgs {
         if let Some(l2) = self.l2.filter(|l| !(*l >= 0.0 && l.is_finite())) {
             bail!("--l2 must be a finite number >= 0, not {l2}");
         }
+        // The default, RUN/probe.json, is a file of the run's; a path given is checked.
+        if let Some(path) = &self.json {
+            claim_output(path, self.overwrite, "--json", Output::Json)?;
+        }
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
         let labels = ImageLabels::read(&self.labels, &self.label_column)?;
         let classes = labels.classes();
@@ -190,7 +198,7 @@ impl BackendTask for ProbeArgs {
             skipped,
         };
         let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join("probe.json"));
-        clip_data::fs::write_atomic(&path, &serde_json::to_vec_pretty(&report)?)?;
+        clip_data::fs::write_atomic(&path, &clip_data::fs::tagged_json("probe", &report)?)?;
         println!("wrote {}", path.display());
         Ok(())
     }

@@ -24,7 +24,7 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, conflicts_with = "config")]
     pub resume: Option<PathBuf>,
-    /// Write the run here instead of `<runs_dir>/<name>`.
+    /// Write the run here instead of `<runs_dir>/<name>`: a missing or empty folder.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// auto, cuda or cpu (default: the config's `train.backend`).
@@ -61,6 +61,9 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
                         dir.display(),
                         dir.display()
                     );
+                    // A run writes split.json, model.json, metrics/, checkpoints/...: never
+                    // over or among a folder's own files.
+                    clip_data::fs::claim_dir(dir, "a training run", |_| false, "Give --run-dir a new or empty folder.")?;
                     RunDir::new(dir)
                 }
                 None => RunDir::create_unique(&config.runs_dir, &config.name)?,

@@ -178,6 +178,18 @@ fn data_inspect_reports_the_dataset() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(&png).unwrap();
     assert!(grid.width() >= 2 * 160 && grid.height() >= 2 * 160, "{}x{}", grid.width(), grid.height());
+    // Its own preview is replaced; a picture of the user's is not, unless --overwrite.
+    let out = clip().args(["data", "preview", "--samples", "1", "--config"]).arg(&config).arg("--out").arg(&png).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mine = dir.path().join("holiday.png");
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(&mine).unwrap();
+    let before = std::fs::read(&mine).unwrap();
+    let out = clip().args(["data", "preview", "--samples", "1", "--config"]).arg(&config).arg("--out").arg(&mine).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holiday.png") && err.contains("--overwrite") && !err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read(&mine).unwrap(), before);
+    let out = clip().args(["data", "preview", "--samples", "1", "--overwrite", "--config"]).arg(&config).arg("--out").arg(&mine).output().unwrap();
+    assert!(out.status.success() && std::fs::read(&mine).unwrap() != before, "{}", String::from_utf8_lossy(&out.stderr));
     let out = clip().args(["data", "preview", "--config"]).arg(&config).args(["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.9]"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("data.augment.color_jitter") && !err.contains("panicked"), "{err}");
@@ -200,6 +212,109 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Every file under `dir` with its bytes (to show that nothing changed).
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+                files.push((p, Vec::new()));
+            } else {
+                files.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A user's own Flickr30k-layout folder: `results.csv` and `images/` with one photo of theirs.
+fn users_flickr_folder(dir: &Path) -> std::path::PathBuf {
+    let flickr = dir.join("my-flickr");
+    std::fs::create_dir_all(flickr.join("images")).unwrap();
+    image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 12) as u8, (y * 12) as u8, 90])).save(flickr.join("images/1000092795.jpg")).unwrap();
+    let mut captions = String::from("image_name| comment_number| comment\n");
+    for (k, c) in ["Two young guys with shaggy hair look at their hands .", "Two friends enjoy time spent together .", "Two men in green shirts stand in a yard .", "A man in a blue shirt stands in a garden .", "Two young men hang out in the yard ."].iter().enumerate() {
+        captions.push_str(&format!("1000092795.jpg| {k}| {c}\n"));
+    }
+    std::fs::write(flickr.join("results.csv"), captions).unwrap();
+    flickr
+}
+
+#[test]
+fn the_quickstart_config_pointed_at_a_users_flickr_folder_never_writes_into_it() {
+    // What anyone adapting the quickstart does: its config (with its [data.synthetic]), the data
+    // paths pointed at their own Flickr folder.
+    let dir = tempfile::tempdir().unwrap();
+    let flickr = users_flickr_folder(dir.path());
+    let before = tree(&flickr);
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quickstart.toml");
+    assert!(std::fs::read_to_string(&quickstart).unwrap().contains("[data.synthetic]"));
+    let captions = format!("data.captions={}", flickr.join("results.csv").display());
+    let images = format!("data.images={}", flickr.join("images").display());
+    let sets = ["--set", captions.as_str(), "--set", images.as_str()];
+    let run = dir.path().join("run");
+    let attempts: Vec<Vec<std::ffi::OsString>> = vec![
+        ["data", "inspect", "--batches", "1"].iter().map(Into::into).collect(),
+        ["train", "--plain", "--backend", "cpu"].iter().map(Into::into).chain(["--run-dir".into(), run.clone().into_os_string()]).collect(),
+    ];
+    for args in attempts {
+        let out = clip().args(&args).arg("--config").arg(&quickstart).args(sets).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should refuse: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains(&flickr.display().to_string()) && err.contains("`results.csv`"), "{args:?}: {err}");
+        assert!(err.contains("remove the `[data.synthetic]` section") && err.contains("--set data.synthetic=none"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(tree(&flickr), before, "{args:?} changed the user's folder");
+    }
+    // A run is not written into their folder either.
+    let out = clip().args(["train", "--plain", "--backend", "cpu", "--config"]).arg(&quickstart).args(sets).args(["--set", "data.synthetic=none", "--run-dir"]).arg(&flickr).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("new or empty folder") && !err.contains("panicked"), "{err}");
+    // What the error says to do works: their dataset, read as it is.
+    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&quickstart).args(sets).args(["--set", "data.synthetic=none"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("images           1") && stdout.contains("captions         5"), "{stdout}");
+    assert_eq!(tree(&flickr), before, "byte-identical afterwards");
+}
+
+#[test]
+fn synthetic_data_is_generated_only_into_missing_empty_or_its_own_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = |out: &Path, seed: &str| clip().args(["data", "synth", "--images", "3", "--size", "16", "--seed", seed, "--out"]).arg(out).output().unwrap();
+    let missing = dir.path().join("new/shapes");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for out in [&missing, &empty] {
+        let o = synth(out, "0");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.join("results.csv").is_file() && out.join("images/00002.jpg").is_file() && out.join("synth.json").is_file());
+    }
+    // Its own folder, another config: regenerated.
+    let first = std::fs::read(missing.join("images/00000.jpg")).unwrap();
+    let o = synth(&missing, "7");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(std::fs::read(missing.join("images/00000.jpg")).unwrap(), first);
+    assert!(std::fs::read_to_string(missing.join("synth.json")).unwrap().contains("\"seed\": 7"));
+    // A config whose [data.synthetic] points at a generated folder still generates into it.
+    let config = write_config(dir.path(), 12, 1);
+    inspect_shows(&config, &["images           12"]);
+    let text = std::fs::read_to_string(&config).unwrap().replace("images = 12\n", "images = 10\n");
+    std::fs::write(&config, text).unwrap();
+    inspect_shows(&config, &["images           10"]);
+    // A folder of the user's: refused, unchanged.
+    let flickr = users_flickr_folder(dir.path());
+    let before = tree(&flickr);
+    let o = synth(&flickr, "0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&flickr.display().to_string()) && err.contains("missing or empty folder") && !err.contains("panicked"), "{err}");
+    assert_eq!(tree(&flickr), before);
 }
 
 /// Trains a tiny model for a few steps and returns its run directory.
@@ -284,6 +399,34 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("--image"), query.as_os_str(), &o("--captions"), &o("a red circle,a blue square")]);
     assert_eq!(out.lines().filter(|l| l.contains("a red circle") || l.contains("a blue square")).count(), 2, "{out}");
 
+    // Nothing clip did not write is replaced or written into (its grid above was replaced).
+    let folder_before = tree(&folder);
+    let mine = dir.path().join("mine.png");
+    std::fs::write(&mine, b"my picture").unwrap();
+    let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--grid"), mine.as_os_str()]);
+    assert!(err.contains("mine.png") && err.contains("not written by clip") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&mine).unwrap(), b"my picture");
+    run_ok(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--grid"), mine.as_os_str(), &o("--overwrite")]);
+    assert!(image::open(&mine).is_ok(), "replaced when asked");
+    // An index is not written into a folder of photos.
+    let err = run_err(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), folder_s]);
+    assert!(err.contains(&folder.display().to_string()) && err.contains("new or empty folder"), "{err}");
+    let theirs = dir.path().join("theirs.json");
+    std::fs::write(&theirs, b"{\"mine\": true}").unwrap();
+    let err = run_err(&[&o("zero-shot"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--labels"), &o("red,blue"), &o("--json"), theirs.as_os_str()]);
+    assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
+    let err = run_err(&[&o("eval"), &o("--checkpoint"), run_s, &o("--json"), theirs.as_os_str()]);
+    assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
+    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), &o("x.csv"), &o("--json"), theirs.as_os_str()]);
+    assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"{\"mine\": true}");
+    let out = clip().args(["export", "--checkpoint"]).arg(&run).arg("--out").arg(&folder).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&folder.display().to_string()) && err.contains("new or empty folder") && !err.contains("panicked"), "{err}");
+    let err = run_err(&[&o("train"), &o("--config"), dir.path().join("exp.toml").as_os_str(), &o("--run-dir"), folder_s]);
+    assert!(err.contains(&folder.display().to_string()) && err.contains("--run-dir a new or empty folder"), "{err}");
+    assert_eq!(tree(&folder), folder_before, "the folder of photos is as it was");
+
     // Zero-shot with folder names as ground truth.
     let classes = dir.path().join("classes");
     for (class, name) in [("red", "00000.jpg"), ("red", "00001.jpg"), ("blue", "00002.jpg")] {
@@ -294,7 +437,7 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let out = run_ok(&[&o("zero-shot"), &o("--checkpoint"), run_s, &o("--images"), classes.as_os_str(), &o("--labels"), &o("red,blue"), &o("--json"), report.as_os_str()]);
     assert!(out.contains("on 3 labelled images") && out.contains("true\\pred"), "{out}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r["evaluated"], 3);
+    assert_eq!((r["evaluated"].as_u64(), r["written_by"].as_str()), (Some(3), Some("clip zero-shot")));
     let total: u64 = r["confusion"]["matrix"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(total, 3);
 
@@ -360,6 +503,9 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer.json")).unwrap()).unwrap();
     assert_eq!(tokenizer["model"]["type"], "WordPiece");
     assert!(exported.join("model.json").is_file());
+    // An earlier export is recognised and replaced.
+    let out = run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
+    assert!(out.contains("image_encoder.onnx"), "{out}");
     let out = clip().args(["export", "--checkpoint"]).arg(dir.path().join("no-such-run")).arg("--out").arg(&exported).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no-such-run") && !err.contains("panicked"), "{err}");
@@ -526,7 +672,8 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let out = run_ok_plain(&[&o("data"), &o("shards"), &o("--config"), config.as_os_str(), &o("--out"), packed.as_os_str(), &o("--samples-per-shard"), &o("8")]);
     assert!(out.contains("wrote 30 samples (150 captions) into 4 shards"), "{out}");
     let again = clip().args([o("data"), o("shards"), o("--config"), config.clone().into_os_string(), o("--out"), packed.clone().into_os_string()]).output().unwrap();
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds shards"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("packed") && err.contains("not empty") && err.contains("new or empty --out"), "{err}");
     let packed_config = dir.path().join("packed.toml");
     std::fs::write(&packed_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"packed\"\nimages = \"packed\"")).unwrap();
     let out = run_ok_plain(&[&o("data"), &o("inspect"), &o("--batches"), &o("1"), &o("--config"), packed_config.as_os_str()]);

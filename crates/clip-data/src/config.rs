@@ -11,6 +11,7 @@ use crate::dataset::CaptionSampling;
 use crate::error::{DataError, Result};
 use crate::imaging::{ImageTransform, ResizeFilter, ResizeMode, IMAGENET_MEAN, IMAGENET_STD};
 use crate::loader::LoaderConfig;
+use crate::split::SplitMethod;
 use crate::synth::SynthConfig;
 use crate::tokenizer::{CaptionTokenizer, BERT_BASE_UNCASED};
 
@@ -46,6 +47,12 @@ pub struct DataConfig {
     /// Seed of the split, the shuffling and the augmentation.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// How the split is drawn: `random` (a seeded shuffle, independent of file order) or
+    /// `numpy-legacy` (the seed notebook's `np.random.seed(seed)` + `np.random.choice`, bit for
+    /// bit, over the images in captions-file order). A split the captions file defines
+    /// (Karpathy's) or an existing `split_file` takes precedence over both.
+    #[serde(default)]
+    pub split: SplitMethod,
     /// A saved split to reuse instead of computing one.
     #[serde(default)]
     pub split_file: Option<PathBuf>,
@@ -86,7 +93,9 @@ pub struct DataConfig {
     #[serde(default = "default_prefetch")]
     pub prefetch_batches: usize,
     /// Marks the dataset as the generated synthetic one: it is written (under the captions
-    /// file's directory) when missing, so the config works on a fresh machine.
+    /// file's directory) when missing, so the config works on a fresh machine. Only into a
+    /// missing or empty folder or one it generated (`synth.json`): a folder of the user's is an
+    /// error, never overwritten. `--set data.synthetic=none` removes it.
     #[serde(default)]
     pub synthetic: Option<SynthConfig>,
 }
@@ -174,6 +183,12 @@ impl DataConfig {
         if !(0.0..1.0).contains(&self.val_size) {
             return bad(format!("data.val_size must be in [0, 1), got {}", self.val_size));
         }
+        if self.split == SplitMethod::NumpyLegacy && self.seed > u32::MAX as u64 {
+            return bad(format!(
+                "data.seed must be between 0 and 2**32 - 1 with data.split = \"numpy-legacy\" (NumPy's legacy seeding refuses larger seeds), got {}",
+                self.seed
+            ));
+        }
         if self.image_size < 8 {
             return bad(format!("data.image_size must be at least 8, got {}", self.image_size));
         }
@@ -202,7 +217,8 @@ impl DataConfig {
                 || self.images != dir.join("images")
             {
                 return bad(format!(
-                    "data.synthetic needs format = \"flickr30k\", captions = \"DIR/results.csv\" and images = \"DIR/images\"; got captions = {:?}, images = {:?}",
+                    "data.synthetic needs format = \"flickr30k\", captions = \"DIR/results.csv\" and images = \"DIR/images\"; got captions = {:?}, images = {:?} \
+                     (for a dataset of your own, remove the [data.synthetic] section, or add --set data.synthetic=none)",
                     self.captions, self.images
                 ));
             }
@@ -323,9 +339,17 @@ mod tests {
         let c = DataConfig::new("results.csv", "images");
         assert_eq!(c.format, CaptionFormat::Flickr30k);
         assert_eq!((c.image_size, c.text_max_length, c.batch_size, c.num_workers), (224, 200, 32, 4));
-        assert_eq!((c.val_size, c.seed), (0.2, 42));
+        assert_eq!((c.val_size, c.seed, c.split), (0.2, 42, SplitMethod::Random));
         assert_eq!(c.mean, IMAGENET_MEAN);
         assert!(c.augment.is_identity());
+    }
+
+    #[test]
+    fn split_methods_parse_in_kebab_case() {
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy-legacy\"\nseed = 4294967295\n");
+        assert_eq!(load_data_config(&p).unwrap().split, SplitMethod::NumpyLegacy);
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"random\"\nseed = 4294967296\n");
+        assert_eq!(load_data_config(&p).unwrap().split, SplitMethod::Random);
     }
 
     #[test]
@@ -351,6 +375,14 @@ mod tests {
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nval_size = 1.5\n");
         let err = load_data_config(&p).unwrap_err().to_string();
         assert!(err.contains("exp.toml") && err.contains("data.val_size"), "{err}");
+
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy\"\n");
+        let err = load_data_config(&p).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("split") && err.contains("numpy-legacy") && err.contains("line 4"), "{err}");
+
+        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy-legacy\"\nseed = 4294967296\n");
+        let err = load_data_config(&p).unwrap_err().to_string();
+        assert!(err.contains("exp.toml") && err.contains("data.seed") && err.contains("4294967296"), "{err}");
 
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\n[data.augment]\nflip = true\n");
         let err = load_data_config(&p).unwrap_err().to_string();

@@ -11,6 +11,11 @@ use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport, Pre
 use crate::config::DataConfig;
 use crate::error::{DataError, Result};
 
+/// What to do when `[data.synthetic]` points at a folder the generator did not write.
+pub const SYNTHETIC_HINT: &str = "`[data.synthetic]` in the config generates the synthetic shapes dataset where `data.captions` \
+     points; if this folder holds your own dataset, remove the `[data.synthetic]` section from the config (or add \
+     `--set data.synthetic=none`). To generate the shapes, point `data.captions` at `DIR/results.csv` in a new or empty folder DIR.";
+
 /// One image and every caption that describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageCaptions {
@@ -48,8 +53,10 @@ impl CaptionDataset {
             delimiter: config.delimiter_byte()?,
         };
         if let Some(synth) = &config.synthetic {
+            // Written only into a missing or empty folder, or one it generated before: never
+            // over a dataset of the user's that a config adapted from the quickstart points at.
             let dir = config.captions.parent().unwrap_or(Path::new("."));
-            crate::synth::ensure(dir, synth)?;
+            crate::synth::ensure_with(dir, synth, SYNTHETIC_HINT)?;
         }
         if !config.images.is_dir() {
             return Err(DataError::Config {

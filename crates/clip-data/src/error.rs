@@ -62,6 +62,10 @@ pub enum DataError {
     #[error("{path}: {message}")]
     Synth { path: PathBuf, message: String },
 
+    /// Writing would overwrite or mix with files clip did not create (see [`crate::fs`]).
+    #[error("{path}: {message}")]
+    NotOurs { path: PathBuf, message: String },
+
     #[error("data loader worker failed on batch {batch}: {message}")]
     Worker { batch: usize, message: String },
 }

@@ -10,7 +10,9 @@
 //! - `zero-shot-templates.txt`: prompts for zero-shot classification that no training caption uses;
 //! - `fashion-mnist.json`: what was converted (sources, counts, seed).
 //!
-//! `results.csv` is written last and atomically: its presence means the dataset is complete.
+//! `fashion-mnist.json` is written first (the marker: the folder is the converter's, even when a
+//! conversion is interrupted), `results.csv` last and atomically: its presence means the dataset
+//! is complete. The converter writes only into a missing or empty folder or one it wrote before.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -208,8 +210,18 @@ pub fn all_training_captions() -> Vec<String> {
     out
 }
 
+/// The marker of a folder the converter wrote: what was (or is being) converted.
+pub const MARKER: &str = "fashion-mnist.json";
+
+/// What [`MARKER`] in `dir` records, when `dir` is a folder the converter wrote.
+pub fn marker(dir: &Path) -> Option<FashionMnistSummary> {
+    std::fs::read(dir.join(MARKER)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// Converts the IDX files in `config.source` into the caption dataset at `dir` (see the module
-/// docs). Images are written first, the small files after, `results.csv` last.
+/// docs), which must be missing, empty or a dataset the converter wrote (anything else is an
+/// error and nothing is written). An earlier `results.csv` is removed first, the marker
+/// written, then the images, the small files after, `results.csv` last.
 pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSummary> {
     let (train, mut sources) = read_split(&config.source, "train")?;
     let (test, test_sources) = read_split(&config.source, "t10k")?;
@@ -226,14 +238,29 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
         }
     }
 
+    crate::fs::claim_dir(dir, "the Fashion-MNIST caption dataset", |d| marker(d).is_some(), "Choose a missing or empty folder for it.")?;
+    let results_path = dir.join("results.csv");
+    match std::fs::remove_file(&results_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&results_path, e)),
+        _ => {}
+    }
+    let limit = |n: usize| if config.limit > 0 { n.min(config.limit) } else { n };
+    let counts = [limit(train.images.dims[0]), limit(test.images.dims[0])];
+    let summary = FashionMnistSummary {
+        train_images: counts[0],
+        test_images: counts[1],
+        captions: (counts[0] + counts[1]) * CAPTIONS_PER_IMAGE,
+        seed: config.seed,
+        limit: config.limit,
+        sources,
+    };
+    write_atomic(&dir.join(MARKER), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
+
     let mut results = String::from("image_name| comment_number| comment\n");
     let mut labels = String::from("image,label,class,split\n");
     let mut split = Split { seed: config.seed, val_size: 0.0, train: Vec::new(), val: Vec::new(), test: Vec::new() };
-    let mut counts = [0usize; 2];
     for (split_id, (name, data)) in [("train", &train), ("test", &test)].into_iter().enumerate() {
-        let [n, h, w] = [data.images.dims[0], data.images.dims[1], data.images.dims[2]];
-        let n = if config.limit > 0 { n.min(config.limit) } else { n };
-        counts[split_id] = n;
+        let [n, h, w] = [counts[split_id], data.images.dims[1], data.images.dims[2]];
         let folder = dir.join("images").join(name);
         std::fs::create_dir_all(&folder).map_err(|e| DataError::io(&folder, e))?;
         for i in 0..n {
@@ -261,26 +288,14 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
         templates.push('\n');
     }
     write_atomic(&dir.join("zero-shot-templates.txt"), templates.as_bytes())?;
-    let summary = FashionMnistSummary {
-        train_images: counts[0],
-        test_images: counts[1],
-        captions: (counts[0] + counts[1]) * CAPTIONS_PER_IMAGE,
-        seed: config.seed,
-        limit: config.limit,
-        sources,
-    };
-    write_atomic(&dir.join("fashion-mnist.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
-    write_atomic(&dir.join("results.csv"), results.as_bytes())?;
+    write_atomic(&results_path, results.as_bytes())?;
     Ok(summary)
 }
 
 /// Converts unless a complete dataset made the same way is already at `dir`. Returns the summary
 /// and whether it converted.
 pub fn ensure(dir: &Path, config: &FashionMnistConfig) -> Result<(FashionMnistSummary, bool)> {
-    let existing = std::fs::read(dir.join("fashion-mnist.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<FashionMnistSummary>(&b).ok());
-    if let Some(s) = existing {
+    if let Some(s) = marker(dir) {
         if s.seed == config.seed && s.limit == config.limit && dir.join("results.csv").is_file() {
             return Ok((s, false));
         }
@@ -352,6 +367,39 @@ mod tests {
         assert!(split.val.iter().all(|n| n.starts_with("test/")));
         let labels = std::fs::read_to_string(out.path().join("labels.csv")).unwrap();
         assert!(labels.contains("test-00003.png,3,dress,test"), "{labels}");
+    }
+
+    #[test]
+    fn converts_only_into_missing_empty_or_own_folders() {
+        let src = tempfile::tempdir().unwrap();
+        write_idx(src.path(), "train", 4, false);
+        write_idx(src.path(), "t10k", 2, false);
+        let cfg = FashionMnistConfig { source: src.path().into(), seed: 0, limit: 0 };
+        // A folder of the user's: refused, untouched.
+        let user = tempfile::tempdir().unwrap();
+        std::fs::write(user.path().join("results.csv"), b"mine").unwrap();
+        let err = ensure(user.path(), &cfg).unwrap_err().to_string();
+        assert!(err.contains(&user.path().display().to_string()) && err.contains("`results.csv`") && err.contains("missing or empty"), "{err}");
+        assert_eq!(std::fs::read(user.path().join("results.csv")).unwrap(), b"mine");
+        assert_eq!(std::fs::read_dir(user.path()).unwrap().count(), 1);
+        // The source folder itself is not an output folder either.
+        assert!(convert(src.path(), &cfg).is_err());
+        assert!(!src.path().join("results.csv").exists() && !src.path().join(MARKER).exists());
+        // Its own folder: converted again with another seed.
+        let out = tempfile::tempdir().unwrap();
+        assert!(ensure(out.path(), &cfg).unwrap().1);
+        let cfg2 = FashionMnistConfig { seed: 1, ..cfg.clone() };
+        assert!(ensure(out.path(), &cfg2).unwrap().1);
+        assert_eq!(marker(out.path()).map(|m| m.seed), Some(1));
+        // Interrupted after the marker (a folder where the first image goes): ours, incomplete.
+        let dir = out.path().join("images/train/train-00000.png");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert!(convert(out.path(), &cfg).is_err());
+        assert_eq!(marker(out.path()).map(|m| m.seed), Some(0));
+        assert!(!out.path().join("results.csv").exists());
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(ensure(out.path(), &cfg).unwrap().1);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod color;
 pub mod imaging;
 pub mod inspect;
 pub mod loader;
+pub mod numpy_rng;
 pub mod shards;
 pub mod split;
 pub mod synth;
@@ -30,7 +31,7 @@ pub use dataset::{CaptionDataset, CaptionPair, CaptionSampling, ImageCaptions, P
 pub use error::{DataError, Result};
 pub use imaging::{ImageTransform, ResizeFilter, ResizeMode};
 pub use loader::{ClipLoader, EpochBatches, LoaderConfig};
-pub use split::Split;
+pub use split::{Split, SplitMethod};
 pub use tokenizer::CaptionTokenizer;
 
 /// The train and validation (and test) sides of a dataset, split by image.
@@ -46,17 +47,21 @@ pub struct SplitDataset {
 impl SplitDataset {
     /// Splits a loaded dataset as its config says: reuses `data.split_file` when it exists,
     /// otherwise takes the split the captions file defines (Karpathy's), otherwise splits by
-    /// image with `data.seed` / `data.val_size` (and saves the split to `data.split_file` when
-    /// one is named).
+    /// image with `data.seed` / `data.val_size` as `data.split` says (and saves the split to
+    /// `data.split_file` when one is named).
     pub fn new(dataset: &CaptionDataset, config: &DataConfig) -> Result<Self> {
         let split = match &config.split_file {
             Some(path) if path.is_file() => Split::load(path)?,
             other => {
                 let names: Vec<String> = dataset.images.iter().map(|i| i.name.clone()).collect();
-                let split = if dataset.predefined_split.is_empty() {
-                    Split::by_image(&names, config.val_size, config.seed)
-                } else {
+                let split = if !dataset.predefined_split.is_empty() {
                     Split::predefined(&dataset.predefined_split, config.seed)
+                } else {
+                    match config.split {
+                        SplitMethod::Random => Split::by_image(&names, config.val_size, config.seed),
+                        // `dataset.images` is in captions-file order (first appearance).
+                        SplitMethod::NumpyLegacy => Split::numpy_legacy(&names, config.val_size, config.seed)?,
+                    }
                 };
                 if let Some(path) = other {
                     split.save(path)?;

@@ -191,6 +191,18 @@ pub fn read_samples(location: &Path) -> Result<ParsedCaptions> {
     Ok(ParsedCaptions { path: location.into(), records, report, splits: Vec::new() })
 }
 
+/// Whether shards may be written into `out`: only when it is missing or empty (an error naming
+/// it otherwise; nothing is written).
+pub fn claim_shards_dir(out: &Path) -> Result<()> {
+    crate::fs::claim_dir(
+        out,
+        "WebDataset shards",
+        |_| false,
+        "Choose a new or empty --out (shards are never written over or beside other files; remove an earlier set of shards first to rewrite it).",
+    )
+    .map(|_| ())
+}
+
 /// What [`write_shards`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardSummary {
@@ -203,8 +215,10 @@ pub struct ShardSummary {
 /// (`00000.tar`, ...): each image's bytes as they are, under its name in the dataset (a `KEY.txt`
 /// beside it holds its captions, one per line); an image whose file name has more than one dot
 /// is stored under its position instead (WebDataset keys end at the first dot). Each shard is
-/// written atomically.
+/// written atomically. `out` must be missing or empty ([`claim_shards_dir`]): shards are never
+/// written over, or mixed with, files already there.
 pub fn write_shards(images: &[crate::ImageCaptions], out: &Path, per_shard: usize) -> Result<ShardSummary> {
+    claim_shards_dir(out)?;
     let per_shard = per_shard.max(1);
     let mut summary = ShardSummary { shards: 0, samples: 0, captions: 0 };
     for (s, chunk) in images.chunks(per_shard).enumerate() {
@@ -322,6 +336,14 @@ mod tests {
         let err = write_shards(&missing, &dir.path().join("other"), 2).unwrap_err().to_string();
         assert!(err.contains("gone.jpg"), "{err}");
         assert!(!dir.path().join("other/00000.tar").exists(), "no partial shard is left");
+        // A folder that holds anything (earlier shards, the images themselves) is refused.
+        for taken in [out.clone(), dir.path().join("src")] {
+            let before: Vec<_> = std::fs::read_dir(&taken).unwrap().map(|e| e.unwrap().path()).collect();
+            let err = write_shards(&images, &taken, 2).unwrap_err().to_string();
+            assert!(err.contains(&taken.display().to_string()) && err.contains("new or empty --out"), "{err}");
+            assert_eq!(std::fs::read_dir(&taken).unwrap().count(), before.len());
+        }
+        assert_eq!(read_image_bytes(&out.join("00000.tar/two.png")).unwrap(), b"pixels 1");
     }
 
     #[test]

@@ -13,6 +13,20 @@ use serde::{Deserialize, Serialize};
 use crate::captions::PredefinedSide;
 use crate::error::{DataError, Result};
 use crate::fs::write_atomic;
+use crate::numpy_rng::LegacyRandomState;
+
+/// How `data.split` draws the train/validation split when the dataset defines none and no
+/// `data.split_file` is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMethod {
+    /// [`Split::by_image`]: a ChaCha8 shuffle of the sorted names, independent of file order.
+    #[default]
+    Random,
+    /// [`Split::numpy_legacy`]: the seed notebook's `np.random.seed(seed)` +
+    /// `np.random.choice(image_ids, int(val_size * n), replace=False)`, redrawn bit for bit.
+    NumpyLegacy,
+}
 
 /// Which images train and which validate (and, for a split a dataset defines, which are the
 /// held-out test set that results are reported on).
@@ -48,6 +62,41 @@ impl Split {
         val.sort();
         train.sort();
         Self { seed, val_size, train, val, test: Vec::new() }
+    }
+
+    /// The seed notebook's split, bit for bit: with NumPy's global legacy `RandomState` freshly
+    /// seeded by `np.random.seed(seed)`, `valid_ids = np.random.choice(np.arange(n),
+    /// size=int(val_size * n), replace=False)` where id `i` is the `i`-th distinct image in
+    /// `names_in_file_order` (the captions file's first-appearance order, as
+    /// `CaptionDataset::images` keeps it); the rest train. `int()` truncates, and nothing is
+    /// clamped: one image and `val_size = 0.2` validate on none, as the notebook would.
+    ///
+    /// Both sides keep file order (the notebook's `valid_df` / `train_df` row order), so
+    /// validation batches hold the notebook's images. A repeated name counts at its first
+    /// appearance. Seeds above `2**32 - 1` are an error, as NumPy refuses them.
+    pub fn numpy_legacy(names_in_file_order: &[String], val_size: f64, seed: u64) -> Result<Self> {
+        let mut seen = HashSet::new();
+        let names: Vec<&String> = names_in_file_order.iter().filter(|n| seen.insert(n.as_str())).collect();
+        let mut rng = LegacyRandomState::new(seed).map_err(|e| DataError::Config {
+            path: "<config>".into(),
+            message: format!("data.seed with data.split = \"numpy-legacy\": {e}"),
+        })?;
+        let n = names.len();
+        // Python's `int(val_size * n)`: the product in f64, truncated toward zero.
+        let size = ((val_size * n as f64) as usize).min(n);
+        let mut is_val = vec![false; n];
+        for i in rng.choice_without_replacement(n, size) {
+            is_val[i] = true;
+        }
+        let (mut train, mut val) = (Vec::with_capacity(n - size), Vec::with_capacity(size));
+        for (name, v) in names.into_iter().zip(is_val) {
+            if v {
+                val.push(name.clone());
+            } else {
+                train.push(name.clone());
+            }
+        }
+        Ok(Self { seed, val_size, train, val, test: Vec::new() })
     }
 
     /// The split a captions file defines (Karpathy's), sides sorted by name.
@@ -155,6 +204,44 @@ mod tests {
         bad.save(&path).unwrap();
         let err = Split::load(&path).unwrap_err().to_string();
         assert!(err.contains("both val and test"), "{err}");
+    }
+
+    #[test]
+    fn numpy_legacy_redraws_the_notebooks_choice_in_file_order() {
+        // NumPy 2.4.6: np.random.seed(42); np.random.permutation(10) == [8 1 5 0 7 2 9 4 3 6],
+        // so choice(arange(10), 2, replace=False) == [8, 1]: ids 1 and 8 validate.
+        let file_order: Vec<String> = ["j", "i", "h", "g", "f", "e", "d", "c", "b", "a"].map(String::from).to_vec();
+        let s = Split::numpy_legacy(&file_order, 0.2, 42).unwrap();
+        assert_eq!(s.val, ["i", "b"].map(String::from).to_vec());
+        assert_eq!(s.train, ["j", "h", "g", "f", "e", "d", "c", "a"].map(String::from).to_vec());
+        assert_eq!((s.seed, s.val_size, s.test.len()), (42, 0.2, 0));
+        // The ids are file positions: the same names in another order validate other images.
+        let mut rotated = file_order.clone();
+        rotated.rotate_left(1);
+        assert_eq!(Split::numpy_legacy(&rotated, 0.2, 42).unwrap().val, ["h", "a"].map(String::from).to_vec());
+        // A repeated name counts once, at its first appearance.
+        let mut repeated = file_order.clone();
+        repeated.insert(3, "j".into());
+        repeated.push("i".into());
+        assert_eq!(Split::numpy_legacy(&repeated, 0.2, 42).unwrap(), s);
+    }
+
+    #[test]
+    fn numpy_legacy_truncates_like_int_and_does_not_clamp() {
+        // 0.29 * 100 == 28.999999999999996 in f64: int() gives 28, round() would give 29.
+        let s = Split::numpy_legacy(&names(100), 0.29, 42).unwrap();
+        assert_eq!((s.val.len(), s.train.len()), (28, 72));
+        let s = Split::numpy_legacy(&names(1), 0.2, 42).unwrap();
+        assert_eq!((s.val.len(), s.train.len()), (0, 1));
+        let s = Split::numpy_legacy(&names(3), 0.0, 42).unwrap();
+        assert_eq!((s.val.len(), s.train.len()), (0, 3));
+    }
+
+    #[test]
+    fn numpy_legacy_refuses_seeds_numpy_refuses() {
+        assert!(Split::numpy_legacy(&names(5), 0.2, u32::MAX as u64).is_ok());
+        let err = Split::numpy_legacy(&names(5), 0.2, 1 << 32).unwrap_err().to_string();
+        assert!(err.contains("data.seed") && err.contains("4294967296") && err.contains("2**32 - 1"), "{err}");
     }
 
     #[test]

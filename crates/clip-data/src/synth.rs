@@ -217,10 +217,42 @@ pub struct SynthSummary {
     pub captions: usize,
 }
 
+/// The marker of a folder this generator wrote: the config it was (or is being) generated with.
+pub const MARKER: &str = "synth.json";
+
+/// What to do instead when the folder is not the generator's (`clip data synth --out`, xtask).
+pub const OUT_HINT: &str = "Choose a missing or empty folder for the synthetic dataset.";
+
+/// The config recorded in `dir`'s marker, when `dir` is a folder this generator wrote (every
+/// field present, nothing else: a user's own `synth.json` is not taken for one).
+pub fn marker(dir: &Path) -> Option<SynthConfig> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {
+        images: usize,
+        image_size: u32,
+        seed: u64,
+        two_shape_fraction: f64,
+    }
+    let bytes = std::fs::read(dir.join(MARKER)).ok()?;
+    let s: Strict = serde_json::from_slice(&bytes).ok()?;
+    Some(SynthConfig { images: s.images, image_size: s.image_size, seed: s.seed, two_shape_fraction: s.two_shape_fraction })
+}
+
 /// Writes `images/NNNNN.jpg`, `results.csv` (Flickr30k format), `labels.csv` (the attributes of
-/// each image, for zero-shot evaluation) and `synth.json` (the config) under `dir`.
-/// `results.csv` is written last and atomically: its presence means the dataset is complete.
+/// each image, for zero-shot evaluation) and `synth.json` (the config) under `dir`, which must be
+/// missing, empty, or a dataset this generator wrote (see [`crate::fs::claim_dir`]); anything else
+/// is an error and nothing is written. See [`generate_with`].
 pub fn generate(dir: &Path, config: &SynthConfig) -> Result<SynthSummary> {
+    generate_with(dir, config, OUT_HINT)
+}
+
+/// [`generate`], with `hint` (what to do instead) in the error for a folder that is not ours.
+///
+/// Order: an earlier `results.csv` is removed first, then the marker `synth.json` is written,
+/// then the images, `labels.csv`, and `results.csv` last and atomically: an interrupted
+/// generation is still recognised as ours, and only a complete dataset has `results.csv`.
+pub fn generate_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<SynthSummary> {
     let err = |message: String| DataError::Synth { path: dir.into(), message };
     if config.images == 0 || config.image_size < 16 {
         return Err(err(format!(
@@ -228,6 +260,14 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> Result<SynthSummary> {
             config.images, config.image_size
         )));
     }
+    crate::fs::claim_dir(dir, "the generated synthetic dataset", |d| marker(d).is_some(), hint)?;
+    let results_path = dir.join("results.csv");
+    match std::fs::remove_file(&results_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&results_path, e)),
+        _ => {}
+    }
+    let meta = serde_json::to_vec_pretty(config).expect("config serializes");
+    write_atomic(&dir.join(MARKER), &meta)?;
     let images_dir = dir.join("images");
     std::fs::create_dir_all(&images_dir).map_err(|e| DataError::io(&images_dir, e))?;
     let mut results = String::from("image_name| comment_number| comment\n");
@@ -258,9 +298,7 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         );
     }
     write_atomic(&dir.join("labels.csv"), labels.as_bytes())?;
-    let meta = serde_json::to_vec_pretty(config).expect("config serializes");
-    write_atomic(&dir.join("synth.json"), &meta)?;
-    write_atomic(&dir.join("results.csv"), results.as_bytes())?;
+    write_atomic(&results_path, results.as_bytes())?;
     Ok(SynthSummary {
         dir: dir.into(),
         images: config.images,
@@ -269,22 +307,118 @@ pub fn generate(dir: &Path, config: &SynthConfig) -> Result<SynthSummary> {
 }
 
 /// Generates the dataset unless a complete one made with the same config is already there.
-/// Returns whether it generated.
+/// Returns whether it generated. Like [`generate`], it writes only into a missing or empty
+/// folder or one it generated before.
 pub fn ensure(dir: &Path, config: &SynthConfig) -> Result<bool> {
-    let same = std::fs::read(dir.join("synth.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<SynthConfig>(&b).ok())
-        .is_some_and(|c| &c == config);
-    if same && dir.join("results.csv").is_file() {
+    ensure_with(dir, config, OUT_HINT)
+}
+
+/// [`ensure`], with `hint` in the error for a folder that is not ours.
+pub fn ensure_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<bool> {
+    if marker(dir).is_some_and(|c| &c == config) && dir.join("results.csv").is_file() {
         return Ok(false);
     }
-    generate(dir, config)?;
+    generate_with(dir, config, hint)?;
     Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small(seed: u64) -> SynthConfig {
+        SynthConfig { images: 3, image_size: 16, seed, ..SynthConfig::default() }
+    }
+
+    /// Every file under `dir` with its bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn generates_into_missing_empty_or_own_folders_and_regenerates() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("a/b");
+        assert!(ensure(&missing, &small(0)).unwrap());
+        assert!(!ensure(&missing, &small(0)).unwrap(), "same config: kept");
+        let empty = root.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(ensure(&empty, &small(0)).unwrap());
+        assert_eq!(std::fs::read(empty.join("results.csv")).unwrap(), std::fs::read(missing.join("results.csv")).unwrap());
+        // Another config regenerates the folder it made, files the user added beside it kept.
+        std::fs::write(empty.join("notes.txt"), b"mine").unwrap();
+        let before = std::fs::read(empty.join("images/00000.jpg")).unwrap();
+        assert!(ensure(&empty, &small(1)).unwrap());
+        assert_eq!(marker(&empty), Some(small(1)));
+        assert_ne!(std::fs::read(empty.join("images/00000.jpg")).unwrap(), before);
+        assert_eq!(std::fs::read(empty.join("notes.txt")).unwrap(), b"mine");
+        // A marker written by an older version (the bare config) is still ours.
+        std::fs::write(empty.join(MARKER), b"{\"images\": 3, \"image_size\": 16, \"seed\": 0, \"two_shape_fraction\": 0.25}").unwrap();
+        assert_eq!(marker(&empty), Some(small(0)));
+        assert!(!ensure(&empty, &small(0)).unwrap(), "recognised, complete: kept");
+        assert!(ensure(&empty, &small(2)).unwrap(), "recognised: regenerated");
+    }
+
+    #[test]
+    fn a_users_dataset_folder_is_never_written() {
+        let root = tempfile::tempdir().unwrap();
+        let user = root.path().join("flickr");
+        std::fs::create_dir_all(user.join("images")).unwrap();
+        std::fs::write(user.join("results.csv"), b"image_name| comment_number| comment\nmine.jpg| 0| my dog\n").unwrap();
+        std::fs::write(user.join("images/mine.jpg"), b"my photo").unwrap();
+        // A synth.json of someone else's (extra keys) is no marker of ours either.
+        std::fs::write(user.join(MARKER), b"{\"images\": 3, \"tool\": \"theirs\"}").unwrap();
+        let before = snapshot(&user);
+        for result in [ensure(&user, &small(0)).map(|_| ()), generate(&user, &small(0)).map(|_| ())] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, DataError::NotOurs { .. }), "{err}");
+            let err = err.to_string();
+            assert!(err.contains(&user.display().to_string()) && err.contains("`results.csv`") && err.contains(OUT_HINT), "{err}");
+        }
+        assert_eq!(snapshot(&user), before, "nothing of the user's changed");
+        // Only images/ (a folder of photos): refused too.
+        let photos = root.path().join("photos");
+        std::fs::create_dir_all(photos.join("images")).unwrap();
+        std::fs::write(photos.join("images/00000.jpg"), b"my photo").unwrap();
+        assert!(ensure(&photos, &small(0)).is_err());
+        assert_eq!(std::fs::read(photos.join("images/00000.jpg")).unwrap(), b"my photo");
+        assert!(!photos.join(MARKER).exists());
+    }
+
+    #[test]
+    fn an_interrupted_regeneration_is_ours_and_incomplete() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shapes");
+        generate(&dir, &small(0)).unwrap();
+        // Make the regeneration fail at its second image (a folder where the file goes).
+        std::fs::remove_file(dir.join("images/00001.jpg")).unwrap();
+        std::fs::create_dir(dir.join("images/00001.jpg")).unwrap();
+        let err = generate(&dir, &small(1)).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
+        // The marker names the new config, the old results.csv is gone: incomplete, and ours.
+        assert_eq!(marker(&dir), Some(small(1)));
+        assert!(!dir.join("results.csv").exists());
+        std::fs::remove_dir(dir.join("images/00001.jpg")).unwrap();
+        assert!(ensure(&dir, &small(1)).unwrap(), "generated again, not refused nor taken as complete");
+        assert!(dir.join("results.csv").is_file());
+        // An invalid config fails before anything is touched.
+        assert!(generate(&dir, &SynthConfig { images: 0, ..small(2) }).is_err());
+        assert_eq!(marker(&dir), Some(small(1)));
+        assert!(dir.join("results.csv").is_file());
+    }
 
     #[test]
     fn scenes_are_deterministic_and_varied() {

@@ -4,6 +4,8 @@
 //!
 //! Saving writes a new `.npy` under a fresh name, then replaces `index.json` atomically, then
 //! removes the old matrix: a reader sees the old index or the new one, never a half-written one.
+//! An index is written only into a missing or empty folder or one that holds an index
+//! ([`EmbeddingIndex::claim_dir`]), and only matrices it named itself are ever removed.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -85,6 +87,23 @@ impl EmbeddingIndex {
         dir.join("index.json").is_file()
     }
 
+    /// Whether `dir` holds an index `clip embed` wrote (its `index.json` reads as one).
+    pub fn is_index_dir(dir: &Path) -> bool {
+        std::fs::read(dir.join("index.json")).ok().is_some_and(|b| serde_json::from_slice::<IndexMeta>(&b).is_ok())
+    }
+
+    /// Whether an index may be written into `dir`: only a missing or empty folder, or one that
+    /// holds an index, is; anything else (a folder of photos, say) is an error naming it.
+    pub fn claim_dir(dir: &Path) -> Result<()> {
+        clip_data::fs::claim_dir(
+            dir,
+            "an embedding index",
+            Self::is_index_dir,
+            "Give --out a new or empty folder (or the folder of an index `clip embed` made, to update it).",
+        )?;
+        Ok(())
+    }
+
     /// Reads the index in `dir`, checking that the matrix agrees with the entries.
     pub fn load(dir: &Path) -> Result<Self> {
         let json = dir.join("index.json");
@@ -108,8 +127,9 @@ impl EmbeddingIndex {
         Ok(Self { meta, rows })
     }
 
-    /// Writes the index into `dir` (created if needed), atomically.
+    /// Writes the index into `dir` (created if needed, see [`Self::claim_dir`]), atomically.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
+        Self::claim_dir(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| InferError::io(dir, e))?;
         assert_eq!(self.rows.len(), self.meta.entries.len() * self.meta.dim, "rows match entries");
         let old = self.meta.embeddings.clone();
@@ -124,11 +144,19 @@ impl EmbeddingIndex {
             self.meta.embeddings = old;
             return Err(e.into());
         }
-        if !old.is_empty() && old != self.meta.embeddings {
+        // Only a matrix of ours: a name this function gives, never a path out of the folder.
+        if is_matrix_name(&old) && old != self.meta.embeddings {
             let _ = std::fs::remove_file(dir.join(old));
         }
         Ok(())
     }
+}
+
+/// Whether `name` is one [`EmbeddingIndex::save`] gives a matrix: `embeddings-<hex>.npy`.
+fn is_matrix_name(name: &str) -> bool {
+    name.strip_prefix("embeddings-")
+        .and_then(|rest| rest.strip_suffix(".npy"))
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Serializes a float32 matrix in NumPy's `.npy` format (version 1.0, C order).
@@ -213,5 +241,36 @@ mod tests {
         let err = EmbeddingIndex::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("2 entries"), "{err}");
         assert!(EmbeddingIndex::load(&dir.path().join("nothing")).unwrap_err().to_string().contains("no index here"));
+    }
+
+    #[test]
+    fn an_index_is_never_written_into_a_folder_of_someone_elses() {
+        let root = tempfile::tempdir().unwrap();
+        let mut idx = EmbeddingIndex::new("abc", Path::new("/runs/x"), 2);
+        idx.meta.entries.push(IndexEntry { path: "a.jpg".into(), size: 1, modified: 2 });
+        idx.rows = vec![1.0, 0.0];
+        // A folder of photos, and one with an index.json / embeddings.npy of another tool.
+        let photos = root.path().join("photos");
+        std::fs::create_dir(&photos).unwrap();
+        std::fs::write(photos.join("cat.jpg"), b"my cat").unwrap();
+        let other = root.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("index.json"), b"{\"their\": \"index\"}").unwrap();
+        std::fs::write(other.join("embeddings.npy"), b"their matrix").unwrap();
+        for dir in [&photos, &other] {
+            let before: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            let err = idx.clone().save(dir).unwrap_err().to_string();
+            assert!(err.contains(&dir.display().to_string()) && err.contains("new or empty folder"), "{err}");
+            assert_eq!(std::fs::read_dir(dir).unwrap().count(), before.len(), "nothing added");
+        }
+        assert_eq!(std::fs::read(other.join("index.json")).unwrap(), b"{\"their\": \"index\"}");
+        // An index of ours whose index.json names a file that is not one of its matrices: that
+        // file is never removed.
+        let ours = root.path().join("ours");
+        let mut tricked = idx.clone();
+        tricked.meta.embeddings = "../photos/cat.jpg".into();
+        tricked.save(&ours).unwrap();
+        assert_eq!(std::fs::read(photos.join("cat.jpg")).unwrap(), b"my cat");
+        assert!(is_matrix_name(&tricked.meta.embeddings) && !is_matrix_name("embeddings.npy") && !is_matrix_name("embeddings-.npy"));
     }
 }
