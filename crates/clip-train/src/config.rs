@@ -523,10 +523,28 @@ fn looks_like_path(s: &str) -> bool {
 }
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a string.
+/// The bare word `none` removes the key instead (its default applies; an optional table such as
+/// `data.synthetic` is then absent); the string "none" is `'"none"'`.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
     let (key, raw) = assignment.split_once('=').ok_or("expected KEY=VALUE")?;
     let key = key.trim();
     let raw = raw.trim();
+    if raw == "none" {
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("bad key {key:?}"));
+        }
+        let mut t = table;
+        for part in &parts[..parts.len() - 1] {
+            match t.get_mut(*part) {
+                Some(toml::Value::Table(inner)) => t = inner,
+                Some(_) => return Err(format!("{part} is not a table")),
+                None => return Ok(()),
+            }
+        }
+        t.remove(parts[parts.len() - 1]);
+        return Ok(());
+    }
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -576,6 +594,16 @@ mod tests {
         assert!(err.contains("exp.toml") && err.contains("lrr"), "{err}");
         let err = ExperimentConfig::load(&p, &["train.lr=-1".into()]).unwrap_err().to_string();
         assert!(err.contains("train.lr"), "{err}");
+    }
+
+    #[test]
+    fn none_removes_a_key_such_as_the_synthetic_table() {
+        let (_d, p) = write(&format!("{MINIMAL}[data.synthetic]\nimages = 10\n[train]\nlr = 3e-4\n"));
+        assert!(ExperimentConfig::load(&p, &[]).unwrap().data.synthetic.is_some());
+        let c = ExperimentConfig::load(&p, &["data.synthetic=none".into(), "train.lr=none".into(), "eval.labels=none".into()]).unwrap();
+        assert!(c.data.synthetic.is_none());
+        assert_eq!(c.train.lr, 1e-3, "a removed key takes its default");
+        assert!(ExperimentConfig::load(&p, &["data.captions.x=none".into()]).unwrap_err().to_string().contains("not a table"));
     }
 
     #[test]
@@ -634,13 +662,30 @@ mod shipped_configs {
             }
         }
         assert!(seen >= 2);
+        // The seed notebook, exactly: Adam(lr=1e-4, weight_decay=5e-4) on every parameter, no
+        // schedule, batch 64, val_size 0.1 drawn as NumPy does, fp16 AMP, everything trainable.
         let seed = ExperimentConfig::load(&dir.join("flickr30k-rn50-distilbert.toml"), &[]).unwrap();
         let mut want = ClipConfig::seed();
         want.image_trainable = true;
         assert_eq!(seed.clip_config().unwrap(), want);
-        assert_eq!((seed.data.batch_size, seed.data.image_size, seed.data.text_max_length), (32, 224, 200));
-        // The notebook's ReduceLROnPlateau(patience=1, factor=0.8) on the validation loss.
-        assert_eq!((seed.train.schedule, seed.train.plateau_patience, seed.train.plateau_factor), (ScheduleKind::Plateau, 1, 0.8));
+        assert_eq!((seed.data.batch_size, seed.data.image_size, seed.data.text_max_length), (64, 224, 200));
+        assert_eq!((seed.data.val_size, seed.data.seed), (0.1, 42));
+        assert_eq!(serde_json::to_value(seed.data.split).unwrap(), "numpy-legacy");
+        let t = &seed.train;
+        assert_eq!((t.optimizer, t.lr, t.weight_decay, t.weight_decay_1d), (OptimizerKind::Adam, 1e-4, 5e-4, true));
+        assert_eq!((t.image_encoder_lr, t.text_encoder_lr, t.head_lr), (None, None, None));
+        assert_eq!((t.image_encoder_weight_decay, t.text_encoder_weight_decay, t.head_weight_decay), (None, None, None));
+        assert_eq!((t.schedule, t.warmup_steps, t.grad_clip_norm, t.epochs), (ScheduleKind::Constant, 0, None, 4));
+        assert_eq!(t.precision, Precision::Fp16Mixed);
         assert_eq!(seed.checkpoint.best_by, BestBy::ValLoss);
+
+        // The Simple-CLIP tutorial: AdamW per group, the plateau schedule, batch 32, 80/20.
+        let simple = ExperimentConfig::load(&dir.join("simple-clip-rn50-distilbert.toml"), &[]).unwrap();
+        assert_eq!(simple.clip_config().unwrap(), want);
+        assert_eq!((simple.data.batch_size, simple.data.val_size), (32, 0.2));
+        let t = &simple.train;
+        assert_eq!((t.optimizer, t.lr, t.image_encoder_lr, t.text_encoder_lr), (OptimizerKind::Adamw, 1e-3, Some(1e-4), Some(1e-5)));
+        // ReduceLROnPlateau(patience=1, factor=0.8) on the validation loss.
+        assert_eq!((t.schedule, t.plateau_patience, t.plateau_factor), (ScheduleKind::Plateau, 1, 0.8));
     }
 }
