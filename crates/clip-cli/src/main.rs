@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod data;
 mod export;
+mod import;
 mod infer;
 mod interrupt;
 mod kernels;
@@ -51,6 +52,9 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Serve an index over HTTP: a search page, JSON text and image queries, the images.
     Serve(serve::ServeArgs),
+    /// Make a run directory from a checkpoint (the seed notebook's Lightning `.ckpt`) or from
+    /// pretrained tower weights, for the inference commands, without training.
+    Import(import::ImportArgs),
     /// Write a run's model as ONNX files (image and text encoders), with its tokenizer and
     /// preprocessing, for serving from ONNX Runtime and other runtimes.
     Export(export::ExportArgs),
@@ -108,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => infer::eval(args),
         Command::Probe(args) => probe::probe(args),
         Command::Export(args) => export::export(args),
+        Command::Import(args) => import::import(args),
         Command::Serve(args) => serve::serve(args),
         Command::Runs(args) => runs::runs(args),
         Command::Sweep(args) => sweep::sweep(args),

@@ -1,7 +1,7 @@
 //! Config-driven CLIP training: experiment configs with overrides ([`config`]), the training loop
 //! ([`trainer`]) with per-group learning rates, global-norm clipping and fp16 loss scaling
 //! ([`optim`], [`grads`]), schedules ([`schedule`]), atomic checkpoints and resume
-//! ([`checkpoint`]), metrics files and curves ([`metrics`], [`plots`]), and the live terminal
+//! ([`checkpoint`]), run directories from outside weights ([`import_run`]), metrics files and curves ([`metrics`], [`plots`]), and the live terminal
 //! dashboard ([`dashboard`]), and an overview of a runs directory ([`runs`]).
 
 pub mod checkpoint;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod grads;
+pub mod import_run;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
@@ -20,5 +21,6 @@ pub mod trainer;
 
 pub use checkpoint::RunDir;
 pub use config::ExperimentConfig;
+pub use import_run::{import_run, ImportedRun};
 pub use error::{Result, TrainError};
 pub use trainer::{train, Observer, RunInfo, Silent, TrainSummary};

@@ -599,7 +599,7 @@ fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
 }
 
 /// Loads the configured initial weights into a fresh model.
-fn initial_weights<B: AutodiffBackend>(
+pub(crate) fn initial_weights<B: burn::tensor::backend::Backend>(
     mut model: ClipModel<B>,
     config: &ExperimentConfig,
     clip_config: &ClipConfig,
@@ -609,6 +609,9 @@ fn initial_weights<B: AutodiffBackend>(
     if let Some(path) = &m.checkpoint {
         let (loaded, report) = import_clip(model, path)?;
         observer.on_message(&format!("{}: {} tensors loaded", path.display(), report.applied.len()));
+        for line in &report.skipped {
+            observer.on_message(&format!("{}: skipped {line}", path.display()));
+        }
         model = loaded;
     }
     if m.pretrained {
