@@ -204,7 +204,7 @@ impl<'a> Machine<'a> {
                 }
                 b'.' => {
                     let v = self.pop()?;
-                    return Ok((v, self.globals));
+                    return Ok((v, std::mem::take(&mut self.globals)));
                 }
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
@@ -434,6 +434,45 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// Drops a value without recursion: a hostile file can nest containers deeper than any stack,
+/// and `Rc`'s own drop would recurse once per level. A container shared elsewhere is only
+/// released here; its last holder frees it the same way.
+fn dispose(values: impl IntoIterator<Item = Value>) {
+    let mut work: Vec<Value> = values.into_iter().collect();
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(rc) => {
+                if let Ok(items) = Rc::try_unwrap(rc) {
+                    work.extend(items);
+                }
+            }
+            Value::List(rc) | Value::Set(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.extend(cell.into_inner());
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.extend(cell.into_inner().into_iter().flat_map(|(k, v)| [k, v]));
+                }
+            }
+            Value::Object(rc) => {
+                if let Ok(o) = Rc::try_unwrap(rc) {
+                    work.push(o.args);
+                    work.extend(o.state.into_inner());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Machine<'_> {
+    fn drop(&mut self) {
+        dispose(self.stack.drain(..).chain(self.memo.drain().map(|(_, v)| v)));
+    }
+}
+
 fn long_from_bytes(b: &[u8]) -> Value {
     if b.is_empty() {
         return Value::Int(0);
@@ -574,7 +613,9 @@ fn call(f: Value, args: Value) -> Result<Value, String> {
         },
         // A tensor subclass: `func(*args)` rebuilds the tensor, the type is only a wrapper.
         "torch._tensor._rebuild_from_type_v2" | "torch._tensor._rebuild_from_type" => match (arg(0), arg(2)) {
-            (Some(inner), Some(inner_args)) => call(inner, inner_args),
+            (Some(Value::Global(inner)), Some(inner_args)) if inner.starts_with("torch._utils._rebuild_") => {
+                call(Value::Global(inner), inner_args)
+            }
             _ => Err(format!("{name}: unexpected arguments")),
         },
         "collections.OrderedDict" | "builtins.dict" | "__builtin__.dict" => {
@@ -866,6 +907,7 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
     if !foreign.is_empty() {
         skipped.push(format!("classes recorded, not built: {}", foreign.join(", ")));
     }
+    dispose([selected, root]);
     let mut tensors = BTreeMap::new();
     for (name, t) in found {
         let snap = snapshot(t, archive.clone(), &name).map_err(|m| format(format!("{name}: {m}")))?;
@@ -998,6 +1040,22 @@ mod tests {
         // A missing storage entry.
         let path = write_zip(dir.path(), &p.0, &[]);
         assert!(read_torch_file(&path, None).err().unwrap().to_string().contains("storage 0 is missing"));
+    }
+
+    #[test]
+    fn containers_nested_deeper_than_the_stack_are_read_and_freed_without_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        // A million nested 1-tuples around a dict, then the same nesting left on the stack at a
+        // truncation: both the value and the error path free it all.
+        let mut p = vec![0x80, 2, b'}'];
+        p.extend(std::iter::repeat_n(0x85, 1_000_000));
+        let mut whole = p.clone();
+        whole.push(b'.');
+        let path = write_zip(dir.path(), &whole, &[]);
+        let file = read_torch_file(&path, None).unwrap();
+        assert!(file.tensors.is_empty());
+        let path = write_zip(dir.path(), &p, &[]);
+        assert!(read_torch_file(&path, None).is_err());
     }
 
     #[test]
