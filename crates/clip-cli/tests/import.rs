@@ -98,6 +98,10 @@ fn a_seed_checkpoint_is_imported_embedded_and_searched_with_pytorchs_embeddings(
     let want: Vec<&str> = want.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(ranked, want, "search ranking vs PyTorch's cosine ranking:\n{out}");
 
+    // `clip runs` tells an imported run from an interrupted training.
+    let listing = run_ok(&[os("runs"), dir.path().join("runs").as_os_str()]);
+    assert!(listing.lines().any(|l| l.starts_with("seed") && l.contains("imported")), "{listing}");
+
     // The run directory is never written into again by import.
     let (ok, err) = run(&[os("import"), os("--checkpoint"), seed("seed_pl19.ckpt").as_os_str(), os("--config"), config.as_os_str(), os("--out"), run_dir.as_os_str()]);
     assert!(!ok && err.contains("not empty") && err.contains("nothing was changed"), "{err}");

@@ -28,6 +28,9 @@ pub struct ImportedRun {
     pub split: Option<(usize, usize)>,
 }
 
+/// The file that records an import's origin (and marks the run as imported, not trained).
+pub const IMPORT_RECORD: &str = "import.json";
+
 /// `import.json`: where the weights came from (the run's record of its origin).
 #[derive(Serialize)]
 struct ImportRecord<'a> {
@@ -92,7 +95,7 @@ pub fn import_run<B: Backend>(config: &ExperimentConfig, out: &Path, device: &B:
             messages: &log.0,
         };
         let json = serde_json::to_vec_pretty(&record).expect("record serializes");
-        clip_data::fs::write_atomic(&staging.root.join("import.json"), &json)?;
+        clip_data::fs::write_atomic(&staging.root.join(IMPORT_RECORD), &json)?;
         Ok(split)
     })();
     let split = match result {

@@ -17,8 +17,8 @@ use crate::trainer::{best_by_name, TrainSummary};
 pub struct RunOverview {
     pub name: String,
     pub dir: PathBuf,
-    /// `finished`, `early-stopped`, `stopped` (resumable), or `interrupted` (no summary: killed,
-    /// or still training).
+    /// `finished`, `early-stopped`, `stopped` (resumable), `imported` (made by `clip import`,
+    /// never trained), or `interrupted` (no summary: killed, or still training).
     pub status: &'static str,
     pub steps: usize,
     pub elapsed_s: Option<f64>,
@@ -57,6 +57,7 @@ impl RunOverview {
             Some(s) if s.completed && s.early_stopped => ("early-stopped", s.steps, Some(s.elapsed_s)),
             Some(s) if s.completed => ("finished", s.steps, Some(s.elapsed_s)),
             Some(s) => ("stopped", s.steps, Some(s.elapsed_s)),
+            None if dir.join(crate::import_run::IMPORT_RECORD).is_file() => ("imported", 0, None),
             None => {
                 let state = run.latest().and_then(|p| read_state(&p).ok());
                 ("interrupted", state.as_ref().map_or(0, |s| s.step), state.map(|s| s.elapsed_s))
