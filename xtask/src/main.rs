@@ -65,11 +65,8 @@ enum Command {
 }
 
 /// The `clip` builds a GPU session compares: file name in .gpu/ and clip-cli features.
-const GPU_VARIANTS: &[(&str, &str)] = &[
-    ("clip", "cuda,fusion,autotune"),
-    ("clip-noautotune", "cuda,fusion"),
-    ("clip-plain", "cuda"),
-];
+const GPU_VARIANTS: &[(&str, &str)] =
+    &[("clip", "cuda,fusion,autotune"), ("clip-noautotune", "cuda,fusion"), ("clip-plain", "cuda")];
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -85,7 +82,12 @@ fn main() -> Result<()> {
             }
             .with_context(|| format!("writing the synthetic dataset to {}", out.display()))?;
             if made {
-                println!("wrote {} images and {} captions to {}", images, images * 5, out.display());
+                println!(
+                    "wrote {} images and {} captions to {}",
+                    images,
+                    images * 5,
+                    out.display()
+                );
             } else {
                 println!("{} already holds this dataset (use --force to rewrite)", out.display());
             }
@@ -95,9 +97,14 @@ fn main() -> Result<()> {
             let ready = assets::fetch(&dir, &only)?;
             if ready.contains(&"fashion-mnist") {
                 let out = root.join(fashion_out);
-                let config = FashionMnistConfig { source: assets::fashion_mnist_dir(&dir), seed: 0, limit: 0 };
+                let config = FashionMnistConfig {
+                    source: assets::fashion_mnist_dir(&dir),
+                    seed: 0,
+                    limit: 0,
+                };
                 println!("converting Fashion-MNIST to a caption dataset in {} ...", out.display());
-                let (s, converted) = fashion_mnist::ensure(&out, &config).with_context(|| format!("converting into {}", out.display()))?;
+                let (s, converted) = fashion_mnist::ensure(&out, &config)
+                    .with_context(|| format!("converting into {}", out.display()))?;
                 println!(
                     "{} {} train + {} test images, {} captions",
                     if converted { "wrote" } else { "already there:" },
@@ -107,23 +114,43 @@ fn main() -> Result<()> {
                 );
             }
             let wanted = if only.is_empty() { assets::asset_ids().len() } else { only.len() };
-            anyhow::ensure!(ready.len() == wanted, "{} of {wanted} asset(s) could not be fetched (see above)", wanted - ready.len());
+            anyhow::ensure!(
+                ready.len() == wanted,
+                "{} of {wanted} asset(s) could not be fetched (see above)",
+                wanted - ready.len()
+            );
         }
         Command::BenchGpu { only_default } => {
             let dir = root.join(".gpu");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let variants: &[(&str, &str)] = if only_default { &GPU_VARIANTS[..1] } else { GPU_VARIANTS };
+            let variants: &[(&str, &str)] =
+                if only_default { &GPU_VARIANTS[..1] } else { GPU_VARIANTS };
             for (name, features) in variants {
                 let mut build = std::process::Command::new(env!("CARGO"));
-                build.current_dir(&root).args(["build", "--release", "-p", "clip-cli", "--no-default-features", "--features", features]);
+                build.current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "clip-cli",
+                    "--no-default-features",
+                    "--features",
+                    features,
+                ]);
                 run(&mut build)?;
                 let bin = dir.join(name);
-                std::fs::copy(root.join("target/release/clip"), &bin).context("copying the release binary")?;
-                run(std::process::Command::new("strip").arg(&bin)).context("stripping the binary")?;
+                std::fs::copy(root.join("target/release/clip"), &bin)
+                    .context("copying the release binary")?;
+                run(std::process::Command::new("strip").arg(&bin))
+                    .context("stripping the binary")?;
                 // Compressed: a device call carries 64 MiB at most, and each binary is ~47 MB.
-                run(std::process::Command::new("gzip").args(["-f", "-6"]).arg(&bin)).context("compressing the binary")?;
+                run(std::process::Command::new("gzip").args(["-f", "-6"]).arg(&bin))
+                    .context("compressing the binary")?;
                 let gz = dir.join(format!("{name}.gz"));
-                println!("ready: {} ({features}; {} MB)", gz.display(), std::fs::metadata(&gz).map(|m| m.len() / 1_000_000).unwrap_or(0));
+                println!(
+                    "ready: {} ({features}; {} MB)",
+                    gz.display(),
+                    std::fs::metadata(&gz).map(|m| m.len() / 1_000_000).unwrap_or(0)
+                );
             }
             println!("On the GPU machine (device tool, carry [\".gpu\"]): bash bench/gpu/diagnose.sh, or bash bench/gpu/bench.sh");
         }
@@ -147,5 +174,8 @@ fn run(cmd: &mut std::process::Command) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }

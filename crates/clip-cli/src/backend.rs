@@ -15,7 +15,8 @@ pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
 /// Work that runs on whichever autodiff backend was chosen.
 pub trait BackendTask {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &str)
+        -> Result<Self::Output>;
 }
 
 /// Runs `task` on the chosen backend, saying which one it picked when the choice was `auto`.
@@ -27,7 +28,11 @@ pub fn dispatch<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Out
 /// keeps the outputs of compute-bound operations (convolutions, matmuls) and recomputes the
 /// memory-bound ones (activations, normalization arithmetic) during the backward pass
 /// (burn's `BalancedCheckpointing`).
-pub fn dispatch_with<T: BackendTask>(choice: BackendChoice, recompute: bool, task: T) -> Result<T::Output> {
+pub fn dispatch_with<T: BackendTask>(
+    choice: BackendChoice,
+    recompute: bool,
+    task: T,
+) -> Result<T::Output> {
     let use_cuda = match choice {
         BackendChoice::Cpu => false,
         BackendChoice::Cuda => true,
@@ -44,7 +49,9 @@ pub fn dispatch_with<T: BackendTask>(choice: BackendChoice, recompute: bool, tas
     match (use_cuda, recompute) {
         (true, _) => cuda::run(task, recompute),
         (false, false) => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
-        (false, true) => task.run::<Autodiff<Flex, BalancedCheckpointing>>(Default::default(), "cpu (flex)"),
+        (false, true) => {
+            task.run::<Autodiff<Flex, BalancedCheckpointing>>(Default::default(), "cpu (flex)")
+        }
     }
 }
 

@@ -63,8 +63,10 @@ impl BackendTask for StepArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
-        let precision: Precision = serde_json::from_value(serde_json::Value::String(self.precision.clone()))
-            .map_err(|_| anyhow::anyhow!("--precision must be fp32, bf16-mixed or fp16-mixed"))?;
+        let precision: Precision = serde_json::from_value(serde_json::Value::String(
+            self.precision.clone(),
+        ))
+        .map_err(|_| anyhow::anyhow!("--precision must be fp32, bf16-mixed or fp16-mixed"))?;
         if backend == "cuda" {
             eprintln!("kernel cache: {}", kernels::prepare_cuda());
         }
@@ -74,7 +76,8 @@ impl BackendTask for StepArgs {
         let model = config.init::<B>(&device).with_precision(precision);
         let (b, s, l) = (self.batch, self.image_size, self.seq);
         let images = Tensor::<B, 4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &device);
-        let ids = Tensor::<B, 2, Int>::random([b, l], Distribution::Uniform(1000.0, 30000.0), &device);
+        let ids =
+            Tensor::<B, 2, Int>::random([b, l], Distribution::Uniform(1000.0, 30000.0), &device);
         let mask = Tensor::<B, 2, Int>::ones([b, l], &device);
         // The arithmetic each measurement stands for (clip_model::flops): achieved TFLOP/s.
         let flops = clip_model::flops::forward_flops(&config, b, s, l);
@@ -87,7 +90,8 @@ impl BackendTask for StepArgs {
         });
 
         if self.mode == "train" || self.mode == "both" {
-            let mut optim = AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
+            let mut optim =
+                AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
             let mut model = model.clone();
             let micro = self.micro_batches;
             let inputs = StepInputs::tokens(images.clone(), ids.clone(), mask.clone());
@@ -128,9 +132,15 @@ impl BackendTask for StepArgs {
             let first_kernels = kernels::counts();
             let first_s: f64 = first.iter().sum();
             let phases = if micro > 1 {
-                format!("forward and backward in {micro} micro-batches {:.2} s, optimizer {:.2} s", first[0], first[2])
+                format!(
+                    "forward and backward in {micro} micro-batches {:.2} s, optimizer {:.2} s",
+                    first[0], first[2]
+                )
             } else {
-                format!("forward {:.2} s, backward {:.2} s, optimizer {:.2} s", first[0], first[1], first[2])
+                format!(
+                    "forward {:.2} s, backward {:.2} s, optimizer {:.2} s",
+                    first[0], first[1], first[2]
+                )
             };
             eprintln!(
                 "first training step: {first_s:.2} s ({phases}){}",
@@ -156,25 +166,39 @@ impl BackendTask for StepArgs {
                 "gflop_per_step": round1(flops.train_step() / 1e9), "achieved_tflops": tflops(flops.train_step(), dt),
             });
             if micro > 1 {
-                extend(&mut line, &json!({
-                    "forward_backward_ms": round1(total[0] / n * 1e3), "first_forward_backward_s": round2(first[0]),
-                }));
+                extend(
+                    &mut line,
+                    &json!({
+                        "forward_backward_ms": round1(total[0] / n * 1e3), "first_forward_backward_s": round2(first[0]),
+                    }),
+                );
             } else {
-                extend(&mut line, &json!({
-                    "forward_ms": round1(total[0] / n * 1e3), "backward_ms": round1(total[1] / n * 1e3),
-                    "first_forward_s": round2(first[0]), "first_backward_s": round2(first[1]),
-                }));
+                extend(
+                    &mut line,
+                    &json!({
+                        "forward_ms": round1(total[0] / n * 1e3), "backward_ms": round1(total[1] / n * 1e3),
+                        "first_forward_s": round2(first[0]), "first_backward_s": round2(first[1]),
+                    }),
+                );
             }
             extend(&mut line, &common);
             if first_kernels.any() {
-                extend(&mut line, &json!({
-                    "first_step_kernels_compiled": first_kernels.compiled,
-                    "first_step_kernels_from_cache": first_kernels.from_cache,
-                    "first_step_shapes_autotuned": first_kernels.tuned,
-                }));
+                extend(
+                    &mut line,
+                    &json!({
+                        "first_step_kernels_compiled": first_kernels.compiled,
+                        "first_step_kernels_from_cache": first_kernels.from_cache,
+                        "first_step_shapes_autotuned": first_kernels.tuned,
+                    }),
+                );
             }
-            if let Some((reserved, in_use)) = (backend == "cuda").then(kernels::cuda_memory).flatten() {
-                extend(&mut line, &json!({ "gpu_reserved_gib": round2(gib(reserved)), "gpu_in_use_gib": round2(gib(in_use)) }));
+            if let Some((reserved, in_use)) =
+                (backend == "cuda").then(kernels::cuda_memory).flatten()
+            {
+                extend(
+                    &mut line,
+                    &json!({ "gpu_reserved_gib": round2(gib(reserved)), "gpu_in_use_gib": round2(gib(in_use)) }),
+                );
             }
             if let Some(peak) = peak_rss_bytes() {
                 extend(&mut line, &json!({ "peak_rss_gib": round2(gib(peak)) }));
@@ -215,11 +239,17 @@ impl BackendTask for StepArgs {
     }
 }
 
-
 /// The process's peak resident memory (`VmHWM`), where the system reports it.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
     Some(kib * 1024)
 }
 

@@ -105,36 +105,67 @@ pub fn run(command: DataCommand) -> Result<()> {
             report(&config, &data, batches, json)
         }
         DataCommand::Shards { config, out, samples_per_shard, overrides } => {
-            let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
+            let data = if overrides.is_empty() {
+                load_data_config(&config)?
+            } else {
+                clip_train::ExperimentConfig::load(&config, &overrides)?.data
+            };
             clip_data::shards::claim_shards_dir(&out)?;
             let dataset = clip_data::CaptionDataset::load(&data)?;
             let s = clip_data::shards::write_shards(&dataset.images, &out, samples_per_shard)?;
-            println!("wrote {} samples ({} captions) into {} shards in {}", s.samples, s.captions, s.shards, out.display());
-            println!("train from them with: format = \"webdataset\", captions = images = {:?}", out.display().to_string());
+            println!(
+                "wrote {} samples ({} captions) into {} shards in {}",
+                s.samples,
+                s.captions,
+                s.shards,
+                out.display()
+            );
+            println!(
+                "train from them with: format = \"webdataset\", captions = images = {:?}",
+                out.display().to_string()
+            );
             Ok(())
         }
         DataCommand::Preview { config, out, samples, epoch, overrides, overwrite } => {
             crate::infer::claim_output(&out, overwrite, "--out", crate::infer::Output::Png)?;
-            let data = if overrides.is_empty() { load_data_config(&config)? } else { clip_train::ExperimentConfig::load(&config, &overrides)?.data };
+            let data = if overrides.is_empty() {
+                load_data_config(&config)?
+            } else {
+                clip_train::ExperimentConfig::load(&config, &overrides)?.data
+            };
             preview(&data, &out, samples, epoch)
         }
         DataCommand::Synth { out, images, size, seed } => {
             let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
-            let s = synth::generate(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} images and {} captions to {}", s.images, s.captions, s.dir.display());
+            let s = synth::generate(&out, &cfg)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} images and {} captions to {}",
+                s.images,
+                s.captions,
+                s.dir.display()
+            );
             Ok(())
         }
         DataCommand::FashionMnist { source, out, seed, limit } => {
             let cfg = FashionMnistConfig { source, seed, limit };
-            let s = fashion_mnist::convert(&out, &cfg).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} train + {} test images and {} captions to {}", s.train_images, s.test_images, s.captions, out.display());
+            let s = fashion_mnist::convert(&out, &cfg)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} train + {} test images and {} captions to {}",
+                s.train_images,
+                s.test_images,
+                s.captions,
+                out.display()
+            );
             Ok(())
         }
     }
 }
 
 fn report(config_path: &Path, data: &DataConfig, batches: usize, json: bool) -> Result<()> {
-    let r = inspect(data, batches).with_context(|| format!("inspecting the dataset of {}", config_path.display()))?;
+    let r = inspect(data, batches)
+        .with_context(|| format!("inspecting the dataset of {}", config_path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -150,8 +181,14 @@ fn print_report(data: &DataConfig, r: &InspectReport) {
     println!("captions         {} ({} rows read)", r.captions, r.caption_rows);
     println!("train            {} images, {} captions", r.train_images, r.train_captions);
     if r.test_images > 0 {
-        println!("val              {} images, {} captions (the captions file's split)", r.val_images, r.val_captions);
-        println!("test             {} images, {} captions (held out: `clip eval --split test`)", r.test_images, r.test_captions);
+        println!(
+            "val              {} images, {} captions (the captions file's split)",
+            r.val_images, r.val_captions
+        );
+        println!(
+            "test             {} images, {} captions (held out: `clip eval --split test`)",
+            r.test_images, r.test_captions
+        );
     } else {
         println!(
             "val              {} images, {} captions (val_size {}, seed {})",
@@ -188,22 +225,29 @@ fn preview(data: &DataConfig, out: &Path, samples: usize, epoch: usize) -> Resul
     let dataset = clip_data::CaptionDataset::load(data)?;
     let split = clip_data::SplitDataset::new(&dataset, data)?;
     let pipeline = clip_data::ExamplePipeline::train(data)?;
-    let loader = clip_data::ClipLoader::new(split.train.clone(), pipeline.clone(), data.loader(true));
+    let loader =
+        clip_data::ClipLoader::new(split.train.clone(), pipeline.clone(), data.loader(true));
     let (size, numel) = (pipeline.transform.size, pipeline.transform.numel());
     let (mean, std) = (pipeline.transform.mean, pipeline.transform.std);
     let mut images = Vec::new();
     let mut tiles = Vec::new();
     for item in loader.order(epoch).into_iter().take(samples) {
-        let pair = split.train.pair_in_epoch(item, epoch).context("an item of the epoch's order")?;
+        let pair =
+            split.train.pair_in_epoch(item, epoch).context("an item of the epoch's order")?;
         let mut pixels = vec![0f32; numel];
         pipeline.example_into(&pair, epoch, item, &mut pixels)?;
         let plane = (size * size) as usize;
         let image = image::RgbImage::from_fn(size, size, |x, y| {
             let i = (y * size + x) as usize;
-            image::Rgb(std::array::from_fn(|c| ((pixels[c * plane + i] * std[c] + mean[c]) * 255.0).round().clamp(0.0, 255.0) as u8))
+            image::Rgb(std::array::from_fn(|c| {
+                ((pixels[c * plane + i] * std[c] + mean[c]) * 255.0).round().clamp(0.0, 255.0) as u8
+            }))
         });
         let flipped = pipeline.augment.flips(pipeline.seed, epoch, item);
-        tiles.push(clip_plot::Tile { image: PathBuf::from(images.len().to_string()), caption: pipeline.caption_for(&pair, flipped) });
+        tiles.push(clip_plot::Tile {
+            image: PathBuf::from(images.len().to_string()),
+            caption: pipeline.caption_for(&pair, flipped),
+        });
         images.push(image);
     }
     if tiles.is_empty() {
@@ -211,7 +255,9 @@ fn preview(data: &DataConfig, out: &Path, samples: usize, epoch: usize) -> Resul
     }
     let columns = (tiles.len() as f64).sqrt().ceil() as usize;
     let title = format!("epoch {epoch}: {} training samples as augmented", tiles.len());
-    let load = |p: &Path| p.to_str().and_then(|s| s.parse::<usize>().ok()).and_then(|i| images.get(i).cloned());
+    let load = |p: &Path| {
+        p.to_str().and_then(|s| s.parse::<usize>().ok()).and_then(|i| images.get(i).cloned())
+    };
     let png = clip_plot::render_grid_with(&title, &tiles, columns, size.max(160), &load)?;
     clip_data::fs::write_atomic(out, &png)?;
     println!("{}: {} samples of epoch {epoch}", out.display(), tiles.len());

@@ -41,18 +41,26 @@ pub fn export(args: ExportArgs) -> Result<()> {
         "Give --out a new or empty folder (or the folder of an earlier `clip export`, to replace it).",
     )?;
     let loaded = LoadedModel::<Flex>::from_run(&args.checkpoint, &device)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let data = &loaded.card.data;
     // The card as the run wrote it (its bytes are part of the model's identity).
     let card_path = args.checkpoint.join("model.json");
-    let card = std::fs::read_to_string(&card_path).with_context(|| format!("reading {}", card_path.display()))?;
+    let card = std::fs::read_to_string(&card_path)
+        .with_context(|| format!("reading {}", card_path.display()))?;
     // The preprocessing a server must reproduce, next to the weights that expect it.
     let metadata = vec![
         ("image_size".to_string(), data.image_size.to_string()),
         ("mean".to_string(), serde_json::to_string(&data.mean)?),
         ("std".to_string(), serde_json::to_string(&data.std)?),
-        ("resize".to_string(), serde_json::to_value(data.resize)?.as_str().unwrap_or_default().to_string()),
-        ("resize_filter".to_string(), serde_json::to_value(data.resize_filter)?.as_str().unwrap_or_default().to_string()),
+        (
+            "resize".to_string(),
+            serde_json::to_value(data.resize)?.as_str().unwrap_or_default().to_string(),
+        ),
+        (
+            "resize_filter".to_string(),
+            serde_json::to_value(data.resize_filter)?.as_str().unwrap_or_default().to_string(),
+        ),
         ("text_max_length".to_string(), data.text_max_length.to_string()),
         ("normalized_embeddings".to_string(), loaded.card.clip.normalize_embeddings.to_string()),
         ("model_card".to_string(), card.clone()),
@@ -66,15 +74,29 @@ pub fn export(args: ExportArgs) -> Result<()> {
     write_atomic(&args.out.join("model.json"), card.as_bytes())?;
 
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
-    println!("exported {} (weights {}), ONNX opset {OPSET}:", args.checkpoint.display(), loaded.weights.display());
-    println!("  {} ({:.1} MB): pixel_values [batch, 3, {s}, {s}] float32 → image_embeds [batch, {d}]", image.display(), size(&image), s = data.image_size, d = loaded.card.clip.projection_dim);
+    println!(
+        "exported {} (weights {}), ONNX opset {OPSET}:",
+        args.checkpoint.display(),
+        loaded.weights.display()
+    );
+    println!(
+        "  {} ({:.1} MB): pixel_values [batch, 3, {s}, {s}] float32 → image_embeds [batch, {d}]",
+        image.display(),
+        size(&image),
+        s = data.image_size,
+        d = loaded.card.clip.projection_dim
+    );
     println!(
         "  {} ({:.1} MB): input_ids, attention_mask [batch, sequence] int64 → text_embeds [batch, {}]",
         text.display(),
         size(&text),
         loaded.card.clip.projection_dim
     );
-    println!("  {}: the tokenizer (tokenizers / transformers.js), at most {} tokens", tokenizer.display(), data.text_max_length);
+    println!(
+        "  {}: the tokenizer (tokenizers / transformers.js), at most {} tokens",
+        tokenizer.display(),
+        data.text_max_length
+    );
     println!(
         "  preprocessing: resize ({}, {}) to {s}×{s}, RGB in [0, 1], minus mean {:?}, divided by std {:?}, channels first",
         metadata[3].1,

@@ -46,7 +46,11 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 pub fn import(args: ImportArgs) -> Result<()> {
     let mut config = match &args.config {
         Some(path) => ExperimentConfig::load(path, &args.overrides)?,
-        None => ExperimentConfig::parse(SEED_TOML, Path::new("configs/flickr30k-rn50-distilbert.toml"), &args.overrides)?,
+        None => ExperimentConfig::parse(
+            SEED_TOML,
+            Path::new("configs/flickr30k-rn50-distilbert.toml"),
+            &args.overrides,
+        )?,
     };
     let source = match &args.checkpoint {
         Some(ckpt) => {
@@ -72,7 +76,10 @@ pub fn import(args: ImportArgs) -> Result<()> {
         println!("  {line}");
     }
     if let Some((train, val)) = imported.split {
-        let how = serde_json::to_value(config.data.split).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let how = serde_json::to_value(config.data.split)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         println!(
             "  split.json: {train} training / {val} validation images ({how} split, val_size {}, seed {})",
             config.data.val_size, config.data.seed
@@ -85,6 +92,9 @@ pub fn import(args: ImportArgs) -> Result<()> {
     } else {
         println!("  clip embed --checkpoint {run} --images DIR --out {run}/index");
     }
-    println!("  clip search --index {run}/index{} \"dogs on the grass\" --grid matches.png", if imported.split.is_some() { "-val" } else { "" });
+    println!(
+        "  clip search --index {run}/index{} \"dogs on the grass\" --grid matches.png",
+        if imported.split.is_some() { "-val" } else { "" }
+    );
     Ok(())
 }

@@ -159,18 +159,31 @@ pub(crate) enum Output {
 
 pub(crate) fn progress_bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})").expect("template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     bar.set_message(what.to_string());
     bar
 }
 
 /// The image files of a run's split.
-pub(crate) fn split_images(run: &Path, split: &str, card: &clip_infer::ModelCard) -> Result<Vec<PathBuf>> {
+pub(crate) fn split_images(
+    run: &Path,
+    split: &str,
+    card: &clip_infer::ModelCard,
+) -> Result<Vec<PathBuf>> {
     split_images_of(run, split, card, "--split")
 }
 
 /// [`split_images`], naming the flag that chose the side in its errors.
-pub(crate) fn split_images_of(run: &Path, split: &str, card: &clip_infer::ModelCard, flag: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn split_images_of(
+    run: &Path,
+    split: &str,
+    card: &clip_infer::ModelCard,
+    flag: &str,
+) -> Result<Vec<PathBuf>> {
     let s = Split::load(&run.join("split.json"))?;
     let names = split_side_of(&s, split, run, flag)?;
     Ok(names.iter().map(|n| card.data.images.join(n)).collect())
@@ -182,8 +195,15 @@ pub(crate) fn split_side<'a>(s: &'a Split, side: &str, run: &Path) -> Result<&'a
 }
 
 /// [`split_side`], naming the flag that chose the side in its errors.
-pub(crate) fn split_side_of<'a>(s: &'a Split, side: &str, run: &Path, flag: &str) -> Result<&'a [String]> {
-    let names = s.side(side).with_context(|| format!("{flag} must be `train`, `val` or `test`, not {side:?}"))?;
+pub(crate) fn split_side_of<'a>(
+    s: &'a Split,
+    side: &str,
+    run: &Path,
+    flag: &str,
+) -> Result<&'a [String]> {
+    let names = s
+        .side(side)
+        .with_context(|| format!("{flag} must be `train`, `val` or `test`, not {side:?}"))?;
     if side == "test" && names.is_empty() {
         bail!(
             "{}: this run's split has no test images (only a split the captions file defines, such as Karpathy's, \
@@ -201,11 +221,14 @@ impl BackendTask for EmbedArgs {
         EmbeddingIndex::claim_dir(&self.out)?;
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
         let files = match (&self.images, &self.split) {
-            (Some(dir), _) => list_images(dir).with_context(|| format!("listing {}", dir.display()))?,
+            (Some(dir), _) => {
+                list_images(dir).with_context(|| format!("listing {}", dir.display()))?
+            }
             (None, Some(split)) => split_images(&self.checkpoint, split, &model.card)?,
             (None, None) => bail!("give --images DIR or --split train|val"),
         };
-        let files: Vec<PathBuf> = files.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+        let files: Vec<PathBuf> =
+            files.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
         let mut index = if EmbeddingIndex::exists(&self.out) {
             let index = EmbeddingIndex::load(&self.out)?;
             if !model.made(&index.meta.model_id) {
@@ -220,7 +243,11 @@ impl BackendTask for EmbedArgs {
             }
             index
         } else {
-            EmbeddingIndex::new(&model.id, &std::fs::canonicalize(&self.checkpoint).unwrap_or(self.checkpoint.clone()), model.card.clip.projection_dim)
+            EmbeddingIndex::new(
+                &model.id,
+                &std::fs::canonicalize(&self.checkpoint).unwrap_or(self.checkpoint.clone()),
+                model.card.clip.projection_dim,
+            )
         };
         // Keep rows of files still there and unchanged; embed the new and the changed.
         let wanted: HashSet<&PathBuf> = files.iter().collect();
@@ -244,7 +271,9 @@ impl BackendTask for EmbedArgs {
             index.len() - have.len()
         );
         let bar = progress_bar(todo.len(), "embedding");
-        let emb = model.embed_images(&todo, self.batch, self.workers, &device, &mut |done, _| bar.set_position(done as u64));
+        let emb = model.embed_images(&todo, self.batch, self.workers, &device, &mut |done, _| {
+            bar.set_position(done as u64)
+        });
         bar.finish_and_clear();
         for (p, reason) in &emb.skipped {
             eprintln!("skipped {}: {reason}", p.display());
@@ -255,7 +284,13 @@ impl BackendTask for EmbedArgs {
         }
         index = kept;
         index.save(&self.out)?;
-        println!("index {}: {} images, {} dimensions ({} skipped as unreadable)", self.out.display(), index.len(), index.meta.dim, emb.skipped.len());
+        println!(
+            "index {}: {} images, {} dimensions ({} skipped as unreadable)",
+            self.out.display(),
+            index.len(),
+            index.meta.dim,
+            emb.skipped.len()
+        );
         Ok(())
     }
 }
@@ -265,17 +300,25 @@ impl BackendTask for SearchArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
         claim_output(&self.grid, self.overwrite, "--grid", Output::Png)?;
-        let service = SearchService::<B::InnerBackend>::open(&self.index, self.checkpoint.as_deref(), &device)?;
+        let service = SearchService::<B::InnerBackend>::open(
+            &self.index,
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let mut captions = self.captions.clone();
         if let Some(f) = &self.captions_file {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            captions.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            captions
+                .extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
         }
         let (query, label) = match (&self.query, &self.image) {
             (Some(text), None) => (service.embed_text(text)?, format!("\"{text}\"")),
             (None, Some(img)) => {
                 let bytes = clip_data::shards::read_image_bytes(img)?;
-                let query = service.embed_image_bytes(bytes, &img.display().to_string()).with_context(|| "cannot use as a query")?;
+                let query = service
+                    .embed_image_bytes(bytes, &img.display().to_string())
+                    .with_context(|| "cannot use as a query")?;
                 (query, img.display().to_string())
             }
             (Some(_), Some(_)) => bail!("give a text query or --image, not both"),
@@ -299,11 +342,14 @@ impl BackendTask for SearchArgs {
         let mut tiles = Vec::new();
         for h in &hits {
             println!("{:.4}  {}", h.score, h.path.display());
-            let name = h.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name =
+                h.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             tiles.push(Tile { image: h.path.clone(), caption: format!("{:.3} {name}", h.score) });
         }
         let columns = (hits.len() as f64).sqrt().ceil() as usize;
-        let png = render_grid_with(&label, &tiles, columns, 200, &|p| clip_data::imaging::decode_rgb(p).ok())?;
+        let png = render_grid_with(&label, &tiles, columns, 200, &|p| {
+            clip_data::imaging::decode_rgb(p).ok()
+        })?;
         clip_data::fs::write_atomic(&self.grid, &png)?;
         println!("grid: {}", self.grid.display());
         Ok(())
@@ -329,18 +375,25 @@ impl BackendTask for ZeroShotArgs {
             claim_output(path, self.overwrite, "--json", Output::Json)?;
         }
         let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
-        let labels: Vec<String> = self.labels.iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let labels: Vec<String> =
+            self.labels.iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         let templates = match &self.templates {
-            Some(p) => parse_templates(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, &p.display().to_string())?,
+            Some(p) => parse_templates(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+                &p.display().to_string(),
+            )?,
             None => vec![DEFAULT_TEMPLATE.to_string()],
         };
         let classifier = ZeroShotClassifier::new(&model, &labels, &templates, &device)?;
-        let files = list_images(&self.images).with_context(|| format!("listing {}", self.images.display()))?;
+        let files = list_images(&self.images)
+            .with_context(|| format!("listing {}", self.images.display()))?;
         if files.is_empty() {
             bail!("{}: no images found", self.images.display());
         }
         let bar = progress_bar(files.len(), "classifying");
-        let emb = model.embed_images(&files, self.batch, 4, &device, &mut |done, _| bar.set_position(done as u64));
+        let emb = model.embed_images(&files, self.batch, 4, &device, &mut |done, _| {
+            bar.set_position(done as u64)
+        });
         bar.finish_and_clear();
         for (p, reason) in &emb.skipped {
             eprintln!("skipped {}: {reason}", p.display());
@@ -359,19 +412,26 @@ impl BackendTask for ZeroShotArgs {
         let scale = model.model.scale().into_scalar();
         let scale: f32 = burn::tensor::ElementConversion::elem(scale);
         // A model trained on the sigmoid loss gives each label its own probability.
-        let bias: Option<f32> = model.model.bias().map(|b| burn::tensor::ElementConversion::elem(b.into_scalar()));
+        let bias: Option<f32> =
+            model.model.bias().map(|b| burn::tensor::ElementConversion::elem(b.into_scalar()));
         if bias.is_some() {
             println!("sigmoid-loss model: each label's probability is independent (they need not sum to 100%)");
         }
         let mut confusion = Confusion::new(&labels);
         let mut predictions = Vec::new();
         for (i, p) in emb.paths.iter().enumerate() {
-            let probs = classifier.probabilities_with(&emb.rows[i * emb.dim..(i + 1) * emb.dim], scale, bias);
+            let probs = classifier.probabilities_with(
+                &emb.rows[i * emb.dim..(i + 1) * emb.dim],
+                scale,
+                bias,
+            );
             let mut order: Vec<usize> = (0..labels.len()).collect();
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let top: Vec<(String, f32)> = order.iter().take(self.top).map(|&l| (labels[l].clone(), probs[l])).collect();
+            let top: Vec<(String, f32)> =
+                order.iter().take(self.top).map(|&l| (labels[l].clone(), probs[l])).collect();
             if self.all || i < 20 {
-                let shown: Vec<String> = top.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
+                let shown: Vec<String> =
+                    top.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
                 println!("{}: {}", p.display(), shown.join(", "));
             }
             if let Some(t) = label_of(p) {
@@ -384,7 +444,11 @@ impl BackendTask for ZeroShotArgs {
         }
         let evaluated = confusion.total();
         let (accuracy, confusion) = if evaluated > 0 {
-            println!("\naccuracy {:.2}% on {evaluated} labelled images\n{}", confusion.accuracy() * 100.0, confusion.table());
+            println!(
+                "\naccuracy {:.2}% on {evaluated} labelled images\n{}",
+                confusion.accuracy() * 100.0,
+                confusion.table()
+            );
             (Some(confusion.accuracy()), Some(confusion))
         } else {
             (None, None)
@@ -428,28 +492,88 @@ impl BackendTask for EvalArgs {
         if pairs.is_empty() {
             bail!("the {} split of {} is empty", self.split, self.checkpoint.display());
         }
-        println!("evaluating {} on the {} split: {} images, {} captions ({backend})", model.weights.display(), self.split, pairs.images().len(), pairs.len());
+        println!(
+            "evaluating {} on the {} split: {} images, {} captions ({backend})",
+            model.weights.display(),
+            self.split,
+            pairs.images().len(),
+            pairs.len()
+        );
         let image_labels = match &self.labels {
             Some(path) => {
                 let labels = ImageLabels::read(path, &self.label_column)?;
-                Some(labels.indices(pairs.images().iter().map(|i| i.name.as_str()), &labels.classes(), path)?)
+                Some(labels.indices(
+                    pairs.images().iter().map(|i| i.name.as_str()),
+                    &labels.classes(),
+                    path,
+                )?)
             }
             None => None,
         };
         let loader = ClipLoader::new(pairs, ExamplePipeline::eval(data)?, data.loader(false));
-        let extras = clip_infer::EvalExtras { image_labels: image_labels.as_deref(), zero_shot: None };
-        let e = clip_infer::evaluate_with(&model.model, &loader, &device, &mut clip_model::TextFeatureCache::new(usize::MAX), extras)?;
+        let extras =
+            clip_infer::EvalExtras { image_labels: image_labels.as_deref(), zero_shot: None };
+        let e = clip_infer::evaluate_with(
+            &model.model,
+            &loader,
+            &device,
+            &mut clip_model::TextFeatureCache::new(usize::MAX),
+            extras,
+        )?;
         let r = &e.retrieval;
-        println!("loss {:.4}   in-batch accuracy image→text {:.1}%  text→image {:.1}%", e.loss, e.acc_i2t * 100.0, e.acc_t2i * 100.0);
-        println!("{:<14} {:>7} {:>7} {:>7} {:>11} {:>13}", "direction", "R@1", "R@5", "R@10", "mean rank", "median rank");
-        println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "text→image", r.t2i_r1 * 100.0, r.t2i_r5 * 100.0, r.t2i_r10 * 100.0, r.t2i_mean_rank, r.t2i_median_rank);
-        println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", r.i2t_r1 * 100.0, r.i2t_r5 * 100.0, r.i2t_r10 * 100.0, r.i2t_mean_rank, r.i2t_median_rank);
+        println!(
+            "loss {:.4}   in-batch accuracy image→text {:.1}%  text→image {:.1}%",
+            e.loss,
+            e.acc_i2t * 100.0,
+            e.acc_t2i * 100.0
+        );
+        println!(
+            "{:<14} {:>7} {:>7} {:>7} {:>11} {:>13}",
+            "direction", "R@1", "R@5", "R@10", "mean rank", "median rank"
+        );
+        println!(
+            "{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}",
+            "text→image",
+            r.t2i_r1 * 100.0,
+            r.t2i_r5 * 100.0,
+            r.t2i_r10 * 100.0,
+            r.t2i_mean_rank,
+            r.t2i_median_rank
+        );
+        println!(
+            "{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}",
+            "image→text",
+            r.i2t_r1 * 100.0,
+            r.i2t_r5 * 100.0,
+            r.i2t_r10 * 100.0,
+            r.i2t_mean_rank,
+            r.i2t_median_rank
+        );
         if let Some(l) = &e.label_retrieval {
             println!("class level (a hit is any item of the same `{}`):", self.label_column);
-            println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "text→image", l.t2i_r1 * 100.0, l.t2i_r5 * 100.0, l.t2i_r10 * 100.0, l.t2i_mean_rank, l.t2i_median_rank);
-            println!("{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}", "image→text", l.i2t_r1 * 100.0, l.i2t_r5 * 100.0, l.i2t_r10 * 100.0, l.i2t_mean_rank, l.i2t_median_rank);
+            println!(
+                "{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}",
+                "text→image",
+                l.t2i_r1 * 100.0,
+                l.t2i_r5 * 100.0,
+                l.t2i_r10 * 100.0,
+                l.t2i_mean_rank,
+                l.t2i_median_rank
+            );
+            println!(
+                "{:<14} {:>6.2}% {:>6.2}% {:>6.2}% {:>11.2} {:>13.1}",
+                "image→text",
+                l.i2t_r1 * 100.0,
+                l.i2t_r5 * 100.0,
+                l.i2t_r10 * 100.0,
+                l.i2t_mean_rank,
+                l.i2t_median_rank
+            );
         }
-        let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
+        let path = self
+            .json
+            .clone()
+            .unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
         clip_data::fs::write_atomic(&path, &clip_data::fs::tagged_json("eval", &e)?)?;
         println!("wrote {}", path.display());
         Ok(())

@@ -87,7 +87,10 @@ impl Observer for StopOnSignal<'_> {
         let inner = self.inner.should_stop();
         if let Some(signal) = requested() {
             if !std::mem::replace(&mut self.announced, true) {
-                self.inner.on_message(&format!("{}: saving a checkpoint, then stopping (again to quit at once)", name(signal)));
+                self.inner.on_message(&format!(
+                    "{}: saving a checkpoint, then stopping (again to quit at once)",
+                    name(signal)
+                ));
             }
             return true;
         }

@@ -31,13 +31,17 @@ pub enum CacheSetup {
 /// `$XDG_CACHE_HOME/clip/kernels`, else `~/.cache/clip/kernels`. `None` when turned off.
 pub fn cache_dir_from(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     match env(CACHE_ENV).filter(|v| !v.is_empty()) {
-        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" || v.eq_ignore_ascii_case("false") => None,
+        Some(v) if v.eq_ignore_ascii_case("off") || v == "0" || v.eq_ignore_ascii_case("false") => {
+            None
+        }
         Some(v) => Some(PathBuf::from(v)),
         None => {
             let base = env("XDG_CACHE_HOME")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
-                .or_else(|| env("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".cache")))
+                .or_else(|| {
+                    env("HOME").filter(|v| !v.is_empty()).map(|h| Path::new(&h).join(".cache"))
+                })
                 .unwrap_or_else(std::env::temp_dir);
             Some(base.join("clip").join("kernels"))
         }
@@ -47,7 +51,9 @@ pub fn cache_dir_from(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 /// A cubecl config file in `dir` or above, which cubecl itself would read.
 pub fn user_cubecl_config(dir: &Path) -> Option<PathBuf> {
     dir.ancestors()
-        .flat_map(|d| ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].map(|name| d.join(name)))
+        .flat_map(|d| {
+            ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].map(|name| d.join(name))
+        })
         .find(|p| p.is_file())
 }
 
@@ -184,7 +190,12 @@ impl log::Log for EventCounter {
         };
         if let Some(file) = &self.trace {
             if event.is_some() || record.level() <= log::Level::Info {
-                let line = format!("{:.3}\t{}\t{}\n", self.start.elapsed().as_secs_f64(), record.target(), message);
+                let line = format!(
+                    "{:.3}\t{}\t{}\n",
+                    self.start.elapsed().as_secs_f64(),
+                    record.target(),
+                    message
+                );
                 if let Ok(mut f) = file.lock() {
                     let _ = f.write_all(line.as_bytes());
                 }
@@ -201,16 +212,29 @@ fn is_trace(path: &std::path::Path) -> bool {
     let head = clip_data::fs::read_head(path, 256);
     let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut fields = first.split(|&b| b == b'\t');
-    let seconds = fields.next().and_then(|f| std::str::from_utf8(f).ok()).is_some_and(|f| f.parse::<f64>().is_ok());
-    head.is_empty() || (seconds && fields.next().is_some_and(|t| t.starts_with(b"cubecl")) && fields.next().is_some())
+    let seconds = fields
+        .next()
+        .and_then(|f| std::str::from_utf8(f).ok())
+        .is_some_and(|f| f.parse::<f64>().is_ok());
+    head.is_empty()
+        || (seconds
+            && fields.next().is_some_and(|t| t.starts_with(b"cubecl"))
+            && fields.next().is_some())
 }
 
 fn install_event_counter(trace: Option<PathBuf>) {
-    let trace = trace.filter(|path| match clip_data::fs::claim_file(path, false, is_trace, "Name a new file in CLIP_KERNEL_TRACE.") {
-        Ok(()) => true,
-        Err(err) => {
-            eprintln!("warning: no kernel trace: {err}");
-            false
+    let trace = trace.filter(|path| {
+        match clip_data::fs::claim_file(
+            path,
+            false,
+            is_trace,
+            "Name a new file in CLIP_KERNEL_TRACE.",
+        ) {
+            Ok(()) => true,
+            Err(err) => {
+                eprintln!("warning: no kernel trace: {err}");
+                false
+            }
         }
     });
     let trace = trace.and_then(|path| match std::fs::File::create(&path) {
@@ -257,7 +281,11 @@ impl Heartbeat {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                     if t0.elapsed() >= next && !stop.load(Ordering::Relaxed) {
-                        eprintln!("[{:>5.0} s] {what} still running: {}", t0.elapsed().as_secs_f64(), counts());
+                        eprintln!(
+                            "[{:>5.0} s] {what} still running: {}",
+                            t0.elapsed().as_secs_f64(),
+                            counts()
+                        );
                         next += Duration::from_secs(every_s);
                     }
                 }
@@ -321,12 +349,18 @@ mod tests {
 
     #[test]
     fn cache_dir_follows_the_environment() {
-        assert_eq!(cache_dir_from(env(&[("HOME", "/home/u")])), Some(PathBuf::from("/home/u/.cache/clip/kernels")));
+        assert_eq!(
+            cache_dir_from(env(&[("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.cache/clip/kernels"))
+        );
         assert_eq!(
             cache_dir_from(env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")])),
             Some(PathBuf::from("/xdg/clip/kernels"))
         );
-        assert_eq!(cache_dir_from(env(&[("HOME", "/home/u"), (CACHE_ENV, "/k")])), Some(PathBuf::from("/k")));
+        assert_eq!(
+            cache_dir_from(env(&[("HOME", "/home/u"), (CACHE_ENV, "/k")])),
+            Some(PathBuf::from("/k"))
+        );
         assert_eq!(cache_dir_from(env(&[("HOME", "/home/u"), (CACHE_ENV, "off")])), None);
         assert_eq!(cache_dir_from(env(&[(CACHE_ENV, "OFF")])), None);
     }
@@ -337,7 +371,8 @@ mod tests {
         let deep = root.path().join("a/b");
         std::fs::create_dir_all(&deep).unwrap();
         assert_eq!(user_cubecl_config(&deep).filter(|p| p.starts_with(root.path())), None);
-        std::fs::write(root.path().join("a/cubecl.toml"), "[autotune]\nlevel = \"minimal\"\n").unwrap();
+        std::fs::write(root.path().join("a/cubecl.toml"), "[autotune]\nlevel = \"minimal\"\n")
+            .unwrap();
         assert_eq!(user_cubecl_config(&deep), Some(root.path().join("a/cubecl.toml")));
     }
 
@@ -349,7 +384,10 @@ mod tests {
         cuda::apply(&CacheSetup::Dir(dir.path().to_path_buf()));
         let config = CubeClRuntimeConfig::get();
         assert_eq!(config.autotune.cache.root(), dir.path());
-        assert_eq!(config.compilation.cache.as_ref().map(|c| c.root()), Some(dir.path().to_path_buf()));
+        assert_eq!(
+            config.compilation.cache.as_ref().map(|c| c.root()),
+            Some(dir.path().to_path_buf())
+        );
         // A second attempt (cubecl already configured) leaves it alone instead of panicking.
         cuda::apply(&CacheSetup::Dir(PathBuf::from("/elsewhere")));
         assert_eq!(CubeClRuntimeConfig::get().autotune.cache.root(), dir.path());
@@ -372,18 +410,30 @@ mod tests {
         assert_eq!(after.tuned - before.tuned, 1);
         let text = std::fs::read_to_string(&trace).unwrap();
         assert_eq!(text.lines().count(), 4, "{text}");
-        assert!(text.contains("\tcubecl_runtime::tune::tuner\tTuning ConvAutotuneKey { batch: 64 }"), "{text}");
+        assert!(
+            text.contains("\tcubecl_runtime::tune::tuner\tTuning ConvAutotuneKey { batch: 64 }"),
+            "{text}"
+        );
     }
 
     #[test]
     fn only_cubecl_compilation_and_tuning_records_count() {
-        assert_eq!(classify("cubecl_cuda::compute::context", "Compiling kernel"), Some(KernelEvent::Compiled));
-        assert_eq!(classify("cubecl_cuda::compute::context", "Using PTX cache"), Some(KernelEvent::FromCache));
+        assert_eq!(
+            classify("cubecl_cuda::compute::context", "Compiling kernel"),
+            Some(KernelEvent::Compiled)
+        );
+        assert_eq!(
+            classify("cubecl_cuda::compute::context", "Using PTX cache"),
+            Some(KernelEvent::FromCache)
+        );
         assert_eq!(
             classify("cubecl_runtime::tune::tuner", "Tuning MatmulAutotuneKey { m: 64 }"),
             Some(KernelEvent::Tuned)
         );
         assert_eq!(classify("tokenizers", "Compiling kernel"), None);
-        assert_eq!(classify("cubecl_runtime::tune::tune_cache", "Loaded 3 autotune cached entries"), None);
+        assert_eq!(
+            classify("cubecl_runtime::tune::tune_cache", "Loaded 3 autotune cached entries"),
+            None
+        );
     }
 }

@@ -117,7 +117,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Runs(args) => runs::runs(args),
         Command::Sweep(args) => sweep::sweep(args),
         Command::Quickstart { dir, backend, overrides, plain } => {
-            let config = clip_train::ExperimentConfig::parse(QUICKSTART_TOML, &dir.join("configs/quickstart.toml"), &overrides)?;
+            let config = clip_train::ExperimentConfig::parse(
+                QUICKSTART_TOML,
+                &dir.join("configs/quickstart.toml"),
+                &overrides,
+            )?;
             let backend = backend.unwrap_or(config.train.backend);
             train::train_config(config, backend, plain).map(|_| ())
         }

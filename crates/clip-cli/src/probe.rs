@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use clip_infer::embed::list_images;
-use clip_infer::probe::{default_grid, fit_with_sweep, seeded_order, FitOptions, FitReport, Labelled, SweepPoint};
+use clip_infer::probe::{
+    default_grid, fit_with_sweep, seeded_order, FitOptions, FitReport, Labelled, SweepPoint,
+};
 use clip_infer::{Confusion, ImageLabels, LoadedModel};
 
 use crate::backend::{dispatch, BackendChoice, BackendTask};
@@ -97,11 +99,19 @@ impl ProbeArgs {
                 if self.test_split == "train" {
                     bail!("--test-split must be `val` or `test`: the probe is fitted on `train`");
                 }
-                (split_images(&self.checkpoint, "train", card)?, split_images_of(&self.checkpoint, &self.test_split, card, "--test-split")?)
+                (
+                    split_images(&self.checkpoint, "train", card)?,
+                    split_images_of(&self.checkpoint, &self.test_split, card, "--test-split")?,
+                )
             }
         };
         if train.is_empty() || test.is_empty() {
-            bail!("{}: the probe needs training and test images (train {}, test {})", self.checkpoint.display(), train.len(), test.len());
+            bail!(
+                "{}: the probe needs training and test images (train {}, test {})",
+                self.checkpoint.display(),
+                train.len(),
+                test.len()
+            );
         }
         if let Some(max) = self.max_train_images.filter(|&m| m < train.len()) {
             if max < 2 {
@@ -131,7 +141,12 @@ impl BackendTask for ProbeArgs {
         let labels = ImageLabels::read(&self.labels, &self.label_column)?;
         let classes = labels.classes();
         if classes.len() < 2 {
-            bail!("{}: column `{}` names {} class(es); a probe needs at least 2", self.labels.display(), self.label_column, classes.len());
+            bail!(
+                "{}: column `{}` names {} class(es); a probe needs at least 2",
+                self.labels.display(),
+                self.label_column,
+                classes.len()
+            );
         }
         let (train_files, test_files) = self.files(&model.card)?;
         println!(
@@ -144,20 +159,28 @@ impl BackendTask for ProbeArgs {
         let mut skipped = Vec::new();
         let mut embed = |files: &[PathBuf], what: &str| -> Result<LabelledEmbeddings> {
             let bar = progress_bar(files.len(), what);
-            let emb = model.embed_images(files, self.batch, self.workers, &device, &mut |done, _| bar.set_position(done as u64));
+            let emb =
+                model.embed_images(files, self.batch, self.workers, &device, &mut |done, _| {
+                    bar.set_position(done as u64)
+                });
             bar.finish_and_clear();
             for (p, reason) in &emb.skipped {
                 eprintln!("skipped {}: {reason}", p.display());
                 skipped.push(format!("{}: {reason}", p.display()));
             }
             let names: Vec<String> = emb.paths.iter().map(|p| p.display().to_string()).collect();
-            let labels = labels.indices(names.iter().map(String::as_str), &classes, &self.labels)?;
+            let labels =
+                labels.indices(names.iter().map(String::as_str), &classes, &self.labels)?;
             Ok(LabelledEmbeddings { rows: emb.rows, labels, dim: emb.dim })
         };
         let train = embed(&train_files, "embedding training images")?;
         let test = embed(&test_files, "embedding test images")?;
         if train.labels.len() < 2 || test.labels.is_empty() {
-            bail!("too few readable images: {} training, {} test", train.labels.len(), test.labels.len());
+            bail!(
+                "too few readable images: {} training, {} test",
+                train.labels.len(),
+                test.labels.len()
+            );
         }
         if train.rows.iter().chain(&test.rows).any(|v| !v.is_finite()) {
             bail!("{}: the model gives non-finite image embeddings (NaN or infinity); no probe can be fitted", model.weights.display());
@@ -166,9 +189,14 @@ impl BackendTask for ProbeArgs {
         let test_set = Labelled { features: &test.rows, labels: &test.labels, dim: test.dim };
 
         let grid = self.l2.map_or_else(default_grid, |l| vec![l]);
-        let fit = fit_with_sweep(train_set, classes.len(), &grid, 0.2, self.seed, FitOptions::default());
+        let fit =
+            fit_with_sweep(train_set, classes.len(), &grid, 0.2, self.seed, FitOptions::default());
         if !fit.sweep.is_empty() {
-            let points: Vec<String> = fit.sweep.iter().map(|p| format!("{:.0e} {:.1}%", p.l2, p.validation_accuracy * 100.0)).collect();
+            let points: Vec<String> = fit
+                .sweep
+                .iter()
+                .map(|p| format!("{:.0e} {:.1}%", p.l2, p.validation_accuracy * 100.0))
+                .collect();
             println!("L2 penalty by accuracy on 20% of the training images: {}", points.join(", "));
         }
         println!(
@@ -183,7 +211,12 @@ impl BackendTask for ProbeArgs {
         }
         let train_accuracy = fit.probe.accuracy(train_set);
         let test_accuracy = fit.probe.accuracy(test_set);
-        println!("train accuracy {:.2}%   test accuracy {:.2}%\n{}", train_accuracy * 100.0, test_accuracy * 100.0, confusion.table());
+        println!(
+            "train accuracy {:.2}%   test accuracy {:.2}%\n{}",
+            train_accuracy * 100.0,
+            test_accuracy * 100.0,
+            confusion.table()
+        );
         let report = ProbeReport {
             classes,
             train_images: train.labels.len(),

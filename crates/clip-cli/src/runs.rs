@@ -35,18 +35,37 @@ pub fn runs(args: RunsArgs) -> Result<()> {
 pub fn print_overview(runs: &[RunOverview]) {
     let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
     let width = runs.iter().map(|r| r.name.len()).max().unwrap_or(3).max(3);
-    println!("{:width$}  {:13}  {:>7}  {:>6}  {:>16}  {:>8}  {:>8}  {:>9}", "run", "status", "steps", "time", "best", "t→i R@1", "i→t R@1", "zero-shot");
+    println!(
+        "{:width$}  {:13}  {:>7}  {:>6}  {:>16}  {:>8}  {:>8}  {:>9}",
+        "run", "status", "steps", "time", "best", "t→i R@1", "i→t R@1", "zero-shot"
+    );
     for r in runs {
-        let time = r.elapsed_s.map_or("-".to_string(), |s| if s < 90.0 { format!("{s:.0}s") } else if s < 5400.0 { format!("{:.0}m", s / 60.0) } else { format!("{:.1}h", s / 3600.0) });
+        let time = r.elapsed_s.map_or("-".to_string(), |s| {
+            if s < 90.0 {
+                format!("{s:.0}s")
+            } else if s < 5400.0 {
+                format!("{:.0}m", s / 60.0)
+            } else {
+                format!("{:.1}h", s / 3600.0)
+            }
+        });
         let best = r.best_score.map_or("-".to_string(), |v| format!("{} {v:.4}", r.best_by));
         let (t2i, i2t, zs) = match &r.best {
-            Some(m) => (percent(Some(m.retrieval.t2i_r1)), percent(Some(m.retrieval.i2t_r1)), percent(m.zero_shot_top1)),
+            Some(m) => (
+                percent(Some(m.retrieval.t2i_r1)),
+                percent(Some(m.retrieval.i2t_r1)),
+                percent(m.zero_shot_top1),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        println!("{:width$}  {:13}  {:>7}  {:>6}  {:>16}  {:>8}  {:>8}  {:>9}", r.name, r.status, r.steps, time, best, t2i, i2t, zs);
+        println!(
+            "{:width$}  {:13}  {:>7}  {:>6}  {:>16}  {:>8}  {:>8}  {:>9}",
+            r.name, r.status, r.steps, time, best, t2i, i2t, zs
+        );
     }
     // The settings that set runs apart: one row per key, one column per run.
-    let keys: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| r.differs.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> =
+        runs.iter().flat_map(|r| r.differs.keys()).collect();
     if keys.is_empty() || runs.len() < 2 {
         return;
     }
@@ -54,7 +73,11 @@ pub fn print_overview(runs: &[RunOverview]) {
     let cell = |v: &str| {
         let v = v.trim_matches('"');
         let n = v.chars().count();
-        if n <= CELL { v.to_string() } else { format!("…{}", v.chars().skip(n - (CELL - 1)).collect::<String>()) }
+        if n <= CELL {
+            v.to_string()
+        } else {
+            format!("…{}", v.chars().skip(n - (CELL - 1)).collect::<String>())
+        }
     };
     const HEADER: &str = "settings that differ";
     let key_width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max(HEADER.len());

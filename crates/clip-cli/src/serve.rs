@@ -13,8 +13,8 @@ use clip_infer::{Match, SearchService};
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::backend::{dispatch, BackendChoice, BackendTask};
 use crate::backend::parse_backend;
+use crate::backend::{dispatch, BackendChoice, BackendTask};
 
 /// Largest accepted upload (an image query).
 const MAX_UPLOAD: usize = 32 << 20;
@@ -72,11 +72,19 @@ impl BackendTask for ServeArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
-        let service = SearchService::<B::InnerBackend>::open(&self.index, self.checkpoint.as_deref(), &device)?;
+        let service = SearchService::<B::InnerBackend>::open(
+            &self.index,
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let server = Server::http((self.host.as_str(), self.port))
             .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port))?;
         let address = server.server_addr().to_ip().context("not an IP address")?;
-        println!("serving {} images from {} ({backend}) at http://{address}/", service.len(), self.index.display());
+        println!(
+            "serving {} images from {} ({backend}) at http://{address}/",
+            service.len(),
+            self.index.display()
+        );
         use std::io::Write;
         std::io::stdout().flush().ok();
         // A few workers share the loaded model: a slow upload or a long query does not hold up
@@ -89,7 +97,10 @@ impl BackendTask for ServeArgs {
                         let started = Instant::now();
                         let (method, url) = (request.method().clone(), request.url().to_string());
                         let status = answer(&service, request);
-                        eprintln!("{method} {url} → {status} in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+                        eprintln!(
+                            "{method} {url} → {status} in {:.1} ms",
+                            started.elapsed().as_secs_f64() * 1e3
+                        );
                     }
                 });
             }
@@ -100,13 +111,22 @@ impl BackendTask for ServeArgs {
 
 /// Answers one request; returns its status code. A panic while answering (a decoder's, say)
 /// becomes a 500 for that request, not the end of the server.
-fn answer<B: burn::tensor::backend::Backend>(service: &SearchService<B>, mut request: Request) -> u16 {
-    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply_to(service, &mut request)));
+fn answer<B: burn::tensor::backend::Backend>(
+    service: &SearchService<B>,
+    mut request: Request,
+) -> u16 {
+    let reply =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply_to(service, &mut request)));
     let response = match reply {
         Ok(Ok(response)) => response,
-        Ok(Err(Failure(status, message))) => json(&serde_json::json!({ "error": message })).with_status_code(status),
+        Ok(Err(Failure(status, message))) => {
+            json(&serde_json::json!({ "error": message })).with_status_code(status)
+        }
         Err(panic) => {
-            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
             json(&serde_json::json!({ "error": format!("internal error: {}", what.unwrap_or_default()) })).with_status_code(500)
         }
     };
@@ -116,13 +136,18 @@ fn answer<B: burn::tensor::backend::Backend>(service: &SearchService<B>, mut req
     status
 }
 
-fn reply_to<B: burn::tensor::backend::Backend>(service: &SearchService<B>, request: &mut Request) -> Reply {
+fn reply_to<B: burn::tensor::backend::Backend>(
+    service: &SearchService<B>,
+    request: &mut Request,
+) -> Reply {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     match (request.method(), path) {
-        (Method::Get, "/") => Ok(Response::from_data(PAGE.as_bytes().to_vec()).with_header(header("text/html; charset=utf-8"))),
+        (Method::Get, "/") => Ok(Response::from_data(PAGE.as_bytes().to_vec())
+            .with_header(header("text/html; charset=utf-8"))),
         (Method::Get, "/health") => {
             let body = serde_json::json!({ "images": service.len(), "model": service.model.id });
             Ok(json(&body))
@@ -136,13 +161,20 @@ fn reply_to<B: burn::tensor::backend::Backend>(service: &SearchService<B>, reque
             let read = request.as_reader().take(MAX_UPLOAD as u64 + 1).read_to_end(&mut body);
             match read {
                 Err(e) => Err(Failure(400, format!("cannot read the upload: {e}"))),
-                Ok(_) if body.len() > MAX_UPLOAD => Err(Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20))),
+                Ok(_) if body.len() > MAX_UPLOAD => {
+                    Err(Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20)))
+                }
                 Ok(_) => search_image(service, body, param("k")),
             }
         }
         (Method::Get, p) if p.starts_with("/image/") => image(service, &p["/image/".len()..]),
-        (_, "/" | "/health" | "/search") => Err(Failure(405, format!("{} is not answered at {path}", request.method()))),
-        _ => Err(Failure(404, format!("nothing at {path}: try /, /search?q=..., /image/N or /health"))),
+        (_, "/" | "/health" | "/search") => {
+            Err(Failure(405, format!("{} is not answered at {path}", request.method())))
+        }
+        _ => Err(Failure(
+            404,
+            format!("nothing at {path}: try /, /search?q=..., /image/N or /health"),
+        )),
     }
 }
 
@@ -160,45 +192,84 @@ fn parse_k(k: Option<&str>) -> Result<usize, Failure> {
         None => Ok(9),
         Some(k) => match k.parse::<usize>() {
             Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
-            _ => Err(Failure(400, format!("k must be a whole number from 1 to {MAX_K}, got {k:?}"))),
+            _ => {
+                Err(Failure(400, format!("k must be a whole number from 1 to {MAX_K}, got {k:?}")))
+            }
         },
     }
 }
 
-fn reply(query: &str, images: usize, started: Instant, matches: Vec<Match>) -> Response<std::io::Cursor<Vec<u8>>> {
-    let matches = matches.into_iter().map(|m| MatchReply { url: format!("/image/{}", m.index), found: m }).collect();
-    json(&SearchReply { query, images, milliseconds: started.elapsed().as_secs_f64() * 1e3, matches })
+fn reply(
+    query: &str,
+    images: usize,
+    started: Instant,
+    matches: Vec<Match>,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    let matches = matches
+        .into_iter()
+        .map(|m| MatchReply { url: format!("/image/{}", m.index), found: m })
+        .collect();
+    json(&SearchReply {
+        query,
+        images,
+        milliseconds: started.elapsed().as_secs_f64() * 1e3,
+        matches,
+    })
 }
 
 type Reply = Result<Response<std::io::Cursor<Vec<u8>>>, Failure>;
 
-fn search_text<B: burn::tensor::backend::Backend>(service: &SearchService<B>, q: Option<&str>, k: Option<&str>) -> Reply {
+fn search_text<B: burn::tensor::backend::Backend>(
+    service: &SearchService<B>,
+    q: Option<&str>,
+    k: Option<&str>,
+) -> Reply {
     let started = Instant::now();
-    let q = q.filter(|q| !q.trim().is_empty()).ok_or_else(|| Failure(400, "give a text query: /search?q=a+dog+on+a+beach&k=9".into()))?;
+    let q = q
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| Failure(400, "give a text query: /search?q=a+dog+on+a+beach&k=9".into()))?;
     let k = parse_k(k)?;
     Ok(reply(q, service.len(), started, service.by_text(q, k)?))
 }
 
-fn search_image<B: burn::tensor::backend::Backend>(service: &SearchService<B>, body: Vec<u8>, k: Option<&str>) -> Reply {
+fn search_image<B: burn::tensor::backend::Backend>(
+    service: &SearchService<B>,
+    body: Vec<u8>,
+    k: Option<&str>,
+) -> Reply {
     let started = Instant::now();
     if body.is_empty() {
-        return Err(Failure(400, "POST an image (JPEG, PNG or WebP bytes) as the request body".into()));
+        return Err(Failure(
+            400,
+            "POST an image (JPEG, PNG or WebP bytes) as the request body".into(),
+        ));
     }
     let k = parse_k(k)?;
-    Ok(reply("(image)", service.len(), started, service.by_image_bytes(body, "the uploaded image", k)?))
+    Ok(reply(
+        "(image)",
+        service.len(),
+        started,
+        service.by_image_bytes(body, "the uploaded image", k)?,
+    ))
 }
 
 fn image<B: burn::tensor::backend::Backend>(service: &SearchService<B>, n: &str) -> Reply {
-    let path = n.parse::<usize>().ok().and_then(|i| service.path(i)).ok_or_else(|| Failure(404, format!("no image {n:?} in the index")))?;
-    let bytes = clip_data::shards::read_image_bytes(path).map_err(|e| Failure(404, e.to_string()))?;
-    let kind = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("webp") => "image/webp",
-        Some("gif") => "image/gif",
-        Some("bmp") => "image/bmp",
-        _ => "application/octet-stream",
-    };
+    let path = n
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| service.path(i))
+        .ok_or_else(|| Failure(404, format!("no image {n:?} in the index")))?;
+    let bytes =
+        clip_data::shards::read_image_bytes(path).map_err(|e| Failure(404, e.to_string()))?;
+    let kind =
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("jpg" | "jpeg") => "image/jpeg",
+            Some("png") => "image/png",
+            Some("webp") => "image/webp",
+            Some("gif") => "image/gif",
+            Some("bmp") => "image/bmp",
+            _ => "application/octet-stream",
+        };
     Ok(Response::from_data(bytes).with_header(header(kind)))
 }
 

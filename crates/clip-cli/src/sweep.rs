@@ -35,7 +35,8 @@ pub struct SweepArgs {
 
 /// `KEY=V1,V2,...` → the key and its values.
 fn parse_axis(spec: &str) -> Result<(String, Vec<String>)> {
-    let (key, values) = spec.split_once('=').with_context(|| format!("--grid {spec}: expected KEY=V1,V2,..."))?;
+    let (key, values) =
+        spec.split_once('=').with_context(|| format!("--grid {spec}: expected KEY=V1,V2,..."))?;
     let values = split_values(values);
     if key.trim().is_empty() || values.is_empty() || values.iter().any(|v| v.is_empty()) {
         bail!("--grid {spec}: expected KEY=V1,V2,... with a key and non-empty values");
@@ -86,7 +87,10 @@ fn run_name(base: &str, combo: &[(String, String)]) -> String {
     let mut name = base.to_string();
     for (key, value) in combo {
         let short = key.rsplit('.').next().unwrap_or(key);
-        let value: String = value.chars().map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' }).collect();
+        let value: String = value
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' })
+            .collect();
         name.push_str(&format!("-{short}={}", value.trim_matches('_')));
     }
     name
@@ -143,10 +147,19 @@ mod tests {
         assert_eq!(split_values("[0.4,0.4,0.4,0.1],[0,0,0,0]"), ["[0.4,0.4,0.4,0.1]", "[0,0,0,0]"]);
         assert_eq!(split_values(r#""a,b","c""#), [r#""a,b""#, r#""c""#]);
         assert!(parse_axis("train.lr").is_err() && parse_axis("train.lr=1,").is_err());
-        let axes = [parse_axis("train.lr=1,2").unwrap(), parse_axis("model.loss=\"infonce\",\"sigmoid\"").unwrap()];
+        let axes = [
+            parse_axis("train.lr=1,2").unwrap(),
+            parse_axis("model.loss=\"infonce\",\"sigmoid\"").unwrap(),
+        ];
         let combos = combinations(&axes);
         assert_eq!(combos.len(), 4);
-        assert_eq!(combos[1], [("train.lr".to_string(), "1".to_string()), ("model.loss".to_string(), "\"sigmoid\"".to_string())]);
+        assert_eq!(
+            combos[1],
+            [
+                ("train.lr".to_string(), "1".to_string()),
+                ("model.loss".to_string(), "\"sigmoid\"".to_string())
+            ]
+        );
         assert_eq!(run_name("qs", &combos[1]), "qs-lr=1-loss=sigmoid");
     }
 }

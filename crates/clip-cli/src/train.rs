@@ -47,8 +47,10 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
     let (config, run, resume) = match (&args.resume, &args.config) {
         (Some(dir), _) => {
             let run = RunDir::new(dir);
-            let config = ExperimentConfig::load(&run.config(), &args.overrides)
-                .with_context(|| format!("{} is not a run directory (no readable config.toml)", dir.display()))?;
+            let config =
+                ExperimentConfig::load(&run.config(), &args.overrides).with_context(|| {
+                    format!("{} is not a run directory (no readable config.toml)", dir.display())
+                })?;
             (config, run, true)
         }
         (None, Some(path)) => {
@@ -63,7 +65,12 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
                     );
                     // A run writes split.json, model.json, metrics/, checkpoints/...: never
                     // over or among a folder's own files.
-                    clip_data::fs::claim_dir(dir, "a training run", |_| false, "Give --run-dir a new or empty folder.")?;
+                    clip_data::fs::claim_dir(
+                        dir,
+                        "a training run",
+                        |_| false,
+                        "Give --run-dir a new or empty folder.",
+                    )?;
                     RunDir::new(dir)
                 }
                 None => RunDir::create_unique(&config.runs_dir, &config.name)?,
@@ -77,13 +84,22 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
 }
 
 /// Trains a config as the quickstart does (into a fresh run directory under its runs_dir).
-pub fn train_config(config: ExperimentConfig, backend: BackendChoice, plain: bool) -> Result<TrainSummary> {
+pub fn train_config(
+    config: ExperimentConfig,
+    backend: BackendChoice,
+    plain: bool,
+) -> Result<TrainSummary> {
     let run = RunDir::create_unique(&config.runs_dir, &config.name)?;
     train_in(config, run, backend, plain)
 }
 
 /// Trains a config into a new run directory made for it.
-pub fn train_in(config: ExperimentConfig, run: RunDir, backend: BackendChoice, plain: bool) -> Result<TrainSummary> {
+pub fn train_in(
+    config: ExperimentConfig,
+    run: RunDir,
+    backend: BackendChoice,
+    plain: bool,
+) -> Result<TrainSummary> {
     train_job(Job { config, run, resume: false, plain }, backend)
 }
 
@@ -101,12 +117,17 @@ fn train_job(job: Job, backend: BackendChoice) -> Result<TrainSummary> {
 impl BackendTask for Job {
     type Output = TrainSummary;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &str) -> Result<TrainSummary> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend_name: &str,
+    ) -> Result<TrainSummary> {
         let interactive = std::io::stdout().is_terminal() && !self.plain;
         let mut dashboard;
         let mut plain;
         let observer: &mut dyn Observer = if interactive {
-            dashboard = Dashboard::new().context("cannot start the terminal dashboard (try --plain)")?;
+            dashboard =
+                Dashboard::new().context("cannot start the terminal dashboard (try --plain)")?;
             &mut dashboard
         } else {
             plain = PlainProgress::new(std::io::stdout(), Duration::from_secs(5));
@@ -115,10 +136,29 @@ impl BackendTask for Job {
         crate::interrupt::install();
         let mut on_signal = StopOnSignal { inner: observer, announced: false };
         let summary = if backend_name == "cuda" {
-            let mut watch = FirstCudaStep { inner: &mut on_signal, heartbeat: None, plain: !interactive, first_done: false };
-            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, &mut watch)?
+            let mut watch = FirstCudaStep {
+                inner: &mut on_signal,
+                heartbeat: None,
+                plain: !interactive,
+                first_done: false,
+            };
+            clip_train::train::<B>(
+                &self.config,
+                &self.run,
+                self.resume,
+                &device,
+                backend_name,
+                &mut watch,
+            )?
         } else {
-            clip_train::train::<B>(&self.config, &self.run, self.resume, &device, backend_name, &mut on_signal)?
+            clip_train::train::<B>(
+                &self.config,
+                &self.run,
+                self.resume,
+                &device,
+                backend_name,
+                &mut on_signal,
+            )?
         };
         Ok(summary)
     }
@@ -173,14 +213,23 @@ fn print_summary(s: &TrainSummary) {
     let state = if s.completed { "finished" } else { "stopped" };
     println!("{state} after {} steps in {:.0} s: {}", s.steps, s.elapsed_s, s.run_dir);
     if s.skipped_images > 0 {
-        println!("  {} unreadable training image(s) left out of their batches (data.skip_unreadable)", s.skipped_images);
+        println!(
+            "  {} unreadable training image(s) left out of their batches (data.skip_unreadable)",
+            s.skipped_images
+        );
     }
     if let Some(reason) = &s.stopped {
         println!("  {reason}; continue with: clip train --resume {}", s.run_dir);
     }
     if let Some(e) = &s.last_epoch {
         let r = &e.retrieval;
-        println!("  validation ({}, {} images, {} captions): loss {:.4}", e.label(), r.images, r.captions, e.val_loss);
+        println!(
+            "  validation ({}, {} images, {} captions): loss {:.4}",
+            e.label(),
+            r.images,
+            r.captions,
+            e.val_loss
+        );
         println!("  {r}");
     }
     if let (Some(step), Some(score)) = (s.best_step, s.best_score) {

@@ -93,7 +93,10 @@ fn a_killed_training_process_resumes_and_finishes() {
             .into_iter()
             .flatten()
             .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().join("state.json").is_file());
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with("step-")
+                    && e.path().join("state.json").is_file()
+            });
         if done {
             child.kill().unwrap();
             break step_numbers(&run).len();
@@ -108,14 +111,19 @@ fn a_killed_training_process_resumes_and_finishes() {
 
     let out = clip().args(["train", "--plain", "--resume"]).arg(&run).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "resume failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "resume failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("resumed from") && stdout.contains("finished after"), "{stdout}");
     let steps = step_numbers(&run);
     let total = steps.len() as u64;
     assert!(killed_at < total as usize, "killed at {killed_at} of {total}");
     // One line per step, no step twice, none missing: the curve continues where it stopped.
     assert_eq!(steps, (1..=total).collect::<Vec<_>>());
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["completed"], true);
     // No half-written checkpoint directories were left behind.
     let leftovers: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
@@ -145,17 +153,30 @@ fn sigterm_stops_training_with_a_checkpoint_and_the_run_resumes() {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(143), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("SIGTERM: saving a checkpoint") && stdout.contains("continue with: clip train --resume"), "{stdout}");
+    assert!(
+        stdout.contains("SIGTERM: saving a checkpoint")
+            && stdout.contains("continue with: clip train --resume"),
+        "{stdout}"
+    );
     // The checkpoint holds the last logged step, well before the 50 epochs' end.
     let steps = step_numbers(&run);
     let last = *steps.last().unwrap();
     assert!(last < 100, "stopped at step {last}");
-    assert!(run.join(format!("checkpoints/step-{last:06}/state.json")).is_file(), "no checkpoint of step {last}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        run.join(format!("checkpoints/step-{last:06}/state.json")).is_file(),
+        "no checkpoint of step {last}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["completed"], false);
 
     let more = format!("train.max_steps={}", last + 2);
-    let out = clip().args(["train", "--plain", "--resume"]).arg(&run).args(["--set", &more]).output().unwrap();
+    let out = clip()
+        .args(["train", "--plain", "--resume"])
+        .arg(&run)
+        .args(["--set", &more])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "resume failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(step_numbers(&run), (1..=last + 2).collect::<Vec<_>>());
 }
@@ -164,35 +185,101 @@ fn sigterm_stops_training_with_a_checkpoint_and_the_run_resumes() {
 fn data_inspect_reports_the_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 30, 1);
-    let out = clip().args(["data", "inspect", "--batches", "2", "--config"]).arg(&config).output().unwrap();
+    let out = clip()
+        .args(["data", "inspect", "--batches", "2", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["images           30", "captions         150", "train            24 images", "val              6 images", "caption tokens   min", "ms per batch of 16"] {
+    for want in [
+        "images           30",
+        "captions         150",
+        "train            24 images",
+        "val              6 images",
+        "caption tokens   min",
+        "ms per batch of 16",
+    ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
 
     // The training samples as augmented, in a grid; a bad augmentation value names its key.
     let png = dir.path().join("preview.png");
-    let jitter = ["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.1]", "--set", "data.augment.grayscale_prob=0.5"];
-    let out = clip().args(["data", "preview", "--samples", "4", "--config"]).arg(&config).arg("--out").arg(&png).args(jitter).output().unwrap();
+    let jitter = [
+        "--set",
+        "data.augment.color_jitter=[0.4,0.4,0.4,0.1]",
+        "--set",
+        "data.augment.grayscale_prob=0.5",
+    ];
+    let out = clip()
+        .args(["data", "preview", "--samples", "4", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&png)
+        .args(jitter)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let grid = image::open(&png).unwrap();
-    assert!(grid.width() >= 2 * 160 && grid.height() >= 2 * 160, "{}x{}", grid.width(), grid.height());
+    assert!(
+        grid.width() >= 2 * 160 && grid.height() >= 2 * 160,
+        "{}x{}",
+        grid.width(),
+        grid.height()
+    );
     // Its own preview is replaced; a picture of the user's is not, unless --overwrite.
-    let out = clip().args(["data", "preview", "--samples", "1", "--config"]).arg(&config).arg("--out").arg(&png).output().unwrap();
+    let out = clip()
+        .args(["data", "preview", "--samples", "1", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mine = dir.path().join("holiday.png");
     image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(&mine).unwrap();
     let before = std::fs::read(&mine).unwrap();
-    let out = clip().args(["data", "preview", "--samples", "1", "--config"]).arg(&config).arg("--out").arg(&mine).output().unwrap();
+    let out = clip()
+        .args(["data", "preview", "--samples", "1", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&mine)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("holiday.png") && err.contains("--overwrite") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("holiday.png")
+            && err.contains("--overwrite")
+            && !err.contains("panicked"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&mine).unwrap(), before);
-    let out = clip().args(["data", "preview", "--samples", "1", "--overwrite", "--config"]).arg(&config).arg("--out").arg(&mine).output().unwrap();
-    assert!(out.status.success() && std::fs::read(&mine).unwrap() != before, "{}", String::from_utf8_lossy(&out.stderr));
-    let out = clip().args(["data", "preview", "--config"]).arg(&config).args(["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.9]"]).output().unwrap();
+    let out = clip()
+        .args(["data", "preview", "--samples", "1", "--overwrite", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&mine)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && std::fs::read(&mine).unwrap() != before,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = clip()
+        .args(["data", "preview", "--config"])
+        .arg(&config)
+        .args(["--set", "data.augment.color_jitter=[0.4,0.4,0.4,0.9]"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("data.augment.color_jitter") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("data.augment.color_jitter")
+            && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,10 +287,42 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 10, 1);
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["train".into(), "--config".into(), config.display().to_string(), "--set".into(), "train.lrr=1".into()], "lrr"),
-        (vec!["train".into(), "--config".into(), dir.path().join("absent.toml").display().to_string()], "absent.toml"),
-        (vec!["train".into(), "--resume".into(), dir.path().join("no-run").display().to_string()], "no-run"),
-        (vec!["train".into(), "--config".into(), config.display().to_string(), "--backend".into(), "tpu".into()], "tpu"),
+        (
+            vec![
+                "train".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--set".into(),
+                "train.lrr=1".into(),
+            ],
+            "lrr",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--config".into(),
+                dir.path().join("absent.toml").display().to_string(),
+            ],
+            "absent.toml",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--resume".into(),
+                dir.path().join("no-run").display().to_string(),
+            ],
+            "no-run",
+        ),
+        (
+            vec![
+                "train".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--backend".into(),
+                "tpu".into(),
+            ],
+            "tpu",
+        ),
     ];
     for (args, want) in cases {
         let out = clip().args(&args).output().unwrap();
@@ -237,9 +356,20 @@ fn tree(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 fn users_flickr_folder(dir: &Path) -> std::path::PathBuf {
     let flickr = dir.join("my-flickr");
     std::fs::create_dir_all(flickr.join("images")).unwrap();
-    image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 12) as u8, (y * 12) as u8, 90])).save(flickr.join("images/1000092795.jpg")).unwrap();
+    image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([(x * 12) as u8, (y * 12) as u8, 90]))
+        .save(flickr.join("images/1000092795.jpg"))
+        .unwrap();
     let mut captions = String::from("image_name| comment_number| comment\n");
-    for (k, c) in ["Two young guys with shaggy hair look at their hands .", "Two friends enjoy time spent together .", "Two men in green shirts stand in a yard .", "A man in a blue shirt stands in a garden .", "Two young men hang out in the yard ."].iter().enumerate() {
+    for (k, c) in [
+        "Two young guys with shaggy hair look at their hands .",
+        "Two friends enjoy time spent together .",
+        "Two men in green shirts stand in a yard .",
+        "A man in a blue shirt stands in a garden .",
+        "Two young men hang out in the yard .",
+    ]
+    .iter()
+    .enumerate()
+    {
         captions.push_str(&format!("1000092795.jpg| {k}| {c}\n"));
     }
     std::fs::write(flickr.join("results.csv"), captions).unwrap();
@@ -261,40 +391,84 @@ fn the_quickstart_config_pointed_at_a_users_flickr_folder_never_writes_into_it()
     let run = dir.path().join("run");
     let attempts: Vec<Vec<std::ffi::OsString>> = vec![
         ["data", "inspect", "--batches", "1"].iter().map(Into::into).collect(),
-        ["train", "--plain", "--backend", "cpu"].iter().map(Into::into).chain(["--run-dir".into(), run.clone().into_os_string()]).collect(),
+        ["train", "--plain", "--backend", "cpu"]
+            .iter()
+            .map(Into::into)
+            .chain(["--run-dir".into(), run.clone().into_os_string()])
+            .collect(),
     ];
     for args in attempts {
         let out = clip().args(&args).arg("--config").arg(&quickstart).args(sets).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} should refuse: {}", String::from_utf8_lossy(&out.stdout));
-        assert!(err.contains(&flickr.display().to_string()) && err.contains("`results.csv`"), "{args:?}: {err}");
-        assert!(err.contains("remove the `[data.synthetic]` section") && err.contains("--set data.synthetic=none"), "{args:?}: {err}");
+        assert!(
+            !out.status.success(),
+            "{args:?} should refuse: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains(&flickr.display().to_string()) && err.contains("`results.csv`"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("remove the `[data.synthetic]` section")
+                && err.contains("--set data.synthetic=none"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
         assert_eq!(tree(&flickr), before, "{args:?} changed the user's folder");
     }
     // A run is not written into their folder either.
-    let out = clip().args(["train", "--plain", "--backend", "cpu", "--config"]).arg(&quickstart).args(sets).args(["--set", "data.synthetic=none", "--run-dir"]).arg(&flickr).output().unwrap();
+    let out = clip()
+        .args(["train", "--plain", "--backend", "cpu", "--config"])
+        .arg(&quickstart)
+        .args(sets)
+        .args(["--set", "data.synthetic=none", "--run-dir"])
+        .arg(&flickr)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("new or empty folder") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("new or empty folder") && !err.contains("panicked"),
+        "{err}"
+    );
     // What the error says to do works: their dataset, read as it is.
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&quickstart).args(sets).args(["--set", "data.synthetic=none"]).output().unwrap();
+    let out = clip()
+        .args(["data", "inspect", "--batches", "1", "--config"])
+        .arg(&quickstart)
+        .args(sets)
+        .args(["--set", "data.synthetic=none"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("images           1") && stdout.contains("captions         5"), "{stdout}");
+    assert!(
+        stdout.contains("images           1") && stdout.contains("captions         5"),
+        "{stdout}"
+    );
     assert_eq!(tree(&flickr), before, "byte-identical afterwards");
 }
 
 #[test]
 fn synthetic_data_is_generated_only_into_missing_empty_or_its_own_folders() {
     let dir = tempfile::tempdir().unwrap();
-    let synth = |out: &Path, seed: &str| clip().args(["data", "synth", "--images", "3", "--size", "16", "--seed", seed, "--out"]).arg(out).output().unwrap();
+    let synth = |out: &Path, seed: &str| {
+        clip()
+            .args(["data", "synth", "--images", "3", "--size", "16", "--seed", seed, "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
     let missing = dir.path().join("new/shapes");
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     for out in [&missing, &empty] {
         let o = synth(out, "0");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(out.join("results.csv").is_file() && out.join("images/00002.jpg").is_file() && out.join("synth.json").is_file());
+        assert!(
+            out.join("results.csv").is_file()
+                && out.join("images/00002.jpg").is_file()
+                && out.join("synth.json").is_file()
+        );
     }
     // Its own folder, another config: regenerated.
     let first = std::fs::read(missing.join("images/00000.jpg")).unwrap();
@@ -313,7 +487,13 @@ fn synthetic_data_is_generated_only_into_missing_empty_or_its_own_folders() {
     let before = tree(&flickr);
     let o = synth(&flickr, "0");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains(&flickr.display().to_string()) && err.contains("missing or empty folder") && !err.contains("panicked"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains(&flickr.display().to_string())
+            && err.contains("missing or empty folder")
+            && !err.contains("panicked"),
+        "{err}"
+    );
     assert_eq!(tree(&flickr), before);
 }
 
@@ -375,56 +555,175 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     let o = |s: &str| OsStr::new(s).to_os_string();
     let (run_s, folder_s, index_s) = (run.as_os_str(), folder.as_os_str(), index.as_os_str());
 
-    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), index_s]);
+    let out = run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        folder_s,
+        &o("--out"),
+        index_s,
+    ]);
     assert!(out.contains("5 images: 0 already indexed, 5 to embed"), "{out}");
     assert!(out.contains("skipped") && out.contains("broken.jpg"), "{out}");
     assert!(out.contains("index") && out.contains("4 images"), "{out}");
     // numpy-readable matrix, one row per image.
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index.join("index.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(index.join("index.json")).unwrap()).unwrap();
     let npy = std::fs::read(index.join(meta["embeddings"].as_str().unwrap())).unwrap();
-    assert!(npy.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&npy[..128]).contains("'shape': (4, 16)"));
+    assert!(
+        npy.starts_with(b"\x93NUMPY")
+            && String::from_utf8_lossy(&npy[..128]).contains("'shape': (4, 16)")
+    );
 
     // A grown folder: only the new image is embedded.
     std::fs::copy(images.join("00004.jpg"), folder.join("00004.jpg")).unwrap();
-    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), index_s]);
+    let out = run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        folder_s,
+        &o("--out"),
+        index_s,
+    ]);
     assert!(out.contains("6 images: 4 already indexed, 2 to embed"), "{out}");
 
     let grid = dir.path().join("grid.png");
-    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("a large red circle"), &o("-k"), &o("4"), &o("--grid"), grid.as_os_str()]);
+    let out = run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index_s,
+        &o("a large red circle"),
+        &o("-k"),
+        &o("4"),
+        &o("--grid"),
+        grid.as_os_str(),
+    ]);
     assert_eq!(out.lines().filter(|l| l.contains("folder/")).count(), 4, "{out}");
     assert!(grid.is_file());
     let query = folder.join("00001.jpg");
-    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("--image"), query.as_os_str(), &o("-k"), &o("1"), &o("--grid"), grid.as_os_str()]);
-    assert!(out.lines().any(|l| l.starts_with("1.0000") && l.contains("00001.jpg")), "an image finds itself first: {out}");
-    let out = run_ok(&[&o("search"), &o("--index"), index_s, &o("--image"), query.as_os_str(), &o("--captions"), &o("a red circle,a blue square")]);
-    assert_eq!(out.lines().filter(|l| l.contains("a red circle") || l.contains("a blue square")).count(), 2, "{out}");
+    let out = run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index_s,
+        &o("--image"),
+        query.as_os_str(),
+        &o("-k"),
+        &o("1"),
+        &o("--grid"),
+        grid.as_os_str(),
+    ]);
+    assert!(
+        out.lines().any(|l| l.starts_with("1.0000") && l.contains("00001.jpg")),
+        "an image finds itself first: {out}"
+    );
+    let out = run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index_s,
+        &o("--image"),
+        query.as_os_str(),
+        &o("--captions"),
+        &o("a red circle,a blue square"),
+    ]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("a red circle") || l.contains("a blue square")).count(),
+        2,
+        "{out}"
+    );
 
     // Nothing clip did not write is replaced or written into (its grid above was replaced).
     let folder_before = tree(&folder);
     let mine = dir.path().join("mine.png");
     std::fs::write(&mine, b"my picture").unwrap();
-    let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--grid"), mine.as_os_str()]);
-    assert!(err.contains("mine.png") && err.contains("not written by clip") && err.contains("--overwrite"), "{err}");
+    let err =
+        run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--grid"), mine.as_os_str()]);
+    assert!(
+        err.contains("mine.png")
+            && err.contains("not written by clip")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&mine).unwrap(), b"my picture");
-    run_ok(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--grid"), mine.as_os_str(), &o("--overwrite")]);
+    run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index_s,
+        &o("red"),
+        &o("--grid"),
+        mine.as_os_str(),
+        &o("--overwrite"),
+    ]);
     assert!(image::open(&mine).is_ok(), "replaced when asked");
     // An index is not written into a folder of photos.
-    let err = run_err(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--out"), folder_s]);
-    assert!(err.contains(&folder.display().to_string()) && err.contains("new or empty folder"), "{err}");
+    let err = run_err(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        folder_s,
+        &o("--out"),
+        folder_s,
+    ]);
+    assert!(
+        err.contains(&folder.display().to_string()) && err.contains("new or empty folder"),
+        "{err}"
+    );
     let theirs = dir.path().join("theirs.json");
     std::fs::write(&theirs, b"{\"mine\": true}").unwrap();
-    let err = run_err(&[&o("zero-shot"), &o("--checkpoint"), run_s, &o("--images"), folder_s, &o("--labels"), &o("red,blue"), &o("--json"), theirs.as_os_str()]);
+    let err = run_err(&[
+        &o("zero-shot"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        folder_s,
+        &o("--labels"),
+        &o("red,blue"),
+        &o("--json"),
+        theirs.as_os_str(),
+    ]);
     assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
     let err = run_err(&[&o("eval"), &o("--checkpoint"), run_s, &o("--json"), theirs.as_os_str()]);
     assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
-    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), &o("x.csv"), &o("--json"), theirs.as_os_str()]);
+    let err = run_err(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        &o("x.csv"),
+        &o("--json"),
+        theirs.as_os_str(),
+    ]);
     assert!(err.contains("theirs.json") && err.contains("--overwrite"), "{err}");
     assert_eq!(std::fs::read(&theirs).unwrap(), b"{\"mine\": true}");
-    let out = clip().args(["export", "--checkpoint"]).arg(&run).arg("--out").arg(&folder).output().unwrap();
+    let out = clip()
+        .args(["export", "--checkpoint"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&folder)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(&folder.display().to_string()) && err.contains("new or empty folder") && !err.contains("panicked"), "{err}");
-    let err = run_err(&[&o("train"), &o("--config"), dir.path().join("exp.toml").as_os_str(), &o("--run-dir"), folder_s]);
-    assert!(err.contains(&folder.display().to_string()) && err.contains("--run-dir a new or empty folder"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains(&folder.display().to_string())
+            && err.contains("new or empty folder")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    let err = run_err(&[
+        &o("train"),
+        &o("--config"),
+        dir.path().join("exp.toml").as_os_str(),
+        &o("--run-dir"),
+        folder_s,
+    ]);
+    assert!(
+        err.contains(&folder.display().to_string())
+            && err.contains("--run-dir a new or empty folder"),
+        "{err}"
+    );
     assert_eq!(tree(&folder), folder_before, "the folder of photos is as it was");
 
     // Zero-shot with folder names as ground truth.
@@ -434,35 +733,86 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
         std::fs::copy(images.join(name), classes.join(class).join(name)).unwrap();
     }
     let report = dir.path().join("zs.json");
-    let out = run_ok(&[&o("zero-shot"), &o("--checkpoint"), run_s, &o("--images"), classes.as_os_str(), &o("--labels"), &o("red,blue"), &o("--json"), report.as_os_str()]);
+    let out = run_ok(&[
+        &o("zero-shot"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        classes.as_os_str(),
+        &o("--labels"),
+        &o("red,blue"),
+        &o("--json"),
+        report.as_os_str(),
+    ]);
     assert!(out.contains("on 3 labelled images") && out.contains("true\\pred"), "{out}");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!((r["evaluated"].as_u64(), r["written_by"].as_str()), (Some(3), Some("clip zero-shot")));
-    let total: u64 = r["confusion"]["matrix"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        (r["evaluated"].as_u64(), r["written_by"].as_str()),
+        (Some(3), Some("clip zero-shot"))
+    );
+    let total: u64 = r["confusion"]["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(total, 3);
 
     let out = run_ok(&[&o("eval"), &o("--checkpoint"), run_s]);
     assert!(out.contains("text→image") && out.contains("median rank"), "{out}");
-    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
     assert_eq!(e["retrieval"]["images"], 6);
     assert!(e.get("label_retrieval").is_none());
 
     // Class level (a hit is any image of the same shape): never below the instance level.
     let labels = dir.path().join("data/labels.csv");
-    let out = run_ok(&[&o("eval"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape")]);
+    let out = run_ok(&[
+        &o("eval"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("shape"),
+    ]);
     assert!(out.contains("class level"), "{out}");
-    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval-val.json")).unwrap()).unwrap();
     for key in ["t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"] {
-        let (class, instance) = (e["label_retrieval"][key].as_f64().unwrap(), e["retrieval"][key].as_f64().unwrap());
+        let (class, instance) =
+            (e["label_retrieval"][key].as_f64().unwrap(), e["retrieval"][key].as_f64().unwrap());
         assert!(class >= instance && class <= 1.0, "{key}: class {class} < instance {instance}");
     }
-    let err = run_err(&[&o("eval"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("flavour")]);
+    let err = run_err(&[
+        &o("eval"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("flavour"),
+    ]);
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 
     // Linear probe on the run's split: fitted on the 24 training images, scored on the 6 held out.
-    let out = run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape")]);
-    assert!(out.contains("24 training and 6 test images") && out.contains("test accuracy"), "{out}");
-    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("probe.json")).unwrap()).unwrap();
+    let out = run_ok(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("shape"),
+    ]);
+    assert!(
+        out.contains("24 training and 6 test images") && out.contains("test accuracy"),
+        "{out}"
+    );
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("probe.json")).unwrap()).unwrap();
     assert_eq!((p["train_images"].as_u64(), p["test_images"].as_u64()), (Some(24), Some(6)));
     assert_eq!(p["sweep"].as_array().unwrap().len(), 9, "{p}");
     let matrix: Vec<Vec<u64>> = serde_json::from_value(p["confusion"]["matrix"].clone()).unwrap();
@@ -471,71 +821,172 @@ fn embed_search_zero_shot_and_eval_on_a_trained_run() {
     assert!((p["test_accuracy"].as_f64().unwrap() - hits as f64 / 6.0).abs() < 1e-9, "{p}");
     // A given penalty skips the sweep; a sample of the training images; folders instead of the split.
     let report = dir.path().join("probe.json");
-    run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape"), &o("--l2"), &o("0.01"), &o("--max-train-images"), &o("10"), &o("--json"), report.as_os_str()]);
-    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!((p["train_images"].as_u64(), p["l2"].as_f64(), p["sweep"].as_array().map(Vec::len)), (Some(10), Some(0.01), Some(0)), "{p}");
-    let out = run_ok(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("shape"), &o("--train-images"), images.as_os_str(), &o("--test-images"), folder_s, &o("--json"), report.as_os_str()]);
+    run_ok(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("shape"),
+        &o("--l2"),
+        &o("0.01"),
+        &o("--max-train-images"),
+        &o("10"),
+        &o("--json"),
+        report.as_os_str(),
+    ]);
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        (p["train_images"].as_u64(), p["l2"].as_f64(), p["sweep"].as_array().map(Vec::len)),
+        (Some(10), Some(0.01), Some(0)),
+        "{p}"
+    );
+    let out = run_ok(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("shape"),
+        &o("--train-images"),
+        images.as_os_str(),
+        &o("--test-images"),
+        folder_s,
+        &o("--json"),
+        report.as_os_str(),
+    ]);
     assert!(out.contains("30 training and 6 test images") && out.contains("broken.jpg"), "{out}");
-    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--label-column"), &o("flavour")]);
+    let err = run_err(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--label-column"),
+        &o("flavour"),
+    ]);
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
-    let err = run_err(&[&o("probe"), &o("--checkpoint"), run_s, &o("--labels"), labels.as_os_str(), &o("--l2=-1")]);
+    let err = run_err(&[
+        &o("probe"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--labels"),
+        labels.as_os_str(),
+        &o("--l2=-1"),
+    ]);
     assert!(err.contains("--l2"), "{err}");
 
     // ONNX export: both towers, the tokenizer, the preprocessing in the files' metadata (the
     // numbers they compute are checked against an ONNX runtime in clip-model's tests).
     let exported = dir.path().join("exported");
-    let out = run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
+    let out =
+        run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
     assert!(out.contains("image_encoder.onnx") && out.contains("text_encoder.onnx"), "{out}");
     use clip_model::onnx_proto::ModelProto;
     use prost::Message;
-    let image_model = ModelProto::decode(std::fs::read(exported.join("image_encoder.onnx")).unwrap().as_slice()).unwrap();
-    let text_model = ModelProto::decode(std::fs::read(exported.join("text_encoder.onnx")).unwrap().as_slice()).unwrap();
+    let image_model =
+        ModelProto::decode(std::fs::read(exported.join("image_encoder.onnx")).unwrap().as_slice())
+            .unwrap();
+    let text_model =
+        ModelProto::decode(std::fs::read(exported.join("text_encoder.onnx")).unwrap().as_slice())
+            .unwrap();
     let names = |m: &ModelProto, inputs: bool| -> Vec<String> {
         let g = m.graph.as_ref().unwrap();
         (if inputs { &g.input } else { &g.output }).iter().map(|v| v.name.clone()).collect()
     };
-    assert_eq!((names(&image_model, true), names(&image_model, false)), (vec!["pixel_values".to_string()], vec!["image_embeds".to_string()]));
+    assert_eq!(
+        (names(&image_model, true), names(&image_model, false)),
+        (vec!["pixel_values".to_string()], vec!["image_embeds".to_string()])
+    );
     assert_eq!(names(&text_model, true), ["input_ids", "attention_mask"]);
     assert_eq!(names(&text_model, false), ["text_embeds"]);
-    let meta = |key: &str| image_model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.clone());
+    let meta = |key: &str| {
+        image_model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.clone())
+    };
     assert_eq!(meta("image_size").as_deref(), Some("32"));
     assert!(meta("model_card").is_some_and(|c| c.contains("projection_dim")));
-    let tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer.json")).unwrap()).unwrap();
+    let tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer.json")).unwrap())
+            .unwrap();
     assert_eq!(tokenizer["model"]["type"], "WordPiece");
     assert!(exported.join("model.json").is_file());
     // An earlier export is recognised and replaced.
-    let out = run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
+    let out =
+        run_ok_plain(&[&o("export"), &o("--checkpoint"), run_s, &o("--out"), exported.as_os_str()]);
     assert!(out.contains("image_encoder.onnx"), "{out}");
-    let out = clip().args(["export", "--checkpoint"]).arg(dir.path().join("no-such-run")).arg("--out").arg(&exported).output().unwrap();
+    let out = clip()
+        .args(["export", "--checkpoint"])
+        .arg(dir.path().join("no-such-run"))
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no-such-run") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no-such-run") && !err.contains("panicked"),
+        "{err}"
+    );
 
     // An index made by another model is refused.
     let other = tiny_run(dir.path(), "other", 2);
 
     // The two runs side by side: both finished, and the seed is what sets them apart.
     let out = run_ok_plain(&[&o("runs"), dir.path().as_os_str()]);
-    let row = |name: &str| out.lines().skip(1).find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no row {name}: {out}")).to_string();
+    let row = |name: &str| {
+        out.lines()
+            .skip(1)
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row {name}: {out}"))
+            .to_string()
+    };
     assert!(row("run").contains("finished") && row("other").contains("finished"), "{out}");
-    let seeds = out.lines().find(|l| l.starts_with("train.seed")).unwrap_or_else(|| panic!("{out}"));
+    let seeds =
+        out.lines().find(|l| l.starts_with("train.seed")).unwrap_or_else(|| panic!("{out}"));
     assert_eq!(seeds.split_whitespace().collect::<Vec<_>>(), ["train.seed", "2", "1"], "{out}");
     assert!(!out.contains("train.lr"), "equal settings are not listed: {out}");
-    let err = run_err(&[&o("search"), &o("--index"), index_s, &o("red"), &o("--checkpoint"), other.as_os_str()]);
+    let err = run_err(&[
+        &o("search"),
+        &o("--index"),
+        index_s,
+        &o("red"),
+        &o("--checkpoint"),
+        other.as_os_str(),
+    ]);
     assert!(err.contains("built by model") && err.contains("index"), "{err}");
-    let err = run_err(&[&o("embed"), &o("--checkpoint"), other.as_os_str(), &o("--images"), folder_s, &o("--out"), index_s]);
+    let err = run_err(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        other.as_os_str(),
+        &o("--images"),
+        folder_s,
+        &o("--out"),
+        index_s,
+    ]);
     assert!(err.contains("another model"), "{err}");
 
     // An empty index says so.
     let empty_dir = dir.path().join("empty");
     std::fs::create_dir_all(&empty_dir).unwrap();
     let empty_index = dir.path().join("empty-index");
-    run_ok(&[&o("embed"), &o("--checkpoint"), run_s, &o("--images"), empty_dir.as_os_str(), &o("--out"), empty_index.as_os_str()]);
+    run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run_s,
+        &o("--images"),
+        empty_dir.as_os_str(),
+        &o("--out"),
+        empty_index.as_os_str(),
+    ]);
     let err = run_err(&[&o("search"), &o("--index"), empty_index.as_os_str(), &o("red")]);
     assert!(err.contains("empty"), "{err}");
 
     // A run whose weights belong to another architecture: a clear error.
     let card_path = other.join("model.json");
-    let mut card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
     card["clip"]["projection_dim"] = serde_json::json!(24);
     std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
     let err = run_err(&[&o("eval"), &o("--checkpoint"), other.as_os_str()]);
@@ -558,7 +1009,11 @@ fn synthetic_images(dir: &Path) -> Vec<(String, Vec<String>)> {
 
 /// `clip data inspect` of `config` succeeds and prints every line of `wants`.
 fn inspect_shows(config: &Path, wants: &[&str]) {
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(config).output().unwrap();
+    let out = clip()
+        .args(["data", "inspect", "--batches", "1", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for want in wants {
@@ -572,44 +1027,101 @@ fn a_karpathy_split_file_defines_train_val_and_a_test_side_that_eval_scores() {
     let config = write_config(dir.path(), 30, 1);
     // Generate the shapes, then describe them in Karpathy's layout: 3 test, 3 val, the rest
     // train or restval.
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    let out = clip()
+        .args(["data", "inspect", "--batches", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let images = synthetic_images(dir.path());
     let entries: Vec<serde_json::Value> = images
         .iter()
         .enumerate()
         .map(|(i, (name, caps))| {
-            let split = ["test", "val", "train", "restval"][if i < 3 { 0 } else if i < 6 { 1 } else { 2 + i % 2 }];
-            let sentences: Vec<serde_json::Value> = caps.iter().map(|c| serde_json::json!({"raw": c})).collect();
+            let split = ["test", "val", "train", "restval"][if i < 3 {
+                0
+            } else if i < 6 {
+                1
+            } else {
+                2 + i % 2
+            }];
+            let sentences: Vec<serde_json::Value> =
+                caps.iter().map(|c| serde_json::json!({"raw": c})).collect();
             serde_json::json!({"filename": name, "split": split, "sentences": sentences})
         })
         .collect();
-    std::fs::write(dir.path().join("data/karpathy.json"), serde_json::to_vec(&serde_json::json!({"images": entries})).unwrap()).unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
+    std::fs::write(
+        dir.path().join("data/karpathy.json"),
+        serde_json::to_vec(&serde_json::json!({"images": entries})).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
     let config = dir.path().join("karpathy.toml");
-    std::fs::write(&config, text.replace("captions = \"data/results.csv\"", "format = \"karpathy\"\ncaptions = \"data/karpathy.json\"")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "captions = \"data/results.csv\"",
+            "format = \"karpathy\"\ncaptions = \"data/karpathy.json\"",
+        ),
+    )
+    .unwrap();
 
-    inspect_shows(&config, &["train            24 images, 120 captions", "val              3 images", "test             3 images, 15 captions"]);
+    inspect_shows(
+        &config,
+        &[
+            "train            24 images, 120 captions",
+            "val              3 images",
+            "test             3 images, 15 captions",
+        ],
+    );
 
     let run = dir.path().join("run");
-    let out = clip().args(["train", "--plain", "--config"]).arg(&config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
+    let out = clip()
+        .args(["train", "--plain", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["--set", "train.max_steps=2"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let split: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
-    let side = |s: &str| split[s].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    let side = |s: &str| {
+        split[s]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(side("test"), images[..3].iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
     assert_eq!((side("train").len(), side("val").len()), (24, 3));
 
-    let out = run_ok(&[run.as_os_str(), "--split".as_ref(), "test".as_ref()].iter().fold(vec!["eval".as_ref(), "--checkpoint".as_ref()], |mut v, a| {
-        v.push(*a);
-        v
-    }));
+    let out = run_ok(&[run.as_os_str(), "--split".as_ref(), "test".as_ref()].iter().fold(
+        vec!["eval".as_ref(), "--checkpoint".as_ref()],
+        |mut v, a| {
+            v.push(*a);
+            v
+        },
+    ));
     assert!(out.contains("on the test split: 3 images, 15 captions"), "{out}");
-    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("eval-test.json")).unwrap()).unwrap();
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval-test.json")).unwrap())
+            .unwrap();
     assert_eq!(e["retrieval"]["images"], 3);
 
     // A random split has no test side: a clear error.
     let plain = tiny_run(dir.path(), "plain", 1);
-    let err = run_err(&["eval".as_ref(), "--checkpoint".as_ref(), plain.as_os_str(), "--split".as_ref(), "test".as_ref()]);
+    let err = run_err(&[
+        "eval".as_ref(),
+        "--checkpoint".as_ref(),
+        plain.as_os_str(),
+        "--split".as_ref(),
+        "test".as_ref(),
+    ]);
     assert!(err.contains("no test images"), "{err}");
 }
 
@@ -618,18 +1130,28 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     use std::ffi::OsStr;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 30, 1);
-    let out = clip().args(["data", "inspect", "--batches", "1", "--config"]).arg(&config).output().unwrap();
+    let out = clip()
+        .args(["data", "inspect", "--batches", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The shapes as two shards of 15 samples: `<key>.jpg` + `<key>.txt` (one caption per line).
-    let samples: Vec<(String, String)> = synthetic_images(dir.path()).into_iter().map(|(name, caps)| (name, caps.join("\n") + "\n")).collect();
+    let samples: Vec<(String, String)> = synthetic_images(dir.path())
+        .into_iter()
+        .map(|(name, caps)| (name, caps.join("\n") + "\n"))
+        .collect();
     let shards = dir.path().join("shards");
     std::fs::create_dir_all(&shards).unwrap();
     for (s, chunk) in samples.chunks(15).enumerate() {
-        let mut tar = tar::Builder::new(std::fs::File::create(shards.join(format!("{s:05}.tar"))).unwrap());
+        let mut tar =
+            tar::Builder::new(std::fs::File::create(shards.join(format!("{s:05}.tar"))).unwrap());
         for (name, text) in chunk {
             let key = name.trim_end_matches(".jpg");
             let image = std::fs::read(dir.path().join("data/images").join(name)).unwrap();
-            for (member, bytes) in [(format!("{key}.jpg"), image), (format!("{key}.txt"), text.clone().into_bytes())] {
+            for (member, bytes) in
+                [(format!("{key}.jpg"), image), (format!("{key}.txt"), text.clone().into_bytes())]
+            {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(bytes.len() as u64);
                 header.set_mode(0o644);
@@ -639,14 +1161,30 @@ fn training_and_search_read_images_inside_webdataset_shards() {
         }
         tar.finish().unwrap();
     }
-    let text = std::fs::read_to_string(&config).unwrap().replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[data.synthetic]\nimages = 30\nimage_size = 32\n", "");
     let shard_config = dir.path().join("shards.toml");
     let webdataset = "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"shards\"";
-    std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", webdataset)).unwrap();
+    std::fs::write(
+        &shard_config,
+        text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", webdataset),
+    )
+    .unwrap();
 
-    inspect_shows(&shard_config, &["images           30", "captions         150", "train            24 images"]);
+    inspect_shows(
+        &shard_config,
+        &["images           30", "captions         150", "train            24 images"],
+    );
     let run = dir.path().join("run");
-    let out = clip().args(["train", "--plain", "--config"]).arg(&shard_config).arg("--run-dir").arg(&run).args(["--set", "train.max_steps=2"]).output().unwrap();
+    let out = clip()
+        .args(["train", "--plain", "--config"])
+        .arg(&shard_config)
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["--set", "train.max_steps=2"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let split = std::fs::read_to_string(run.join("split.json")).unwrap();
     assert!(split.contains("00000.tar/") && split.contains("00001.tar/"), "{split}");
@@ -655,12 +1193,40 @@ fn training_and_search_read_images_inside_webdataset_shards() {
     let out = run_ok(&[&o("eval"), &o("--checkpoint"), run.as_os_str()]);
     assert!(out.contains("6 images, 30 captions"), "{out}");
     let index = dir.path().join("index");
-    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--split"), &o("val"), &o("--out"), index.as_os_str()]);
+    let out = run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run.as_os_str(),
+        &o("--split"),
+        &o("val"),
+        &o("--out"),
+        index.as_os_str(),
+    ]);
     assert!(out.contains("6 to embed") && out.contains("0 skipped"), "{out}");
-    let out = run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--split"), &o("val"), &o("--out"), index.as_os_str()]);
-    assert!(out.contains("6 already indexed, 0 to embed"), "unchanged shard members are not embedded again: {out}");
+    let out = run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run.as_os_str(),
+        &o("--split"),
+        &o("val"),
+        &o("--out"),
+        index.as_os_str(),
+    ]);
+    assert!(
+        out.contains("6 already indexed, 0 to embed"),
+        "unchanged shard members are not embedded again: {out}"
+    );
     let grid = dir.path().join("grid.png");
-    let out = run_ok(&[&o("search"), &o("--index"), index.as_os_str(), &o("a red circle"), &o("-k"), &o("4"), &o("--grid"), grid.as_os_str()]);
+    let out = run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index.as_os_str(),
+        &o("a red circle"),
+        &o("-k"),
+        &o("4"),
+        &o("--grid"),
+        grid.as_os_str(),
+    ]);
     assert_eq!(out.lines().filter(|l| l.contains(".tar/")).count(), 4, "{out}");
     // The grid shows the pictures (not the grey square of an unreadable one).
     let png = image::open(&grid).unwrap().to_rgb8();
@@ -669,18 +1235,64 @@ fn training_and_search_read_images_inside_webdataset_shards() {
 
     // `clip data shards` packs a dataset the same way; packing into a folder with shards refuses.
     let packed = dir.path().join("packed");
-    let out = run_ok_plain(&[&o("data"), &o("shards"), &o("--config"), config.as_os_str(), &o("--out"), packed.as_os_str(), &o("--samples-per-shard"), &o("8")]);
+    let out = run_ok_plain(&[
+        &o("data"),
+        &o("shards"),
+        &o("--config"),
+        config.as_os_str(),
+        &o("--out"),
+        packed.as_os_str(),
+        &o("--samples-per-shard"),
+        &o("8"),
+    ]);
     assert!(out.contains("wrote 30 samples (150 captions) into 4 shards"), "{out}");
-    let again = clip().args([o("data"), o("shards"), o("--config"), config.clone().into_os_string(), o("--out"), packed.clone().into_os_string()]).output().unwrap();
+    let again = clip()
+        .args([
+            o("data"),
+            o("shards"),
+            o("--config"),
+            config.clone().into_os_string(),
+            o("--out"),
+            packed.clone().into_os_string(),
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(!again.status.success() && err.contains("packed") && err.contains("not empty") && err.contains("new or empty --out"), "{err}");
+    assert!(
+        !again.status.success()
+            && err.contains("packed")
+            && err.contains("not empty")
+            && err.contains("new or empty --out"),
+        "{err}"
+    );
     let packed_config = dir.path().join("packed.toml");
-    std::fs::write(&packed_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"packed\"\nimages = \"packed\"")).unwrap();
-    let out = run_ok_plain(&[&o("data"), &o("inspect"), &o("--batches"), &o("1"), &o("--config"), packed_config.as_os_str()]);
+    std::fs::write(
+        &packed_config,
+        text.replace(
+            "captions = \"data/results.csv\"\nimages = \"data/images\"",
+            "format = \"webdataset\"\ncaptions = \"packed\"\nimages = \"packed\"",
+        ),
+    )
+    .unwrap();
+    let out = run_ok_plain(&[
+        &o("data"),
+        &o("inspect"),
+        &o("--batches"),
+        &o("1"),
+        &o("--config"),
+        packed_config.as_os_str(),
+    ]);
     assert!(out.contains("images           30") && out.contains("captions         150"), "{out}");
 
     // `data.images` must be where the shards are.
-    std::fs::write(&shard_config, text.replace("captions = \"data/results.csv\"\nimages = \"data/images\"", "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"data/images\"")).unwrap();
+    std::fs::write(
+        &shard_config,
+        text.replace(
+            "captions = \"data/results.csv\"\nimages = \"data/images\"",
+            "format = \"webdataset\"\ncaptions = \"shards\"\nimages = \"data/images\"",
+        ),
+    )
+    .unwrap();
     let err = run_err(&[&o("train"), &o("--plain"), &o("--config"), shard_config.as_os_str()]);
     assert!(err.contains("data.images") && err.contains("shards"), "{err}");
 }
@@ -703,7 +1315,12 @@ fn http(address: &str, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).unwrap();
     let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
-    let status = String::from_utf8_lossy(&reply[..split]).split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = String::from_utf8_lossy(&reply[..split])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     (status, reply[split + 4..].to_vec())
 }
 
@@ -716,10 +1333,31 @@ fn serve_answers_text_and_image_queries_like_search_does() {
     let images = dir.path().join("data/images");
     let index = dir.path().join("index");
     let o = |s: &str| OsStr::new(s).to_os_string();
-    run_ok(&[&o("embed"), &o("--checkpoint"), run.as_os_str(), &o("--images"), images.as_os_str(), &o("--out"), index.as_os_str()]);
+    run_ok(&[
+        &o("embed"),
+        &o("--checkpoint"),
+        run.as_os_str(),
+        &o("--images"),
+        images.as_os_str(),
+        &o("--out"),
+        index.as_os_str(),
+    ]);
     let grid = dir.path().join("grid.png");
-    let searched = run_ok(&[&o("search"), &o("--index"), index.as_os_str(), &o("a small blue square"), &o("-k"), &o("5"), &o("--grid"), grid.as_os_str()]);
-    let want: Vec<String> = searched.lines().filter(|l| l.contains(".jpg")).map(|l| l.split_whitespace().nth(1).unwrap().to_string()).collect();
+    let searched = run_ok(&[
+        &o("search"),
+        &o("--index"),
+        index.as_os_str(),
+        &o("a small blue square"),
+        &o("-k"),
+        &o("5"),
+        &o("--grid"),
+        grid.as_os_str(),
+    ]);
+    let want: Vec<String> = searched
+        .lines()
+        .filter(|l| l.contains(".jpg"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
     assert_eq!(want.len(), 5, "{searched}");
 
     let child = clip()
@@ -739,7 +1377,12 @@ fn serve_answers_text_and_image_queries_like_search_does() {
     let (status, body) = http(&address, "GET", "/search?q=a+small+blue%20square&k=5", b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let got: Vec<String> = reply["matches"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> = reply["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(got, want);
     assert_eq!(reply["images"], 30);
 
@@ -789,7 +1432,19 @@ fn a_sweep_trains_every_combination_and_compares_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 30, 1);
     let out = clip()
-        .args(["sweep", "--plain", "--backend", "cpu", "--set", "train.max_steps=2", "--grid", "train.seed=1,2", "--grid", "train.lr=1e-3,3e-4", "--config"])
+        .args([
+            "sweep",
+            "--plain",
+            "--backend",
+            "cpu",
+            "--set",
+            "train.max_steps=2",
+            "--grid",
+            "train.seed=1,2",
+            "--grid",
+            "train.lr=1e-3,3e-4",
+            "--config",
+        ])
         .arg(&config)
         .output()
         .unwrap();
@@ -797,7 +1452,10 @@ fn a_sweep_trains_every_combination_and_compares_them() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("sweep: 4 runs"), "{stdout}");
     let runs_dir = config.parent().unwrap().join("runs");
-    let mut made: Vec<String> = std::fs::read_dir(&runs_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut made: Vec<String> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     made.sort();
     assert_eq!(made.len(), 4, "{made:?}");
     assert!(made.iter().all(|n| n.contains("-seed=") && n.contains("-lr=")), "{made:?}");
@@ -807,8 +1465,15 @@ fn a_sweep_trains_every_combination_and_compares_them() {
         assert!(stdout.lines().any(|l| l.starts_with(key)), "no {key} row: {stdout}");
     }
     // A bad value in the grid fails before anything trains, naming the key.
-    let out = clip().args(["sweep", "--grid", "train.lr=1e-3,fast", "--config"]).arg(&config).output().unwrap();
+    let out = clip()
+        .args(["sweep", "--grid", "train.lr=1e-3,fast", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("train.lr") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("train.lr") && !err.contains("panicked"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(&runs_dir).unwrap().count(), 4);
 }

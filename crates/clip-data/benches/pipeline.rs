@@ -15,13 +15,14 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::DataLoaderBuilder;
 use clip_data::imaging::{ImageTransform, View};
 use clip_data::{
-    CaptionPair, ClipBatch, ClipLoader, DataConfig, ExamplePipeline, HostBatch, ImageCaptions, LoaderConfig,
-    PairDataset,
+    CaptionPair, ClipBatch, ClipLoader, DataConfig, ExamplePipeline, HostBatch, ImageCaptions,
+    LoaderConfig, PairDataset,
 };
 
 const WORDS: [&str; 24] = [
-    "a", "man", "in", "blue", "shirt", "is", "standing", "on", "the", "street", "while", "two", "dogs", "run",
-    "across", "green", "grass", "near", "an", "old", "wooden", "fence", "with", "children",
+    "a", "man", "in", "blue", "shirt", "is", "standing", "on", "the", "street", "while", "two",
+    "dogs", "run", "across", "green", "grass", "near", "an", "old", "wooden", "fence", "with",
+    "children",
 ];
 
 fn main() {
@@ -30,7 +31,11 @@ fn main() {
     let mode = args.get(1).map(String::as_str).unwrap_or("all");
     let files = jpegs(&dir);
     if files.is_empty() {
-        eprintln!("no JPEGs in {}: run `python3 crates/clip-data/benches/data_peer.py {}` first", dir.display(), dir.display());
+        eprintln!(
+            "no JPEGs in {}: run `python3 crates/clip-data/benches/data_peer.py {}` first",
+            dir.display(),
+            dir.display()
+        );
         std::process::exit(2);
     }
     match mode {
@@ -39,7 +44,11 @@ fn main() {
             loader_throughput(&files);
             let exe = std::env::current_exe().expect("bench executable");
             for which in ["memory-ours", "memory-burn"] {
-                let out = std::process::Command::new(&exe).arg(&dir).arg(which).output().expect("run memory probe");
+                let out = std::process::Command::new(&exe)
+                    .arg(&dir)
+                    .arg(which)
+                    .output()
+                    .expect("run memory probe");
                 print!("{}", String::from_utf8_lossy(&out.stdout));
             }
         }
@@ -51,7 +60,11 @@ fn main() {
 
 fn jpegs(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "jpg")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -86,7 +99,12 @@ fn flickr_like(files: &[PathBuf]) -> (PairDataset, DataConfig) {
             path: f.clone(),
             // Five captions of 10-17 words, Flickr30k's typical length.
             captions: (0..5)
-                .map(|k| (0..10 + (i * 5 + k) % 8).map(|w| WORDS[(i * 7 + k * 3 + w * 5) % WORDS.len()]).collect::<Vec<_>>().join(" "))
+                .map(|k| {
+                    (0..10 + (i * 5 + k) % 8)
+                        .map(|w| WORDS[(i * 7 + k * 3 + w * 5) % WORDS.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .collect(),
         })
         .collect();
@@ -96,7 +114,8 @@ fn flickr_like(files: &[PathBuf]) -> (PairDataset, DataConfig) {
 
 fn loader_throughput(files: &[PathBuf]) {
     let (pairs, config) = flickr_like(files);
-    let loader = ClipLoader::new(pairs, ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let loader =
+        ClipLoader::new(pairs, ExamplePipeline::train(&config).unwrap(), config.loader(true));
     // Warm up the page cache and thread-local resizers.
     for b in loader.epoch(0).take(2) {
         b.unwrap();
@@ -124,15 +143,29 @@ fn loader_throughput(files: &[PathBuf]) {
 struct BurnBatcher(Arc<ExamplePipeline>);
 
 impl Batcher<Flex, CaptionPair, ClipBatch<Flex>> for BurnBatcher {
-    fn batch(&self, items: Vec<CaptionPair>, device: &burn::backend::flex::FlexDevice) -> ClipBatch<Flex> {
+    fn batch(
+        &self,
+        items: Vec<CaptionPair>,
+        device: &burn::backend::flex::FlexDevice,
+    ) -> ClipBatch<Flex> {
         let numel = self.0.transform.numel();
         let mut images = vec![0.0; items.len() * numel];
         let mut tokens = Vec::new();
         for (i, pair) in items.iter().enumerate() {
-            tokens.push(self.0.example_into(pair, 0, i, &mut images[i * numel..(i + 1) * numel]).unwrap());
+            tokens.push(
+                self.0.example_into(pair, 0, i, &mut images[i * numel..(i + 1) * numel]).unwrap(),
+            );
         }
         let idx: Vec<usize> = items.iter().map(|p| p.image_index).collect();
-        HostBatch::collate(images, self.0.transform.size as usize, tokens, self.0.padding(), idx.clone(), idx).to_device(device)
+        HostBatch::collate(
+            images,
+            self.0.transform.size as usize,
+            tokens,
+            self.0.padding(),
+            idx.clone(),
+            idx,
+        )
+        .to_device(device)
     }
 }
 
@@ -168,7 +201,14 @@ fn memory(files: &[PathBuf], burn_loader: bool) {
             std::thread::sleep(slow);
         }
     } else {
-        let cfg = LoaderConfig { batch_size: 32, num_workers: 4, prefetch_batches: 2, shuffle: true, seed: 42, drop_last: false };
+        let cfg = LoaderConfig {
+            batch_size: 32,
+            num_workers: 4,
+            prefetch_batches: 2,
+            shuffle: true,
+            seed: 42,
+            drop_last: false,
+        };
         let loader = ClipLoader::new(pairs, pipeline, cfg);
         for b in loader.epoch(0) {
             b.unwrap();

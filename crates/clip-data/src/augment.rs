@@ -55,7 +55,10 @@ impl AugmentConfig {
 
     /// Whether the same image always comes out the same (no random crop, flip or colour change).
     pub fn is_identity(&self) -> bool {
-        !self.random_resized_crop && !self.horizontal_flip && !self.jitters() && self.grayscale_prob == 0.0
+        !self.random_resized_crop
+            && !self.horizontal_flip
+            && !self.jitters()
+            && self.grayscale_prob == 0.0
     }
 
     fn jitters(&self) -> bool {
@@ -66,11 +69,17 @@ impl AugmentConfig {
     pub fn validate(&self) -> Result<(), String> {
         let [lo, hi] = self.crop_scale;
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-            return Err(format!("data.augment.crop_scale must satisfy 0 < min <= max <= 1, got {:?}", self.crop_scale));
+            return Err(format!(
+                "data.augment.crop_scale must satisfy 0 < min <= max <= 1, got {:?}",
+                self.crop_scale
+            ));
         }
         let [lo, hi] = self.crop_ratio;
         if !(lo > 0.0 && lo <= hi) {
-            return Err(format!("data.augment.crop_ratio must satisfy 0 < min <= max, got {:?}", self.crop_ratio));
+            return Err(format!(
+                "data.augment.crop_ratio must satisfy 0 < min <= max, got {:?}",
+                self.crop_ratio
+            ));
         }
         let [b, c, s, h] = self.color_jitter;
         if ![b, c, s].iter().all(|v| (0.0..=10.0).contains(v)) || !(0.0..=0.5).contains(&h) {
@@ -79,7 +88,9 @@ impl AugmentConfig {
                 self.color_jitter
             ));
         }
-        for (key, p) in [("color_jitter_prob", self.color_jitter_prob), ("grayscale_prob", self.grayscale_prob)] {
+        for (key, p) in
+            [("color_jitter_prob", self.color_jitter_prob), ("grayscale_prob", self.grayscale_prob)]
+        {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("data.augment.{key} must be in [0, 1], got {p}"));
             }
@@ -88,18 +99,32 @@ impl AugmentConfig {
     }
 
     /// The view of one sample of a `width` x `height` image.
-    pub fn sample_view(&self, seed: u64, epoch: usize, item: usize, width: u32, height: u32) -> View {
+    pub fn sample_view(
+        &self,
+        seed: u64,
+        epoch: usize,
+        item: usize,
+        width: u32,
+        height: u32,
+    ) -> View {
         if self.is_identity() {
             return View::default();
         }
         let mut rng = item_rng(seed, epoch as u64, item as u64);
         // The flip is drawn first so that `flips` agrees without knowing the image size.
         let flip = self.horizontal_flip && rng.random_bool(0.5);
-        let crop = self
-            .random_resized_crop
-            .then(|| random_resized_crop(&mut rng, width as f64, height as f64, self.crop_scale, self.crop_ratio));
+        let crop = self.random_resized_crop.then(|| {
+            random_resized_crop(
+                &mut rng,
+                width as f64,
+                height as f64,
+                self.crop_scale,
+                self.crop_ratio,
+            )
+        });
         // Colours are drawn last: runs without them see the crops and flips they always did.
-        let jitter = (self.jitters() && rng.random_bool(self.color_jitter_prob)).then(|| Jitter::draw(&mut rng, self.color_jitter));
+        let jitter = (self.jitters() && rng.random_bool(self.color_jitter_prob))
+            .then(|| Jitter::draw(&mut rng, self.color_jitter));
         let grayscale = self.grayscale_prob > 0.0 && rng.random_bool(self.grayscale_prob);
         let color = (jitter.is_some() || grayscale).then_some(ColorChange { jitter, grayscale });
         View { crop, flip, color }
@@ -120,7 +145,13 @@ pub(crate) fn item_rng(seed: u64, epoch: u64, item: u64) -> ChaCha8Rng {
 
 /// torchvision's RandomResizedCrop box: 10 tries at a random area and log-uniform aspect,
 /// then the largest centred box within the ratio bounds.
-fn random_resized_crop(rng: &mut ChaCha8Rng, w: f64, h: f64, scale: [f64; 2], ratio: [f64; 2]) -> CropBox {
+fn random_resized_crop(
+    rng: &mut ChaCha8Rng,
+    w: f64,
+    h: f64,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+) -> CropBox {
     let area = w * h;
     let (log_lo, log_hi) = (ratio[0].ln(), ratio[1].ln());
     for _ in 0..10 {
@@ -142,12 +173,7 @@ fn random_resized_crop(rng: &mut ChaCha8Rng, w: f64, h: f64, scale: [f64; 2], ra
     } else {
         (w, h)
     };
-    CropBox {
-        left: ((w - cw) / 2.0).floor(),
-        top: ((h - ch) / 2.0).floor(),
-        width: cw,
-        height: ch,
-    }
+    CropBox { left: ((w - cw) / 2.0).floor(), top: ((h - ch) / 2.0).floor(), width: cw, height: ch }
 }
 
 /// Swaps the whole words "left" and "right" (any case) in a caption.
@@ -213,7 +239,13 @@ mod tests {
         for i in 0..500 {
             let v = a.sample_view(7, 0, i, 500, 375);
             let c = v.crop.unwrap();
-            assert!(c.left >= 0.0 && c.top >= 0.0 && c.left + c.width <= 500.0 && c.top + c.height <= 375.0, "{c:?}");
+            assert!(
+                c.left >= 0.0
+                    && c.top >= 0.0
+                    && c.left + c.width <= 500.0
+                    && c.top + c.height <= 375.0,
+                "{c:?}"
+            );
             let frac = c.width * c.height / (500.0 * 375.0);
             assert!(frac > 0.25 && frac <= 1.01, "{frac}");
             flips += v.flip as usize;
@@ -241,12 +273,25 @@ mod tests {
     #[test]
     fn colours_are_drawn_after_the_geometry_and_change_the_pixels() {
         let geometric = crop_flip();
-        let coloured = AugmentConfig { color_jitter: [0.4, 0.4, 0.4, 0.1], color_jitter_prob: 0.8, grayscale_prob: 0.2, ..crop_flip() };
-        assert!(!coloured.is_identity() && !AugmentConfig { grayscale_prob: 0.1, ..AugmentConfig::none() }.is_identity());
+        let coloured = AugmentConfig {
+            color_jitter: [0.4, 0.4, 0.4, 0.1],
+            color_jitter_prob: 0.8,
+            grayscale_prob: 0.2,
+            ..crop_flip()
+        };
+        assert!(
+            !coloured.is_identity()
+                && !AugmentConfig { grayscale_prob: 0.1, ..AugmentConfig::none() }.is_identity()
+        );
         let (mut jittered, mut gray) = (0, 0);
         for i in 0..400 {
-            let (a, b) = (geometric.sample_view(5, 0, i, 64, 48), coloured.sample_view(5, 0, i, 64, 48));
-            assert_eq!((a.crop, a.flip, a.color), (b.crop, b.flip, None), "the same crops and flips as without colours");
+            let (a, b) =
+                (geometric.sample_view(5, 0, i, 64, 48), coloured.sample_view(5, 0, i, 64, 48));
+            assert_eq!(
+                (a.crop, a.flip, a.color),
+                (b.crop, b.flip, None),
+                "the same crops and flips as without colours"
+            );
             assert_eq!(b, coloured.sample_view(5, 0, i, 64, 48));
             if let Some(c) = b.color {
                 jittered += c.jitter.is_some() as usize;
@@ -256,20 +301,39 @@ mod tests {
         assert!((290..=350).contains(&jittered) && (50..=110).contains(&gray), "{jittered} {gray}");
 
         // Applied: a jittered image differs from the plain one; a gray one has equal channels.
-        let img = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 200]));
-        let t = crate::ImageTransform { mean: [0.5; 3], std: [0.25; 3], ..crate::ImageTransform::seed(8) };
+        let img = image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([(x * 30) as u8, (y * 30) as u8, 200])
+        });
+        let t = crate::ImageTransform {
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            ..crate::ImageTransform::seed(8)
+        };
         let render = |view: &View| {
             let mut out = vec![0f32; t.numel()];
             t.apply_into(&img, view, &mut out).unwrap();
             out
         };
         let plain = render(&View::default());
-        let jitter = Jitter { brightness: 1.2, contrast: 0.8, saturation: 1.0, hue: 0.05, order: [0, 1, 2, 3] };
-        let jittered = render(&View { color: Some(ColorChange { jitter: Some(jitter), grayscale: false }), ..View::default() });
+        let jitter = Jitter {
+            brightness: 1.2,
+            contrast: 0.8,
+            saturation: 1.0,
+            hue: 0.05,
+            order: [0, 1, 2, 3],
+        };
+        let jittered = render(&View {
+            color: Some(ColorChange { jitter: Some(jitter), grayscale: false }),
+            ..View::default()
+        });
         assert!(plain.iter().zip(&jittered).any(|(a, b)| (a - b).abs() > 0.1));
-        let gray = render(&View { color: Some(ColorChange { jitter: None, grayscale: true }), ..View::default() });
+        let gray = render(&View {
+            color: Some(ColorChange { jitter: None, grayscale: true }),
+            ..View::default()
+        });
         let plane = 64;
-        assert!((0..plane).all(|i| (gray[i] - gray[plane + i]).abs() < 1e-5 && (gray[i] - gray[2 * plane + i]).abs() < 1e-5));
+        assert!((0..plane).all(|i| (gray[i] - gray[plane + i]).abs() < 1e-5
+            && (gray[i] - gray[2 * plane + i]).abs() < 1e-5));
     }
 
     #[test]

@@ -40,11 +40,7 @@ impl ExamplePipeline {
 
     /// The evaluation pipeline of a data config: the same transform, no augmentation.
     pub fn eval(config: &DataConfig) -> Result<Self> {
-        Ok(Self {
-            augment: AugmentConfig::none(),
-            skip_unreadable: false,
-            ..Self::train(config)?
-        })
+        Ok(Self { augment: AugmentConfig::none(), skip_unreadable: false, ..Self::train(config)? })
     }
 
     /// How this pipeline's batches pad their token sequences.
@@ -59,15 +55,18 @@ impl ExamplePipeline {
     /// Preprocesses example `item` of `epoch`: writes the image into `image_out` (CHW) and
     /// returns the caption's token ids. A flipped image gets "left"/"right" swapped in its
     /// caption when the augmentation asks for it.
-    pub fn example_into(&self, pair: &CaptionPair, epoch: usize, item: usize, image_out: &mut [f32]) -> Result<Vec<u32>> {
+    pub fn example_into(
+        &self,
+        pair: &CaptionPair,
+        epoch: usize,
+        item: usize,
+        image_out: &mut [f32],
+    ) -> Result<Vec<u32>> {
         let img = decode_rgb(&pair.image_path)?;
         let view = self.augment.sample_view(self.seed, epoch, item, img.width(), img.height());
         self.transform
             .apply_into(&img, &view, image_out)
-            .map_err(|message| DataError::ImageResize {
-                path: pair.image_path.clone(),
-                message,
-            })?;
+            .map_err(|message| DataError::ImageResize { path: pair.image_path.clone(), message })?;
         self.tokenizer.encode(&self.caption_for(pair, view.flip))
     }
 
@@ -174,7 +173,10 @@ impl HostBatch {
         ClipBatch {
             images: Tensor::from_data(TensorData::new(self.images.clone(), [b, 3, s, s]), device),
             input_ids: Tensor::from_data(TensorData::new(self.input_ids.clone(), [b, l]), device),
-            attention_mask: Tensor::from_data(TensorData::new(self.attention_mask.clone(), [b, l]), device),
+            attention_mask: Tensor::from_data(
+                TensorData::new(self.attention_mask.clone(), [b, l]),
+                device,
+            ),
             image_indices: self.image_indices.clone(),
         }
     }
@@ -215,7 +217,10 @@ mod tests {
     #[test]
     fn pads_up_to_a_multiple_but_never_past_the_maximum() {
         let padding = TokenPadding { pad_id: 0, multiple: 8, max_length: 20 };
-        assert_eq!([1, 8, 9, 16, 17, 19, 20].map(|n| padding.padded_len(n)), [8, 8, 16, 16, 20, 20, 20]);
+        assert_eq!(
+            [1, 8, 9, 16, 17, 19, 20].map(|n| padding.padded_len(n)),
+            [8, 8, 16, 16, 20, 20, 20]
+        );
         assert_eq!(TokenPadding::longest(0).padded_len(13), 13);
         let b = HostBatch::collate(
             vec![0.0; 2 * 3 * 4],

@@ -42,11 +42,7 @@ pub struct ColumnSpec {
 
 impl Default for ColumnSpec {
     fn default() -> Self {
-        Self {
-            image: "image".into(),
-            caption: "caption".into(),
-            delimiter: b',',
-        }
+        Self { image: "image".into(), caption: "caption".into(), delimiter: b',' }
     }
 }
 
@@ -94,7 +90,11 @@ pub enum PredefinedSide {
 }
 
 /// Reads and parses a captions file in the given format.
-pub fn read_captions(path: &Path, format: CaptionFormat, columns: &ColumnSpec) -> Result<ParsedCaptions> {
+pub fn read_captions(
+    path: &Path,
+    format: CaptionFormat,
+    columns: &ColumnSpec,
+) -> Result<ParsedCaptions> {
     if format == CaptionFormat::Webdataset {
         return crate::shards::read_samples(path);
     }
@@ -111,11 +111,7 @@ pub fn parse_captions(
 ) -> Result<ParsedCaptions> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        DataError::CaptionsFormat {
-            path: path.into(),
-            line,
-            message: "not valid UTF-8".into(),
-        }
+        DataError::CaptionsFormat { path: path.into(), line, message: "not valid UTF-8".into() }
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
@@ -126,11 +122,7 @@ pub fn parse_captions(
         CaptionFormat::Flickr8k => parse_delimited(
             path,
             text,
-            &ColumnSpec {
-                image: "image".into(),
-                caption: "caption".into(),
-                delimiter: b',',
-            },
+            &ColumnSpec { image: "image".into(), caption: "caption".into(), delimiter: b',' },
             true,
         )?,
         CaptionFormat::Csv => parse_delimited(path, text, columns, false)?,
@@ -139,7 +131,8 @@ pub fn parse_captions(
             return Err(DataError::CaptionsFormat {
                 path: path.into(),
                 line: 1,
-                message: "WebDataset captions live in tar shards: read them with `read_captions`".into(),
+                message: "WebDataset captions live in tar shards: read them with `read_captions`"
+                    .into(),
             })
         }
         CaptionFormat::Karpathy => {
@@ -150,19 +143,16 @@ pub fn parse_captions(
     finish(path, records, report, Vec::new())
 }
 
-fn finish(path: &Path, records: Vec<CaptionRecord>, report: ParseReport, splits: Vec<(String, PredefinedSide)>) -> Result<ParsedCaptions> {
+fn finish(
+    path: &Path,
+    records: Vec<CaptionRecord>,
+    report: ParseReport,
+    splits: Vec<(String, PredefinedSide)>,
+) -> Result<ParsedCaptions> {
     if records.is_empty() {
-        return Err(DataError::NoCaptions {
-            path: path.into(),
-            skipped: report.skipped.len(),
-        });
+        return Err(DataError::NoCaptions { path: path.into(), skipped: report.skipped.len() });
     }
-    Ok(ParsedCaptions {
-        path: path.into(),
-        records,
-        report,
-        splits,
-    })
+    Ok(ParsedCaptions { path: path.into(), records, report, splits })
 }
 
 const FLICKR30K_HEADER: [&str; 3] = ["image_name", "comment_number", "comment"];
@@ -229,7 +219,8 @@ fn flickr30k_row(row: &str) -> std::result::Result<(String, String, Option<Strin
         1 => return Err("no `|` separator in the row".into()),
         2 => {
             let merged = fields[1].trim();
-            let digits = merged.len() - merged.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let digits =
+                merged.len() - merged.trim_start_matches(|c: char| c.is_ascii_digit()).len();
             let rest = &merged[digits..];
             if digits == 0 || !rest.starts_with(char::is_whitespace) || rest.trim().is_empty() {
                 return Err(format!(
@@ -283,9 +274,12 @@ fn parse_delimited(
     };
     let names: Vec<&str> = header.iter().map(str::trim).collect();
     let find = |want: &str| names.iter().position(|n| *n == want);
-    let (Some(image_col), Some(caption_col)) = (find(&columns.image), find(&columns.caption)) else {
+    let (Some(image_col), Some(caption_col)) = (find(&columns.image), find(&columns.caption))
+    else {
         let delimiter = columns.delimiter as char;
-        let hint = if names.len() == 1 && ['|', '\t', ';', ','].iter().any(|c| *c != delimiter && names[0].contains(*c)) {
+        let hint = if names.len() == 1
+            && ['|', '\t', ';', ','].iter().any(|c| *c != delimiter && names[0].contains(*c))
+        {
             format!(" (the header has no {delimiter:?}; is the separator right?)")
         } else {
             String::new()
@@ -322,10 +316,15 @@ fn parse_delimited(
             // caption is the last column, otherwise the row is ambiguous.
             if join_extra_fields && row.len() > width && caption_col == width - 1 {
                 let sep = (columns.delimiter as char).to_string();
-                caption = Some(row.iter().skip(caption_col).collect::<Vec<_>>().join(&sep).trim().to_string());
+                caption = Some(
+                    row.iter().skip(caption_col).collect::<Vec<_>>().join(&sep).trim().to_string(),
+                );
                 report.repaired.push(RowIssue {
                     line,
-                    reason: format!("{} fields instead of {width}: the caption contained {sep:?}; joined back", row.len()),
+                    reason: format!(
+                        "{} fields instead of {width}: the caption contained {sep:?}; joined back",
+                        row.len()
+                    ),
                 });
             } else {
                 report.skipped.push(RowIssue {
@@ -349,7 +348,11 @@ fn parse_delimited(
     Ok((records, report))
 }
 
-fn parse_jsonl(path: &Path, text: &str, columns: &ColumnSpec) -> Result<(Vec<CaptionRecord>, ParseReport)> {
+fn parse_jsonl(
+    path: &Path,
+    text: &str,
+    columns: &ColumnSpec,
+) -> Result<(Vec<CaptionRecord>, ParseReport)> {
     let mut records = Vec::new();
     let mut report = ParseReport::default();
     for (i, row) in text.lines().enumerate() {
@@ -371,14 +374,18 @@ fn parse_jsonl(path: &Path, text: &str, columns: &ColumnSpec) -> Result<(Vec<Cap
                 continue;
             }
         };
-        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(|s| s.trim().to_string());
+        let field =
+            |name: &str| value.get(name).and_then(|v| v.as_str()).map(|s| s.trim().to_string());
         match (field(&columns.image), field(&columns.caption)) {
             (Some(image), Some(caption)) if !image.is_empty() && !caption.is_empty() => {
                 records.push(CaptionRecord { line, image, caption })
             }
             _ => report.skipped.push(RowIssue {
                 line,
-                reason: format!("needs non-empty string fields {:?} and {:?}", columns.image, columns.caption),
+                reason: format!(
+                    "needs non-empty string fields {:?} and {:?}",
+                    columns.image, columns.caption
+                ),
             }),
         }
     }
@@ -387,16 +394,22 @@ fn parse_jsonl(path: &Path, text: &str, columns: &ColumnSpec) -> Result<(Vec<Cap
 
 /// Parses Karpathy's split file. A record's `line` is the line its image's `"filename"` key is
 /// on (1 for the published one-line files).
-fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseReport, Vec<(String, PredefinedSide)>)> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DataError::CaptionsFormat {
-        path: path.into(),
-        line: e.line(),
-        message: format!("not JSON (Karpathy split files are one JSON document): {e}"),
-    })?;
-    let images = value.get("images").and_then(|v| v.as_array()).ok_or_else(|| DataError::CaptionsFormat {
-        path: path.into(),
-        line: 1,
-        message: "expected Karpathy's layout, an object with an `images` array".into(),
+fn parse_karpathy(
+    path: &Path,
+    text: &str,
+) -> Result<(Vec<CaptionRecord>, ParseReport, Vec<(String, PredefinedSide)>)> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| DataError::CaptionsFormat {
+            path: path.into(),
+            line: e.line(),
+            message: format!("not JSON (Karpathy split files are one JSON document): {e}"),
+        })?;
+    let images = value.get("images").and_then(|v| v.as_array()).ok_or_else(|| {
+        DataError::CaptionsFormat {
+            path: path.into(),
+            line: 1,
+            message: "expected Karpathy's layout, an object with an `images` array".into(),
+        }
     })?;
     // The line of each image's "filename" key, in document order (keys are never inside strings,
     // where quotes are escaped).
@@ -412,12 +425,18 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
     let mut records = Vec::new();
     let mut report = ParseReport::default();
     let mut splits = Vec::new();
-    let mut seen: std::collections::HashMap<String, (PredefinedSide, usize)> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<String, (PredefinedSide, usize)> =
+        std::collections::HashMap::new();
     for (i, entry) in images.iter().enumerate() {
         let line = line_of(i);
-        let text_field = |name: &str| entry.get(name).and_then(|v| v.as_str()).map(str::trim).filter(|s| !s.is_empty());
+        let text_field = |name: &str| {
+            entry.get(name).and_then(|v| v.as_str()).map(str::trim).filter(|s| !s.is_empty())
+        };
         let Some(file) = text_field("filename") else {
-            report.skipped.push(RowIssue { line, reason: format!("image entry {} has no `filename`", i + 1) });
+            report.skipped.push(RowIssue {
+                line,
+                reason: format!("image entry {} has no `filename`", i + 1),
+            });
             continue;
         };
         // COCO's entries name their folder (`val2014`); Flickr's do not.
@@ -430,7 +449,10 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
             Some("val") => PredefinedSide::Val,
             Some("test") => PredefinedSide::Test,
             other => {
-                report.skipped.push(RowIssue { line, reason: format!("{image}: split {other:?} is not train, restval, val or test") });
+                report.skipped.push(RowIssue {
+                    line,
+                    reason: format!("{image}: split {other:?} is not train, restval, val or test"),
+                });
                 continue;
             }
         };
@@ -444,16 +466,27 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
                     message: format!("image {image} is listed as {side:?} (entry {}) and as {first_side:?} (entry {first_entry})", i + 1),
                 });
             }
-            report.skipped.push(RowIssue { line, reason: format!("{image}: listed again (entry {}, first at entry {first_entry})", i + 1) });
+            report.skipped.push(RowIssue {
+                line,
+                reason: format!(
+                    "{image}: listed again (entry {}, first at entry {first_entry})",
+                    i + 1
+                ),
+            });
             continue;
         }
         seen.insert(image.clone(), (side, i + 1));
-        let sentences = entry.get("sentences").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
+        let sentences = entry
+            .get("sentences")
+            .and_then(|v| v.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut kept = 0;
         for sentence in sentences {
             let raw = sentence.get("raw").and_then(|v| v.as_str()).map(|s| s.trim().to_string());
             let tokens = || {
-                let words: Vec<&str> = sentence.get("tokens")?.as_array()?.iter().filter_map(|t| t.as_str()).collect();
+                let words: Vec<&str> =
+                    sentence.get("tokens")?.as_array()?.iter().filter_map(|t| t.as_str()).collect();
                 Some(words.join(" "))
             };
             match raw.filter(|r| !r.is_empty()).or_else(tokens).filter(|c| !c.is_empty()) {
@@ -461,7 +494,10 @@ fn parse_karpathy(path: &Path, text: &str) -> Result<(Vec<CaptionRecord>, ParseR
                     records.push(CaptionRecord { line, image: image.clone(), caption });
                     kept += 1;
                 }
-                None => report.skipped.push(RowIssue { line, reason: format!("{image}: a sentence without `raw` text or `tokens`") }),
+                None => report.skipped.push(RowIssue {
+                    line,
+                    reason: format!("{image}: a sentence without `raw` text or `tokens`"),
+                }),
             }
         }
         if kept == 0 {
@@ -505,13 +541,27 @@ mod tests {
   {"filename": "e.jpg", "split": "train", "sentences": []}
 ]}"#;
         let p = parse(text, CaptionFormat::Karpathy).unwrap();
-        let captions: Vec<(&str, &str, usize)> = p.records.iter().map(|r| (r.image.as_str(), r.caption.as_str(), r.line)).collect();
-        assert_eq!(captions, vec![("val2014/a.jpg", "A cat.", 2), ("val2014/a.jpg", "a small cat", 2), ("b.jpg", "A dog.", 3), ("c.jpg", "A bird.", 4)]);
+        let captions: Vec<(&str, &str, usize)> =
+            p.records.iter().map(|r| (r.image.as_str(), r.caption.as_str(), r.line)).collect();
+        assert_eq!(
+            captions,
+            vec![
+                ("val2014/a.jpg", "A cat.", 2),
+                ("val2014/a.jpg", "a small cat", 2),
+                ("b.jpg", "A dog.", 3),
+                ("c.jpg", "A bird.", 4)
+            ]
+        );
         assert_eq!(
             p.splits,
-            vec![("val2014/a.jpg".into(), PredefinedSide::Test), ("b.jpg".into(), PredefinedSide::Train), ("c.jpg".into(), PredefinedSide::Val)]
+            vec![
+                ("val2014/a.jpg".into(), PredefinedSide::Test),
+                ("b.jpg".into(), PredefinedSide::Train),
+                ("c.jpg".into(), PredefinedSide::Val)
+            ]
         );
-        let skipped: Vec<(usize, &str)> = p.report.skipped.iter().map(|r| (r.line, r.reason.as_str())).collect();
+        let skipped: Vec<(usize, &str)> =
+            p.report.skipped.iter().map(|r| (r.line, r.reason.as_str())).collect();
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].0 == 5 && skipped[0].1.contains("holdout"), "{skipped:?}");
         assert!(skipped[1].0 == 6 && skipped[1].1.contains("e.jpg: no sentences"), "{skipped:?}");
@@ -519,14 +569,20 @@ mod tests {
         let p = parse(r#"{"images": [{"split": "train", "sentences": [{"raw": "x"}]}, {"filename": "f.jpg", "split": "train", "sentences": [{"raw": "y"}]}]}"#, CaptionFormat::Karpathy).unwrap();
         assert!(p.report.skipped[0].reason.contains("entry 1") && p.records.len() == 1);
         // Listed twice: on one side the repeat is skipped; on two sides it is an error.
-        let twice = |second: &str| format!(r#"{{"images": [{{"filename": "f.jpg", "split": "train", "sentences": [{{"raw": "y"}}]}}, {{"filename": "f.jpg", "split": "{second}", "sentences": [{{"raw": "z"}}]}}]}}"#);
+        let twice = |second: &str| {
+            format!(
+                r#"{{"images": [{{"filename": "f.jpg", "split": "train", "sentences": [{{"raw": "y"}}]}}, {{"filename": "f.jpg", "split": "{second}", "sentences": [{{"raw": "z"}}]}}]}}"#
+            )
+        };
         let p = parse(&twice("restval"), CaptionFormat::Karpathy).unwrap();
         assert_eq!((p.records.len(), p.splits.len()), (1, 1));
         assert!(p.report.skipped[0].reason.contains("listed again"), "{:?}", p.report.skipped);
         let err = parse(&twice("test"), CaptionFormat::Karpathy).unwrap_err().to_string();
         assert!(err.contains("f.jpg") && err.contains("Test") && err.contains("entry 1"), "{err}");
 
-        let err = parse("{\"images\": [\n{\"filename\": }", CaptionFormat::Karpathy).unwrap_err().to_string();
+        let err = parse("{\"images\": [\n{\"filename\": }", CaptionFormat::Karpathy)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("not JSON"), "{err}");
         let err = parse("[1, 2]", CaptionFormat::Karpathy).unwrap_err().to_string();
         assert!(err.contains("`images` array"), "{err}");
@@ -576,7 +632,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_an_error() {
-        assert!(matches!(parse("", CaptionFormat::Flickr30k), Err(DataError::EmptyCaptions { .. })));
+        assert!(matches!(
+            parse("", CaptionFormat::Flickr30k),
+            Err(DataError::EmptyCaptions { .. })
+        ));
         assert!(matches!(parse(" \n\n", CaptionFormat::Csv), Err(DataError::EmptyCaptions { .. })));
         assert!(matches!(
             parse("image_name| comment_number| comment\n", CaptionFormat::Flickr30k),
@@ -602,19 +661,26 @@ mod tests {
     fn csv_with_named_columns_in_any_order() {
         let text = "id,caption,image\n7,a red square,x.png\n8,,y.png\n";
         let p = parse(text, CaptionFormat::Csv).unwrap();
-        assert_eq!(p.records, vec![CaptionRecord { line: 2, image: "x.png".into(), caption: "a red square".into() }]);
+        assert_eq!(
+            p.records,
+            vec![CaptionRecord { line: 2, image: "x.png".into(), caption: "a red square".into() }]
+        );
         assert_eq!(p.report.skipped[0].line, 3);
     }
 
     #[test]
     fn csv_missing_column_names_what_was_found() {
         let err = parse("file|text\nx.png|a cat\n", CaptionFormat::Csv).unwrap_err().to_string();
-        assert!(err.contains("\"image\"") && err.contains("file|text") && err.contains("separator"), "{err}");
+        assert!(
+            err.contains("\"image\"") && err.contains("file|text") && err.contains("separator"),
+            "{err}"
+        );
     }
 
     #[test]
     fn jsonl_rows() {
-        let text = "{\"image\": \"a.jpg\", \"caption\": \"a cat\"}\n{\"image\": \"b.jpg\"}\nnot json\n";
+        let text =
+            "{\"image\": \"a.jpg\", \"caption\": \"a cat\"}\n{\"image\": \"b.jpg\"}\nnot json\n";
         let p = parse(text, CaptionFormat::Jsonl).unwrap();
         assert_eq!(p.records.len(), 1);
         assert_eq!(p.report.skipped.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 3]);

@@ -28,11 +28,21 @@ impl Jitter {
     /// Draws factors as torchvision does: brightness, contrast and saturation uniform in
     /// `[max(0, 1 - s), 1 + s]`, the hue shift in `[-h, h]`, the order a random permutation.
     pub fn draw(rng: &mut impl Rng, strengths: [f64; 4]) -> Self {
-        let factor = |rng: &mut dyn rand::RngCore, s: f64| if s > 0.0 { rng.random_range((1.0 - s).max(0.0)..=1.0 + s) as f32 } else { 1.0 };
+        let factor = |rng: &mut dyn rand::RngCore, s: f64| {
+            if s > 0.0 {
+                rng.random_range((1.0 - s).max(0.0)..=1.0 + s) as f32
+            } else {
+                1.0
+            }
+        };
         let brightness = factor(rng, strengths[0]);
         let contrast = factor(rng, strengths[1]);
         let saturation = factor(rng, strengths[2]);
-        let hue = if strengths[3] > 0.0 { rng.random_range(-strengths[3]..=strengths[3]) as f32 } else { 0.0 };
+        let hue = if strengths[3] > 0.0 {
+            rng.random_range(-strengths[3]..=strengths[3]) as f32
+        } else {
+            0.0
+        };
         let mut order = [0u8, 1, 2, 3];
         order.shuffle(rng);
         Self { brightness, contrast, saturation, hue, order }
@@ -53,7 +63,8 @@ impl ColorChange {
                     0 => blend_with(rgb, j.brightness, |_| [0.0; 3]),
                     1 => {
                         let pixels = (rgb.len() / 3).max(1) as f32;
-                        let mean = rgb.chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).sum::<f32>() / pixels;
+                        let mean = rgb.chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).sum::<f32>()
+                            / pixels;
                         blend_with(rgb, j.contrast, |_| [mean; 3]);
                     }
                     2 => blend_with(rgb, j.saturation, |p| [luma(p[0], p[1], p[2]); 3]),
@@ -126,7 +137,10 @@ mod tests {
     use super::*;
 
     fn change(brightness: f32, contrast: f32, saturation: f32, hue: f32) -> ColorChange {
-        ColorChange { jitter: Some(Jitter { brightness, contrast, saturation, hue, order: [0, 1, 2, 3] }), grayscale: false }
+        ColorChange {
+            jitter: Some(Jitter { brightness, contrast, saturation, hue, order: [0, 1, 2, 3] }),
+            grayscale: false,
+        }
     }
 
     fn close(a: &[f32], b: &[f32]) -> bool {
@@ -175,12 +189,39 @@ mod tests {
         // tests/fixtures/color_reference.py printed these (torchvision 0.29.2).
         let pixels = [0.2f32, 0.4, 0.6, 1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.9, 0.3, 0.1];
         let cases: [(ColorChange, [f32; 12]); 6] = [
-            (change(1.3, 1.0, 1.0, 0.0), [0.26, 0.52, 0.78, 1.0, 0.0, 0.0, 0.65, 0.65, 0.65, 1.0, 0.39, 0.13]),
-            (change(1.0, 0.6, 1.0, 0.0), [0.281834, 0.401834, 0.521834, 0.761834, 0.161834, 0.161834, 0.461834, 0.461834, 0.461834, 0.701834, 0.341834, 0.221834]),
-            (change(1.0, 1.0, 1.7, 0.0), [0.085914, 0.425914, 0.765914, 1.0, 0.0, 0.0, 0.500035, 0.500035, 0.500035, 1.0, 0.190443, 0.0]),
-            (change(1.0, 1.0, 1.0, 0.15), [0.36, 0.2, 0.6, 1.0, 0.9, 0.0, 0.5, 0.5, 0.5, 0.78, 0.9, 0.1]),
-            (change(1.0, 1.0, 1.0, -0.4), [0.56, 0.6, 0.2, 0.0, 0.4, 1.0, 0.5, 0.5, 0.5, 0.1, 0.22, 0.9]),
-            (ColorChange { jitter: None, grayscale: true }, [0.36298, 0.36298, 0.36298, 0.2989, 0.2989, 0.2989, 0.49995, 0.49995, 0.49995, 0.45651, 0.45651, 0.45651]),
+            (
+                change(1.3, 1.0, 1.0, 0.0),
+                [0.26, 0.52, 0.78, 1.0, 0.0, 0.0, 0.65, 0.65, 0.65, 1.0, 0.39, 0.13],
+            ),
+            (
+                change(1.0, 0.6, 1.0, 0.0),
+                [
+                    0.281834, 0.401834, 0.521834, 0.761834, 0.161834, 0.161834, 0.461834, 0.461834,
+                    0.461834, 0.701834, 0.341834, 0.221834,
+                ],
+            ),
+            (
+                change(1.0, 1.0, 1.7, 0.0),
+                [
+                    0.085914, 0.425914, 0.765914, 1.0, 0.0, 0.0, 0.500035, 0.500035, 0.500035, 1.0,
+                    0.190443, 0.0,
+                ],
+            ),
+            (
+                change(1.0, 1.0, 1.0, 0.15),
+                [0.36, 0.2, 0.6, 1.0, 0.9, 0.0, 0.5, 0.5, 0.5, 0.78, 0.9, 0.1],
+            ),
+            (
+                change(1.0, 1.0, 1.0, -0.4),
+                [0.56, 0.6, 0.2, 0.0, 0.4, 1.0, 0.5, 0.5, 0.5, 0.1, 0.22, 0.9],
+            ),
+            (
+                ColorChange { jitter: None, grayscale: true },
+                [
+                    0.36298, 0.36298, 0.36298, 0.2989, 0.2989, 0.2989, 0.49995, 0.49995, 0.49995,
+                    0.45651, 0.45651, 0.45651,
+                ],
+            ),
         ];
         for (c, want) in cases {
             let mut x = pixels;
@@ -196,7 +237,10 @@ mod tests {
         let mut orders = std::collections::HashSet::new();
         for _ in 0..200 {
             let j = Jitter::draw(&mut rng, [0.4, 0.4, 1.5, 0.1]);
-            assert!((0.6..=1.4).contains(&j.brightness) && (0.6..=1.4).contains(&j.contrast), "{j:?}");
+            assert!(
+                (0.6..=1.4).contains(&j.brightness) && (0.6..=1.4).contains(&j.contrast),
+                "{j:?}"
+            );
             assert!((0.0..=2.5).contains(&j.saturation) && j.hue.abs() <= 0.1, "{j:?}");
             let mut sorted = j.order;
             sorted.sort();

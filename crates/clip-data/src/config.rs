@@ -193,10 +193,15 @@ impl DataConfig {
             return bad(format!("data.image_size must be at least 8, got {}", self.image_size));
         }
         if self.text_max_length < 2 {
-            return bad(format!("data.text_max_length must be at least 2, got {}", self.text_max_length));
+            return bad(format!(
+                "data.text_max_length must be at least 2, got {}",
+                self.text_max_length
+            ));
         }
         if self.pad_to_multiple_of == 0 {
-            return bad("data.pad_to_multiple_of must be at least 1 (1 pads to the longest caption)".into());
+            return bad(
+                "data.pad_to_multiple_of must be at least 1 (1 pads to the longest caption)".into(),
+            );
         }
         if self.batch_size == 0 {
             return bad("data.batch_size must be at least 1".into());
@@ -239,7 +244,10 @@ impl DataConfig {
         }
         self.delimiter_byte().map_err(|_| DataError::Config {
             path: file.into(),
-            message: format!("data.delimiter must be one ASCII character, got {:?}", self.delimiter),
+            message: format!(
+                "data.delimiter must be one ASCII character, got {:?}",
+                self.delimiter
+            ),
         })?;
         Ok(())
     }
@@ -249,7 +257,10 @@ impl DataConfig {
             [b] if b.is_ascii() => Ok(*b),
             _ => Err(DataError::Config {
                 path: PathBuf::from("<config>"),
-                message: format!("data.delimiter must be one ASCII character, got {:?}", self.delimiter),
+                message: format!(
+                    "data.delimiter must be one ASCII character, got {:?}",
+                    self.delimiter
+                ),
             }),
         }
     }
@@ -297,10 +308,8 @@ pub fn parse_data_config(text: &str, path: &Path) -> Result<DataConfig> {
         #[serde(flatten)]
         _rest: toml::Table,
     }
-    let parsed: DataOnly = toml::from_str(text).map_err(|e| DataError::Config {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let parsed: DataOnly = toml::from_str(text)
+        .map_err(|e| DataError::Config { path: path.into(), message: e.to_string() })?;
     let mut data = parsed.data;
     data.resolve_paths(path.parent().unwrap_or(Path::new(".")));
     data.validate(path)?;
@@ -314,7 +323,9 @@ pub fn join_clean(base: &Path, path: &Path) -> PathBuf {
     for c in base.join(path).components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             other => out.push(other),
@@ -338,7 +349,10 @@ mod tests {
     fn defaults_are_the_seeds() {
         let c = DataConfig::new("results.csv", "images");
         assert_eq!(c.format, CaptionFormat::Flickr30k);
-        assert_eq!((c.image_size, c.text_max_length, c.batch_size, c.num_workers), (224, 200, 32, 4));
+        assert_eq!(
+            (c.image_size, c.text_max_length, c.batch_size, c.num_workers),
+            (224, 200, 32, 4)
+        );
         assert_eq!((c.val_size, c.seed, c.split), (0.2, 42, SplitMethod::Random));
         assert_eq!(c.mean, IMAGENET_MEAN);
         assert!(c.augment.is_identity());
@@ -348,19 +362,26 @@ mod tests {
     fn split_methods_parse_in_kebab_case() {
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy-legacy\"\nseed = 4294967295\n");
         assert_eq!(load_data_config(&p).unwrap().split, SplitMethod::NumpyLegacy);
-        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"random\"\nseed = 4294967296\n");
+        let (_d, p) = write(
+            "[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"random\"\nseed = 4294967296\n",
+        );
         assert_eq!(load_data_config(&p).unwrap().split, SplitMethod::Random);
     }
 
     #[test]
     fn joins_are_lexically_clean() {
-        assert_eq!(join_clean(Path::new("/a/configs"), Path::new("../d/./x.csv")), PathBuf::from("/a/d/x.csv"));
+        assert_eq!(
+            join_clean(Path::new("/a/configs"), Path::new("../d/./x.csv")),
+            PathBuf::from("/a/d/x.csv")
+        );
         assert_eq!(join_clean(Path::new("configs"), Path::new("../../x")), PathBuf::from("../x"));
     }
 
     #[test]
     fn paths_are_relative_to_the_config_file() {
-        let (dir, p) = write("[data]\ncaptions = \"d/results.csv\"\nimages = \"/abs/images\"\n[train]\nlr = 1e-3\n");
+        let (dir, p) = write(
+            "[data]\ncaptions = \"d/results.csv\"\nimages = \"/abs/images\"\n[train]\nlr = 1e-3\n",
+        );
         let c = load_data_config(&p).unwrap();
         assert_eq!(c.captions, dir.path().join("d/results.csv"));
         assert_eq!(c.images, PathBuf::from("/abs/images"));
@@ -370,7 +391,10 @@ mod tests {
     fn unknown_keys_and_bad_values_name_key_and_file() {
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nimage_sise = 64\n");
         let err = load_data_config(&p).unwrap_err().to_string();
-        assert!(err.contains("exp.toml") && err.contains("image_sise") && err.contains("line 4"), "{err}");
+        assert!(
+            err.contains("exp.toml") && err.contains("image_sise") && err.contains("line 4"),
+            "{err}"
+        );
 
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nval_size = 1.5\n");
         let err = load_data_config(&p).unwrap_err().to_string();
@@ -378,13 +402,23 @@ mod tests {
 
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy\"\n");
         let err = load_data_config(&p).unwrap_err().to_string();
-        assert!(err.contains("exp.toml") && err.contains("split") && err.contains("numpy-legacy") && err.contains("line 4"), "{err}");
+        assert!(
+            err.contains("exp.toml")
+                && err.contains("split")
+                && err.contains("numpy-legacy")
+                && err.contains("line 4"),
+            "{err}"
+        );
 
         let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\nsplit = \"numpy-legacy\"\nseed = 4294967296\n");
         let err = load_data_config(&p).unwrap_err().to_string();
-        assert!(err.contains("exp.toml") && err.contains("data.seed") && err.contains("4294967296"), "{err}");
+        assert!(
+            err.contains("exp.toml") && err.contains("data.seed") && err.contains("4294967296"),
+            "{err}"
+        );
 
-        let (_d, p) = write("[data]\ncaptions = \"c\"\nimages = \"i\"\n[data.augment]\nflip = true\n");
+        let (_d, p) =
+            write("[data]\ncaptions = \"c\"\nimages = \"i\"\n[data.augment]\nflip = true\n");
         let err = load_data_config(&p).unwrap_err().to_string();
         assert!(err.contains("flip") && err.contains("horizontal_flip"), "{err}");
     }

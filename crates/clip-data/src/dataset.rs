@@ -65,9 +65,17 @@ impl CaptionDataset {
             });
         }
         let parsed = read_captions(&config.captions, config.format, &columns)?;
-        let mut dataset = Self::from_records(&parsed.path, parsed.records, parsed.report, &config.images, config.skip_missing)?;
-        let found: std::collections::HashSet<&str> = dataset.images.iter().map(|i| i.name.as_str()).collect();
-        let predefined = parsed.splits.into_iter().filter(|(name, _)| found.contains(name.as_str())).collect();
+        let mut dataset = Self::from_records(
+            &parsed.path,
+            parsed.records,
+            parsed.report,
+            &config.images,
+            config.skip_missing,
+        )?;
+        let found: std::collections::HashSet<&str> =
+            dataset.images.iter().map(|i| i.name.as_str()).collect();
+        let predefined =
+            parsed.splits.into_iter().filter(|(name, _)| found.contains(name.as_str())).collect();
         dataset.predefined_split = predefined;
         Ok(dataset)
     }
@@ -97,7 +105,8 @@ impl CaptionDataset {
             images[i].captions.push(rec.caption);
         }
 
-        let missing: Vec<usize> = (0..images.len()).filter(|&i| !crate::shards::exists(&images[i].path)).collect();
+        let missing: Vec<usize> =
+            (0..images.len()).filter(|&i| !crate::shards::exists(&images[i].path)).collect();
         if !missing.is_empty() && !skip_missing {
             return Err(DataError::MissingImages {
                 captions: captions_path.into(),
@@ -117,16 +126,15 @@ impl CaptionDataset {
         if images.is_empty() {
             return Err(DataError::Config {
                 path: images_dir.into(),
-                message: format!("none of the images named in {} were found here", captions_path.display()),
+                message: format!(
+                    "none of the images named in {} were found here",
+                    captions_path.display()
+                ),
             });
         }
         Ok(Self {
             images,
-            report: LoadReport {
-                caption_rows,
-                parse,
-                missing_images,
-            },
+            report: LoadReport { caption_rows, parse, missing_images },
             predefined_split: Vec::new(),
         })
     }
@@ -137,7 +145,8 @@ impl CaptionDataset {
 
     /// The images whose names are listed, in the listed order; unknown names are an error.
     pub fn select(&self, names: &[String], split_path: &Path) -> Result<Vec<ImageCaptions>> {
-        let by_name: HashMap<&str, &ImageCaptions> = self.images.iter().map(|i| (i.name.as_str(), i)).collect();
+        let by_name: HashMap<&str, &ImageCaptions> =
+            self.images.iter().map(|i| (i.name.as_str(), i)).collect();
         names
             .iter()
             .map(|n| {
@@ -188,12 +197,7 @@ impl PairDataset {
             .enumerate()
             .flat_map(|(i, img)| (0..img.captions.len()).map(move |c| (i as u32, c as u32)))
             .collect();
-        Self {
-            images: Arc::new(images),
-            pairs,
-            sampling: CaptionSampling::All,
-            seed: 0,
-        }
+        Self { images: Arc::new(images), pairs, sampling: CaptionSampling::All, seed: 0 }
     }
 
     /// The same images visited as `sampling` says; `seed` draws the caption of each (image, epoch).
@@ -234,7 +238,8 @@ impl PairDataset {
             CaptionSampling::All => *self.pairs.get(index)?,
             CaptionSampling::OnePerImage => {
                 let n = self.images.get(index)?.captions.len().max(1);
-                let mut rng = crate::augment::item_rng(self.seed ^ 0xc0ffee, epoch as u64, index as u64);
+                let mut rng =
+                    crate::augment::item_rng(self.seed ^ 0xc0ffee, epoch as u64, index as u64);
                 (index as u32, rand::Rng::random_range(&mut rng, 0..n) as u32)
             }
         };
@@ -262,24 +267,37 @@ mod tests {
     use super::*;
 
     fn rec(line: usize, image: &str, caption: &str) -> CaptionRecord {
-        CaptionRecord {
-            line,
-            image: image.into(),
-            caption: caption.into(),
-        }
+        CaptionRecord { line, image: image.into(), caption: caption.into() }
     }
 
     #[test]
     fn groups_captions_by_image_and_reports_missing_images() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
-        let records = vec![rec(2, "a.jpg", "one"), rec(3, "b.jpg", "two"), rec(4, "a.jpg", "three")];
-        let err = CaptionDataset::from_records(Path::new("c.csv"), records.clone(), ParseReport::default(), dir.path(), false)
-            .unwrap_err();
+        let records =
+            vec![rec(2, "a.jpg", "one"), rec(3, "b.jpg", "two"), rec(4, "a.jpg", "three")];
+        let err = CaptionDataset::from_records(
+            Path::new("c.csv"),
+            records.clone(),
+            ParseReport::default(),
+            dir.path(),
+            false,
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("1 image(s)") && msg.contains("b.jpg") && msg.contains("line 3"), "{msg}");
+        assert!(
+            msg.contains("1 image(s)") && msg.contains("b.jpg") && msg.contains("line 3"),
+            "{msg}"
+        );
 
-        let ds = CaptionDataset::from_records(Path::new("c.csv"), records, ParseReport::default(), dir.path(), true).unwrap();
+        let ds = CaptionDataset::from_records(
+            Path::new("c.csv"),
+            records,
+            ParseReport::default(),
+            dir.path(),
+            true,
+        )
+        .unwrap();
         assert_eq!(ds.images.len(), 1);
         assert_eq!(ds.images[0].captions, vec!["one", "three"]);
         assert_eq!(ds.report.missing_images, vec![dir.path().join("b.jpg")]);
@@ -297,9 +315,19 @@ mod tests {
         for f in ["a.jpg", "b.jpg"] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
-        let records: Vec<_> = (0..10).map(|k| rec(k + 2, if k < 5 { "a.jpg" } else { "b.jpg" }, &format!("c{k}"))).collect();
-        let ds = CaptionDataset::from_records(Path::new("c.csv"), records, ParseReport::default(), dir.path(), false).unwrap();
-        let pairs = PairDataset::new(ds.images.clone()).with_sampling(CaptionSampling::OnePerImage, 7);
+        let records: Vec<_> = (0..10)
+            .map(|k| rec(k + 2, if k < 5 { "a.jpg" } else { "b.jpg" }, &format!("c{k}")))
+            .collect();
+        let ds = CaptionDataset::from_records(
+            Path::new("c.csv"),
+            records,
+            ParseReport::default(),
+            dir.path(),
+            false,
+        )
+        .unwrap();
+        let pairs =
+            PairDataset::new(ds.images.clone()).with_sampling(CaptionSampling::OnePerImage, 7);
         assert_eq!(pairs.len(), 2);
         assert!(pairs.pair_in_epoch(2, 0).is_none());
         let mut seen = std::collections::HashSet::new();
@@ -307,7 +335,11 @@ mod tests {
             let p = pairs.pair_in_epoch(1, epoch).unwrap();
             assert_eq!(p.image_index, 1);
             assert!(ds.images[1].captions.contains(&p.caption));
-            assert_eq!(p, pairs.pair_in_epoch(1, epoch).unwrap(), "a pure function of (seed, epoch, item)");
+            assert_eq!(
+                p,
+                pairs.pair_in_epoch(1, epoch).unwrap(),
+                "a pure function of (seed, epoch, item)"
+            );
             seen.insert(p.caption);
         }
         assert_eq!(seen.len(), 5, "every caption gets drawn over 40 epochs");

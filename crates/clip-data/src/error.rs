@@ -16,11 +16,7 @@ pub enum DataError {
     EmptyCaptions { path: PathBuf },
 
     #[error("{path}:{line}: {message}")]
-    CaptionsFormat {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    CaptionsFormat { path: PathBuf, line: usize, message: String },
 
     #[error("{path}: no usable caption rows ({skipped} rows skipped)")]
     NoCaptions { path: PathBuf, skipped: usize },
@@ -51,10 +47,7 @@ pub enum DataError {
     Config { path: PathBuf, message: String },
 
     #[error("tokenizer {source_name}: {message}")]
-    Tokenizer {
-        source_name: String,
-        message: String,
-    },
+    Tokenizer { source_name: String, message: String },
 
     #[error("{path}: {message}")]
     Split { path: PathBuf, message: String },
@@ -72,10 +65,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.into(),
-            source,
-        }
+        DataError::Io { path: path.into(), source }
     }
 }
 

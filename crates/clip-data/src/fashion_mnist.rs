@@ -27,7 +27,16 @@ use crate::split::Split;
 
 /// The ten classes, in label order, as zero-shot labels (short, as a user would type them).
 pub const CLASSES: [&str; 10] = [
-    "t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt",
+    "trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ];
 
 /// Ways a caption may name each class (with its article), in label order.
@@ -121,7 +130,10 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
         return Err(err("not an IDX file (bad magic number)".into()));
     }
     if bytes[2] != 0x08 {
-        return Err(err(format!("IDX element type 0x{:02x}; only unsigned bytes (0x08) are supported", bytes[2])));
+        return Err(err(format!(
+            "IDX element type 0x{:02x}; only unsigned bytes (0x08) are supported",
+            bytes[2]
+        )));
     }
     let rank = bytes[3] as usize;
     let header = 4 + 4 * rank;
@@ -129,11 +141,16 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
         return Err(err(format!("IDX header truncated ({} bytes)", bytes.len())));
     }
     let dims: Vec<usize> = (0..rank)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let expected: usize = dims.iter().product();
     if bytes.len() - header != expected {
-        return Err(err(format!("IDX dims {dims:?} need {expected} bytes of data, the file has {}", bytes.len() - header)));
+        return Err(err(format!(
+            "IDX dims {dims:?} need {expected} bytes of data, the file has {}",
+            bytes.len() - header
+        )));
     }
     Ok(Idx { dims, data: bytes[header..].to_vec() })
 }
@@ -166,11 +183,19 @@ fn read_split(dir: &Path, prefix: &str) -> Result<(SplitData, Vec<(String, u64)>
     if images.dims.len() != 3 || labels.dims.len() != 1 || images.dims[0] != labels.dims[0] {
         return Err(DataError::Config {
             path: img_path,
-            message: format!("images {:?} and labels {:?} ({}) do not match", images.dims, labels.dims, lbl_path.display()),
+            message: format!(
+                "images {:?} and labels {:?} ({}) do not match",
+                images.dims,
+                labels.dims,
+                lbl_path.display()
+            ),
         });
     }
     if let Some(bad) = labels.data.iter().find(|&&l| l as usize >= CLASSES.len()) {
-        return Err(DataError::Config { path: lbl_path, message: format!("label {bad} is not one of the 10 classes") });
+        return Err(DataError::Config {
+            path: lbl_path,
+            message: format!("label {bad} is not one of the 10 classes"),
+        });
     }
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let sources = vec![
@@ -186,15 +211,13 @@ pub fn captions_for(label: usize, seed: u64, split: u64, index: usize) -> Vec<St
     let mut rng = item_rng(seed, split, index as u64);
     let mut chosen: Vec<(usize, usize)> = Vec::with_capacity(CAPTIONS_PER_IMAGE);
     while chosen.len() < CAPTIONS_PER_IMAGE {
-        let pick = (rng.random_range(0..CAPTION_TEMPLATES.len()), rng.random_range(0..NAMES[label].len()));
+        let pick =
+            (rng.random_range(0..CAPTION_TEMPLATES.len()), rng.random_range(0..NAMES[label].len()));
         if !chosen.contains(&pick) {
             chosen.push(pick);
         }
     }
-    chosen
-        .into_iter()
-        .map(|(t, n)| CAPTION_TEMPLATES[t].replace("{}", NAMES[label][n]))
-        .collect()
+    chosen.into_iter().map(|(t, n)| CAPTION_TEMPLATES[t].replace("{}", NAMES[label][n])).collect()
 }
 
 /// Every caption training can produce (all templates × all names).
@@ -228,20 +251,31 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
     sources.extend(test_sources);
 
     // The zero-shot prompts must be unseen: no rendered prompt may equal a training caption.
-    let seen: std::collections::HashSet<String> = all_training_captions().into_iter().map(|c| c.to_lowercase()).collect();
+    let seen: std::collections::HashSet<String> =
+        all_training_captions().into_iter().map(|c| c.to_lowercase()).collect();
     for t in ZERO_SHOT_TEMPLATES {
         for c in CLASSES {
             let prompt = t.replace("{}", c);
             if seen.contains(&prompt.to_lowercase()) {
-                return Err(DataError::Config { path: dir.into(), message: format!("zero-shot prompt {prompt:?} is also a training caption") });
+                return Err(DataError::Config {
+                    path: dir.into(),
+                    message: format!("zero-shot prompt {prompt:?} is also a training caption"),
+                });
             }
         }
     }
 
-    crate::fs::claim_dir(dir, "the Fashion-MNIST caption dataset", |d| marker(d).is_some(), "Choose a missing or empty folder for it.")?;
+    crate::fs::claim_dir(
+        dir,
+        "the Fashion-MNIST caption dataset",
+        |d| marker(d).is_some(),
+        "Choose a missing or empty folder for it.",
+    )?;
     let results_path = dir.join("results.csv");
     match std::fs::remove_file(&results_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&results_path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(DataError::io(&results_path, e))
+        }
         _ => {}
     }
     let limit = |n: usize| if config.limit > 0 { n.min(config.limit) } else { n };
@@ -258,7 +292,13 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
 
     let mut results = String::from("image_name| comment_number| comment\n");
     let mut labels = String::from("image,label,class,split\n");
-    let mut split = Split { seed: config.seed, val_size: 0.0, train: Vec::new(), val: Vec::new(), test: Vec::new() };
+    let mut split = Split {
+        seed: config.seed,
+        val_size: 0.0,
+        train: Vec::new(),
+        val: Vec::new(),
+        test: Vec::new(),
+    };
     for (split_id, (name, data)) in [("train", &train), ("test", &test)].into_iter().enumerate() {
         let [n, h, w] = [counts[split_id], data.images.dims[1], data.images.dims[2]];
         let folder = dir.join("images").join(name);
@@ -267,12 +307,16 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
             let file = format!("{name}-{i:05}.png");
             let rel = format!("{name}/{file}");
             let pixels = data.images.data[i * h * w..(i + 1) * h * w].to_vec();
-            let img = image::GrayImage::from_raw(w as u32, h as u32, pixels).expect("pixel count matches");
+            let img = image::GrayImage::from_raw(w as u32, h as u32, pixels)
+                .expect("pixel count matches");
             let path = folder.join(&file);
-            img.save_with_format(&path, image::ImageFormat::Png)
-                .map_err(|e| DataError::Config { path: path.clone(), message: format!("cannot write PNG: {e}") })?;
+            img.save_with_format(&path, image::ImageFormat::Png).map_err(|e| {
+                DataError::Config { path: path.clone(), message: format!("cannot write PNG: {e}") }
+            })?;
             let label = data.labels[i] as usize;
-            for (k, caption) in captions_for(label, config.seed, split_id as u64, i).iter().enumerate() {
+            for (k, caption) in
+                captions_for(label, config.seed, split_id as u64, i).iter().enumerate()
+            {
                 results.push_str(&format!("{rel}| {k}| {caption}\n"));
             }
             labels.push_str(&format!("{file},{label},{},{name}\n", CLASSES[label]));
@@ -282,7 +326,8 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
     split.val_size = counts[1] as f64 / (counts[0] + counts[1]).max(1) as f64;
     split.save(&dir.join("split.json"))?;
     write_atomic(&dir.join("labels.csv"), labels.as_bytes())?;
-    let mut templates = String::from("# Zero-shot prompts for Fashion-MNIST; no training caption uses them.\n");
+    let mut templates =
+        String::from("# Zero-shot prompts for Fashion-MNIST; no training caption uses them.\n");
     for t in ZERO_SHOT_TEMPLATES {
         templates.push_str(t);
         templates.push('\n');
@@ -319,7 +364,9 @@ mod tests {
             images.extend((0..16).map(|p| (i * 16 + p) as u8));
             labels.push((i % 10) as u8);
         }
-        for (stem, bytes) in [(format!("{prefix}-images-idx3"), images), (format!("{prefix}-labels-idx1"), labels)] {
+        for (stem, bytes) in
+            [(format!("{prefix}-images-idx3"), images), (format!("{prefix}-labels-idx1"), labels)]
+        {
             if gz {
                 use std::io::Write;
                 let f = std::fs::File::create(dir.join(format!("{stem}-ubyte.gz"))).unwrap();
@@ -345,7 +392,8 @@ mod tests {
         assert!(!ensure(out.path(), &cfg).unwrap().1, "second run reuses the dataset");
 
         // The captions parse with the Flickr30k reader, five per image, each naming its class.
-        let config = crate::DataConfig::new(out.path().join("results.csv"), out.path().join("images"));
+        let config =
+            crate::DataConfig::new(out.path().join("results.csv"), out.path().join("images"));
         let ds = crate::CaptionDataset::load(&config).unwrap();
         assert_eq!(ds.images.len(), 17);
         for img in &ds.images {
@@ -355,7 +403,10 @@ mod tests {
             let index: usize = img.name[img.name.len() - 9..img.name.len() - 4].parse().unwrap();
             let label = index % 10;
             for c in &img.captions {
-                assert!(NAMES[label].iter().any(|n| c.contains(n)), "{c:?} does not name class {label}");
+                assert!(
+                    NAMES[label].iter().any(|n| c.contains(n)),
+                    "{c:?} does not name class {label}"
+                );
             }
         }
         // Pixels survive: decode one PNG back.
@@ -379,7 +430,12 @@ mod tests {
         let user = tempfile::tempdir().unwrap();
         std::fs::write(user.path().join("results.csv"), b"mine").unwrap();
         let err = ensure(user.path(), &cfg).unwrap_err().to_string();
-        assert!(err.contains(&user.path().display().to_string()) && err.contains("`results.csv`") && err.contains("missing or empty"), "{err}");
+        assert!(
+            err.contains(&user.path().display().to_string())
+                && err.contains("`results.csv`")
+                && err.contains("missing or empty"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(user.path().join("results.csv")).unwrap(), b"mine");
         assert_eq!(std::fs::read_dir(user.path()).unwrap().count(), 1);
         // The source folder itself is not an output folder either.
@@ -423,7 +479,8 @@ mod tests {
         assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("fetch-assets"), "{e}");
         write_idx(src.path(), "train", 3, false);
         write_idx(src.path(), "t10k", 3, false);
-        std::fs::write(src.path().join("t10k-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 9, 1]).unwrap();
+        std::fs::write(src.path().join("t10k-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 9, 1])
+            .unwrap();
         let e = convert(out.path(), &cfg).unwrap_err().to_string();
         assert!(e.contains("t10k-labels-idx1-ubyte") && e.contains("need 9 bytes"), "{e}");
         assert!(!out.path().join("results.csv").exists());

@@ -33,17 +33,27 @@ pub enum Claim {
 /// `is_ours(dir)` recognises clip's earlier output there (its marker file). Otherwise an error
 /// naming the folder and a few of its entries, followed by `hint` (what to do instead); nothing
 /// is written.
-pub fn claim_dir(dir: &Path, what: &str, is_ours: impl FnOnce(&Path) -> bool, hint: &str) -> Result<Claim> {
+pub fn claim_dir(
+    dir: &Path,
+    what: &str,
+    is_ours: impl FnOnce(&Path) -> bool,
+    hint: &str,
+) -> Result<Claim> {
     let refuse = |message: String| Err(DataError::NotOurs { path: dir.into(), message });
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Claim::Missing),
         Err(_) if dir.exists() && !dir.is_dir() => {
-            return refuse(format!("cannot write {what} here: this is a file, not a folder; nothing was changed. {hint}"))
+            return refuse(format!(
+            "cannot write {what} here: this is a file, not a folder; nothing was changed. {hint}"
+        ))
         }
         Err(e) => return Err(DataError::io(dir, e)),
     };
-    let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     if names.is_empty() {
         return Ok(Claim::Empty);
     }
@@ -52,7 +62,8 @@ pub fn claim_dir(dir: &Path, what: &str, is_ours: impl FnOnce(&Path) -> bool, hi
     }
     names.sort();
     let shown: Vec<String> = names.iter().take(3).map(|n| format!("`{n}`")).collect();
-    let more = if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
+    let more =
+        if names.len() > 3 { format!(" and {} more", names.len() - 3) } else { String::new() };
     refuse(format!(
         "refusing to write {what} into this folder: it is not empty ({}{more}) and holds nothing clip recognises as its own; \
          nothing was changed. {hint}",
@@ -63,14 +74,21 @@ pub fn claim_dir(dir: &Path, what: &str, is_ours: impl FnOnce(&Path) -> bool, hi
 /// Whether clip may write the file `path`: only when it is missing, `is_ours(path)` recognises a
 /// file clip wrote, or `overwrite` (the user's explicit `--overwrite`). Otherwise an error naming
 /// the file, followed by `hint`; nothing is written.
-pub fn claim_file(path: &Path, overwrite: bool, is_ours: impl FnOnce(&Path) -> bool, hint: &str) -> Result<()> {
+pub fn claim_file(
+    path: &Path,
+    overwrite: bool,
+    is_ours: impl FnOnce(&Path) -> bool,
+    hint: &str,
+) -> Result<()> {
     let refuse = |message: String| Err(DataError::NotOurs { path: path.into(), message });
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DataError::io(path, e)),
         Ok(m) if m.is_dir() => refuse(format!("is a folder; give a file path. {hint}")),
         Ok(_) if overwrite || is_ours(path) => Ok(()),
-        Ok(_) => refuse(format!("exists and was not written by clip; refusing to replace it. {hint}")),
+        Ok(_) => {
+            refuse(format!("exists and was not written by clip; refusing to replace it. {hint}"))
+        }
     }
 }
 
@@ -86,10 +104,12 @@ pub fn tagged_json<T: Serialize>(command: &str, report: &T) -> Result<Vec<u8>> {
         #[serde(flatten)]
         report: &'a T,
     }
-    serde_json::to_vec_pretty(&Tagged { written_by: format!("clip {command}"), report }).map_err(|e| DataError::Config {
-        path: format!("<clip {command} report>").into(),
-        message: format!("the report does not serialize as a JSON object: {e}"),
-    })
+    serde_json::to_vec_pretty(&Tagged { written_by: format!("clip {command}"), report }).map_err(
+        |e| DataError::Config {
+            path: format!("<clip {command} report>").into(),
+            message: format!("the report does not serialize as a JSON object: {e}"),
+        },
+    )
 }
 
 /// Whether `path` is a JSON report written by [`tagged_json`] (its first bytes say so).
@@ -114,7 +134,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Like [`write_atomic`], with the contents produced by a writer callback.
-pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -153,10 +176,23 @@ mod tests {
         assert_eq!(claim_dir(&dir, "x", never, "hint").unwrap(), Claim::Empty);
         std::fs::write(dir.join("results.csv"), b"mine").unwrap();
         std::fs::create_dir(dir.join("images")).unwrap();
-        let err = claim_dir(&dir, "the synthetic dataset", never, "Do this instead.").unwrap_err().to_string();
-        assert!(err.contains(&dir.display().to_string()) && err.contains("`results.csv`") && err.contains("`images`"), "{err}");
-        assert!(err.contains("the synthetic dataset") && err.ends_with("Do this instead."), "{err}");
-        assert_eq!(claim_dir(&dir, "x", |d| d.join("results.csv").is_file(), "hint").unwrap(), Claim::Ours);
+        let err = claim_dir(&dir, "the synthetic dataset", never, "Do this instead.")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&dir.display().to_string())
+                && err.contains("`results.csv`")
+                && err.contains("`images`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("the synthetic dataset") && err.ends_with("Do this instead."),
+            "{err}"
+        );
+        assert_eq!(
+            claim_dir(&dir, "x", |d| d.join("results.csv").is_file(), "hint").unwrap(),
+            Claim::Ours
+        );
         let file = dir.join("results.csv");
         let err = claim_dir(&file, "x", never, "hint").unwrap_err().to_string();
         assert!(err.contains("not a folder"), "{err}");
@@ -169,8 +205,14 @@ mod tests {
         let p = dir.path().join("report.json");
         claim_file(&p, false, is_tagged_json, "hint").unwrap();
         std::fs::write(&p, b"{\"mine\": 1}").unwrap();
-        let err = claim_file(&p, false, is_tagged_json, "Pass --overwrite.").unwrap_err().to_string();
-        assert!(err.contains("report.json") && err.contains("not written by clip") && err.contains("--overwrite"), "{err}");
+        let err =
+            claim_file(&p, false, is_tagged_json, "Pass --overwrite.").unwrap_err().to_string();
+        assert!(
+            err.contains("report.json")
+                && err.contains("not written by clip")
+                && err.contains("--overwrite"),
+            "{err}"
+        );
         claim_file(&p, true, is_tagged_json, "hint").unwrap();
         #[derive(Serialize)]
         struct R {

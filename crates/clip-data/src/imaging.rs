@@ -92,19 +92,21 @@ impl ImageTransform {
     }
 
     /// Transforms a decoded image into `out` (`[3, size, size]`, CHW).
-    pub fn apply_into(&self, img: &RgbImage, view: &View, out: &mut [f32]) -> std::result::Result<(), String> {
+    pub fn apply_into(
+        &self,
+        img: &RgbImage,
+        view: &View,
+        out: &mut [f32],
+    ) -> std::result::Result<(), String> {
         assert_eq!(out.len(), self.numel(), "output buffer size");
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 {
             return Err("image has no pixels".into());
         }
         let crop = view.crop.unwrap_or_else(|| match self.mode {
-            ResizeMode::Squash => CropBox {
-                left: 0.0,
-                top: 0.0,
-                width: w as f64,
-                height: h as f64,
-            },
+            ResizeMode::Squash => {
+                CropBox { left: 0.0, top: 0.0, width: w as f64, height: h as f64 }
+            }
             ResizeMode::CenterCrop => {
                 let side = w.min(h) as f64;
                 CropBox {
@@ -116,21 +118,30 @@ impl ImageTransform {
             }
         });
         let s = self.size;
-        let full = crop.left == 0.0 && crop.top == 0.0 && crop.width == w as f64 && crop.height == h as f64;
+        let full = crop.left == 0.0
+            && crop.top == 0.0
+            && crop.width == w as f64
+            && crop.height == h as f64;
         let resized;
         let pixels: &[u8] = if full && w == s && h == s {
             img.as_raw()
         } else {
-            let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
+            let src =
+                ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
             let mut dst = FirImage::new(s, s, PixelType::U8x3);
             let alg = match self.filter {
                 ResizeFilter::Bilinear => ResizeAlg::Interpolation(FilterType::Bilinear),
                 ResizeFilter::Antialias => ResizeAlg::Convolution(FilterType::Bilinear),
             };
-            let options = ResizeOptions::new()
-                .resize_alg(alg)
-                .crop(crop.left, crop.top, crop.width, crop.height);
-            RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).map_err(|e| e.to_string())?;
+            let options = ResizeOptions::new().resize_alg(alg).crop(
+                crop.left,
+                crop.top,
+                crop.width,
+                crop.height,
+            );
+            RESIZER
+                .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
+                .map_err(|e| e.to_string())?;
             resized = dst.into_vec();
             &resized
         };
@@ -152,7 +163,15 @@ thread_local! {
 
 /// Writes `(pixel / white - mean) / std` channel-first (`white`: 255 for bytes, 1 for values
 /// already in [0, 1]), mirroring columns when `flip` is set.
-fn normalize_chw<T: Copy + Into<f32>>(rgb: &[T], white: f32, size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+fn normalize_chw<T: Copy + Into<f32>>(
+    rgb: &[T],
+    white: f32,
+    size: usize,
+    flip: bool,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    out: &mut [f32],
+) {
     let plane = size * size;
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (white * std[c]));
     let shift: [f32; 3] = std::array::from_fn(|c| mean[c] / std[c]);
@@ -179,10 +198,8 @@ pub fn decode_rgb_bytes(bytes: Vec<u8>, path: &Path) -> Result<RgbImage> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
-    let img = reader.decode().map_err(|source| DataError::ImageDecode {
-        path: path.into(),
-        source,
-    })?;
+    let img =
+        reader.decode().map_err(|source| DataError::ImageDecode { path: path.into(), source })?;
     Ok(img.into_rgb8())
 }
 
@@ -192,16 +209,26 @@ mod tests {
 
     #[test]
     fn normalizes_exact_pixel_values_without_resize() {
-        let img = RgbImage::from_raw(2, 2, vec![0, 128, 255, 10, 20, 30, 255, 255, 255, 1, 2, 3]).unwrap();
+        let img = RgbImage::from_raw(2, 2, vec![0, 128, 255, 10, 20, 30, 255, 255, 255, 1, 2, 3])
+            .unwrap();
         let t = ImageTransform::seed(2);
         let mut out = vec![0.0; t.numel()];
         t.apply_into(&img, &View::default(), &mut out).unwrap();
         let expect = |v: f32, c: usize| (v / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
         // Red plane, row-major, then green, then blue.
         let want = [
-            expect(0.0, 0), expect(10.0, 0), expect(255.0, 0), expect(1.0, 0),
-            expect(128.0, 1), expect(20.0, 1), expect(255.0, 1), expect(2.0, 1),
-            expect(255.0, 2), expect(30.0, 2), expect(255.0, 2), expect(3.0, 2),
+            expect(0.0, 0),
+            expect(10.0, 0),
+            expect(255.0, 0),
+            expect(1.0, 0),
+            expect(128.0, 1),
+            expect(20.0, 1),
+            expect(255.0, 1),
+            expect(2.0, 1),
+            expect(255.0, 2),
+            expect(30.0, 2),
+            expect(255.0, 2),
+            expect(3.0, 2),
         ];
         for (a, b) in out.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
@@ -234,10 +261,7 @@ mod tests {
                 img.put_pixel(x, y, image::Rgb([255, 255, 255]));
             }
         }
-        let t = ImageTransform {
-            mode: ResizeMode::CenterCrop,
-            ..ImageTransform::seed(2)
-        };
+        let t = ImageTransform { mode: ResizeMode::CenterCrop, ..ImageTransform::seed(2) };
         let mut out = vec![0.0; t.numel()];
         t.apply_into(&img, &View::default(), &mut out).unwrap();
         let white = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];

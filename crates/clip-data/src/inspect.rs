@@ -59,17 +59,15 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
     lengths.sort_unstable();
     let truncated = lengths.iter().filter(|&&l| l > config.text_max_length).count();
 
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(config)?, config.loader(true));
+    let loader =
+        ClipLoader::new(split.train.clone(), ExamplePipeline::train(config)?, config.loader(true));
     let timed = timed_batches.min(loader.num_batches());
     let start = Instant::now();
     for batch in loader.epoch(0).take(timed) {
         batch?;
     }
-    let ms_per_batch = if timed > 0 {
-        start.elapsed().as_secs_f64() * 1e3 / timed as f64
-    } else {
-        0.0
-    };
+    let ms_per_batch =
+        if timed > 0 { start.elapsed().as_secs_f64() * 1e3 / timed as f64 } else { 0.0 };
 
     let count = |p: &crate::PairDataset| (p.images().len(), p.len());
     let (train_images, train_captions) = count(&split.train);

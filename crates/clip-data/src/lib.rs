@@ -8,12 +8,12 @@
 pub mod augment;
 pub mod batch;
 pub mod captions;
+pub mod color;
 pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod fashion_mnist;
 pub mod fs;
-pub mod color;
 pub mod imaging;
 pub mod inspect;
 pub mod loader;
@@ -58,9 +58,13 @@ impl SplitDataset {
                     Split::predefined(&dataset.predefined_split, config.seed)
                 } else {
                     match config.split {
-                        SplitMethod::Random => Split::by_image(&names, config.val_size, config.seed),
+                        SplitMethod::Random => {
+                            Split::by_image(&names, config.val_size, config.seed)
+                        }
                         // `dataset.images` is in captions-file order (first appearance).
-                        SplitMethod::NumpyLegacy => Split::numpy_legacy(&names, config.val_size, config.seed)?,
+                        SplitMethod::NumpyLegacy => {
+                            Split::numpy_legacy(&names, config.val_size, config.seed)?
+                        }
                     }
                 };
                 if let Some(path) = other {
@@ -69,11 +73,19 @@ impl SplitDataset {
                 split
             }
         };
-        Self::from_split(dataset, split, config.split_file.as_deref().unwrap_or(std::path::Path::new("<split>")))
+        Self::from_split(
+            dataset,
+            split,
+            config.split_file.as_deref().unwrap_or(std::path::Path::new("<split>")),
+        )
     }
 
     /// Applies a given split to a dataset; names the split file when an image is unknown.
-    pub fn from_split(dataset: &CaptionDataset, split: Split, split_path: &std::path::Path) -> Result<Self> {
+    pub fn from_split(
+        dataset: &CaptionDataset,
+        split: Split,
+        split_path: &std::path::Path,
+    ) -> Result<Self> {
         let train = PairDataset::new(dataset.select(&split.train, split_path)?);
         let val = PairDataset::new(dataset.select(&split.val, split_path)?);
         let test = PairDataset::new(dataset.select(&split.test, split_path)?);

@@ -53,11 +53,7 @@ pub struct ClipLoader {
 impl ClipLoader {
     pub fn new(pairs: PairDataset, pipeline: ExamplePipeline, config: LoaderConfig) -> Self {
         assert!(config.batch_size > 0, "batch_size must be positive");
-        Self {
-            pairs: Arc::new(pairs),
-            pipeline: Arc::new(pipeline),
-            config,
-        }
+        Self { pairs: Arc::new(pairs), pipeline: Arc::new(pipeline), config }
     }
 
     pub fn config(&self) -> &LoaderConfig {
@@ -126,7 +122,11 @@ impl ClipLoader {
                 let batch_size = self.config.batch_size;
                 std::thread::Builder::new()
                     .name(format!("clip-loader-{w}"))
-                    .spawn(move || worker(&shared, capacity, end, |i| build_batch(&pairs, &pipeline, batch_size, epoch, &order, i)))
+                    .spawn(move || {
+                        worker(&shared, capacity, end, |i| {
+                            build_batch(&pairs, &pipeline, batch_size, epoch, &order, i)
+                        })
+                    })
                     .expect("spawn loader thread")
             })
             .collect();
@@ -162,13 +162,18 @@ fn build_batch(
     for &item in items {
         let pair = pairs.pair_in_epoch(item, epoch).expect("order holds valid items");
         let row = tokens.len();
-        match pipeline.example_into(&pair, epoch, item, &mut images[row * numel..(row + 1) * numel]) {
+        match pipeline.example_into(&pair, epoch, item, &mut images[row * numel..(row + 1) * numel])
+        {
             Ok(ids) => {
                 tokens.push(ids);
                 image_indices.push(pair.image_index);
                 kept.push(item);
             }
-            Err(e @ (DataError::Io { .. } | DataError::ImageDecode { .. } | DataError::ImageResize { .. })) if pipeline.skip_unreadable => {
+            Err(
+                e @ (DataError::Io { .. }
+                | DataError::ImageDecode { .. }
+                | DataError::ImageResize { .. }),
+            ) if pipeline.skip_unreadable => {
                 skipped.push((pair.image_path.clone(), e.to_string()));
             }
             Err(e) => return Err(e),
@@ -177,11 +182,21 @@ fn build_batch(
     if tokens.is_empty() && !items.is_empty() {
         return Err(DataError::Worker {
             batch: index,
-            message: format!("no image of this batch could be read; first: {}", skipped.first().map_or(String::new(), |(_, e)| e.clone())),
+            message: format!(
+                "no image of this batch could be read; first: {}",
+                skipped.first().map_or(String::new(), |(_, e)| e.clone())
+            ),
         });
     }
     images.truncate(tokens.len() * numel);
-    let mut batch = HostBatch::collate(images, pipeline.transform.size as usize, tokens, pipeline.padding(), image_indices, kept);
+    let mut batch = HostBatch::collate(
+        images,
+        pipeline.transform.size as usize,
+        tokens,
+        pipeline.padding(),
+        image_indices,
+        kept,
+    );
     batch.skipped = skipped;
     Ok(batch)
 }
@@ -199,7 +214,12 @@ struct Shared {
     wake: Condvar,
 }
 
-fn worker(shared: &Shared, capacity: usize, end: usize, build: impl Fn(usize) -> Result<HostBatch>) {
+fn worker(
+    shared: &Shared,
+    capacity: usize,
+    end: usize,
+    build: impl Fn(usize) -> Result<HostBatch>,
+) {
     loop {
         let index = {
             let mut s = shared.state.lock().expect("loader lock");
@@ -217,14 +237,15 @@ fn worker(shared: &Shared, capacity: usize, end: usize, build: impl Fn(usize) ->
             s.max_in_flight = s.max_in_flight.max(s.next_claim - s.next_yield);
             i
         };
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| build(index))).unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(DataError::Worker { batch: index, message })
-        });
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| build(index))).unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(DataError::Worker { batch: index, message })
+            });
         let mut s = shared.state.lock().expect("loader lock");
         s.ready.insert(index, result);
         shared.wake.notify_all();

@@ -41,7 +41,8 @@ impl ShardIndex {
             let entry = entry?;
             if entry.header().entry_type().is_file() {
                 let name = entry.path()?.to_string_lossy().into_owned();
-                members.insert(name, Member { offset: entry.raw_file_position(), len: entry.size() });
+                members
+                    .insert(name, Member { offset: entry.raw_file_position(), len: entry.size() });
             }
         }
         Ok(Self { members })
@@ -80,7 +81,10 @@ fn split_member(path: &Path) -> Option<(PathBuf, String)> {
 
 /// Whether `path` names a file, or a member of a shard.
 pub fn exists(path: &Path) -> bool {
-    path.is_file() || split_member(path).is_some_and(|(shard, member)| index_of(&shard).is_ok_and(|i| i.members.contains_key(&member)))
+    path.is_file()
+        || split_member(path).is_some_and(|(shard, member)| {
+            index_of(&shard).is_ok_and(|i| i.members.contains_key(&member))
+        })
 }
 
 /// Size and modification time of a file, or of a shard member (its length, its shard's time):
@@ -89,7 +93,8 @@ pub fn identity(path: &Path) -> std::io::Result<(u64, std::time::SystemTime)> {
     if let Ok(meta) = std::fs::metadata(path) {
         return Ok((meta.len(), meta.modified()?));
     }
-    let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or shard member");
+    let missing =
+        || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or shard member");
     let (shard, member) = split_member(path).ok_or_else(missing)?;
     let m = *index_of(&shard)?.members.get(&member).ok_or_else(missing)?;
     Ok((m.len, std::fs::metadata(&shard)?.modified()?))
@@ -100,7 +105,12 @@ pub fn read_image_bytes(path: &Path) -> Result<Vec<u8>> {
     if path.is_file() {
         return std::fs::read(path).map_err(|e| DataError::io(path, e));
     }
-    let not_found = || DataError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or shard member"));
+    let not_found = || {
+        DataError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or shard member"),
+        )
+    };
     let (shard, member) = split_member(path).ok_or_else(not_found)?;
     let index = index_of(&shard).map_err(|e| DataError::io(&shard, e))?;
     let m = *index.members.get(&member).ok_or_else(not_found)?;
@@ -127,7 +137,10 @@ pub fn list_shards(location: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     shards.sort();
     if shards.is_empty() {
-        return Err(DataError::Config { path: location.into(), message: "no `.tar` shards here (data.format = \"webdataset\")".into() });
+        return Err(DataError::Config {
+            path: location.into(),
+            message: "no `.tar` shards here (data.format = \"webdataset\")".into(),
+        });
     }
     Ok(shards)
 }
@@ -141,7 +154,8 @@ pub fn read_samples(location: &Path) -> Result<ParsedCaptions> {
     let mut report = ParseReport::default();
     for shard in list_shards(location)? {
         let index = index_of(&shard).map_err(|e| DataError::io(&shard, e))?;
-        let file_name = shard.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name =
+            shard.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Members by sample key (the name up to the first dot of its last component).
         let mut samples: HashMap<&str, Vec<&str>> = HashMap::new();
         for name in index.members.keys() {
@@ -164,24 +178,45 @@ pub fn read_samples(location: &Path) -> Result<ParsedCaptions> {
                 if e != "txt" && e != "json" {
                     continue;
                 }
-                let bytes = read_at(&shard, index.members[*m]).map_err(|err| DataError::io(&shard, err))?;
+                let bytes =
+                    read_at(&shard, index.members[*m]).map_err(|err| DataError::io(&shard, err))?;
                 let text = String::from_utf8_lossy(&bytes);
                 if e == "txt" {
-                    captions.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+                    captions.extend(
+                        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from),
+                    );
                 } else if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
                     // img2dataset writes the caption into the json too: use it only without a .txt.
                     if !members.iter().any(|m| ext(m) == "txt") {
-                        captions.extend(value.get("caption").and_then(|c| c.as_str()).map(|c| c.trim().to_string()).filter(|c| !c.is_empty()));
+                        captions.extend(
+                            value
+                                .get("caption")
+                                .and_then(|c| c.as_str())
+                                .map(|c| c.trim().to_string())
+                                .filter(|c| !c.is_empty()),
+                        );
                     }
                 }
             }
             match (image, captions.is_empty()) {
                 (Some(image), false) => {
                     let name = format!("{file_name}/{image}");
-                    records.extend(captions.into_iter().map(|caption| CaptionRecord { line, image: name.clone(), caption }));
+                    records.extend(captions.into_iter().map(|caption| CaptionRecord {
+                        line,
+                        image: name.clone(),
+                        caption,
+                    }));
                 }
-                (None, _) => report.skipped.push(RowIssue { line, reason: format!("{file_name}: sample {key:?} has no image member") }),
-                (Some(_), true) => report.skipped.push(RowIssue { line, reason: format!("{file_name}: sample {key:?} has no caption (.txt or .json \"caption\")") }),
+                (None, _) => report.skipped.push(RowIssue {
+                    line,
+                    reason: format!("{file_name}: sample {key:?} has no image member"),
+                }),
+                (Some(_), true) => report.skipped.push(RowIssue {
+                    line,
+                    reason: format!(
+                        "{file_name}: sample {key:?} has no caption (.txt or .json \"caption\")"
+                    ),
+                }),
             }
         }
     }
@@ -217,7 +252,11 @@ pub struct ShardSummary {
 /// is stored under its position instead (WebDataset keys end at the first dot). Each shard is
 /// written atomically. `out` must be missing or empty ([`claim_shards_dir`]): shards are never
 /// written over, or mixed with, files already there.
-pub fn write_shards(images: &[crate::ImageCaptions], out: &Path, per_shard: usize) -> Result<ShardSummary> {
+pub fn write_shards(
+    images: &[crate::ImageCaptions],
+    out: &Path,
+    per_shard: usize,
+) -> Result<ShardSummary> {
     claim_shards_dir(out)?;
     let per_shard = per_shard.max(1);
     let mut summary = ShardSummary { shards: 0, samples: 0, captions: 0 };
@@ -229,11 +268,30 @@ pub fn write_shards(images: &[crate::ImageCaptions], out: &Path, per_shard: usiz
                 let bytes = read_image_bytes(&image.path).map_err(std::io::Error::other)?;
                 let name = image.name.replace('\\', "/");
                 let (stem, ext) = match name.rsplit_once('.') {
-                    Some((stem, ext)) if !stem.rsplit('/').next().unwrap_or(stem).contains('.') && !ext.contains('/') => (stem.to_string(), ext.to_string()),
-                    _ => (format!("{:09}", s * per_shard + i), Path::new(&name).extension().map_or("jpg".into(), |e| e.to_string_lossy().into_owned())),
+                    Some((stem, ext))
+                        if !stem.rsplit('/').next().unwrap_or(stem).contains('.')
+                            && !ext.contains('/') =>
+                    {
+                        (stem.to_string(), ext.to_string())
+                    }
+                    _ => (
+                        format!("{:09}", s * per_shard + i),
+                        Path::new(&name)
+                            .extension()
+                            .map_or("jpg".into(), |e| e.to_string_lossy().into_owned()),
+                    ),
                 };
-                let text = image.captions.iter().map(|c| c.replace('\n', " ")).collect::<Vec<_>>().join("\n") + "\n";
-                for (member, data) in [(format!("{stem}.{ext}"), bytes.as_slice()), (format!("{stem}.txt"), text.as_bytes())] {
+                let text = image
+                    .captions
+                    .iter()
+                    .map(|c| c.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n";
+                for (member, data) in [
+                    (format!("{stem}.{ext}"), bytes.as_slice()),
+                    (format!("{stem}.txt"), text.as_bytes()),
+                ] {
                     let mut header = tar::Header::new_gnu();
                     header.set_size(data.len() as u64);
                     header.set_mode(0o644);
@@ -285,17 +343,31 @@ mod tests {
             ],
         );
         let parsed = read_samples(dir.path()).unwrap();
-        let got: Vec<(&str, &str, usize)> = parsed.records.iter().map(|r| (r.image.as_str(), r.caption.as_str(), r.line)).collect();
-        assert_eq!(got, vec![("00000.tar/000001.jpg", "a red circle", 1), ("00000.tar/sub/000002.png", "from the json", 2)]);
+        let got: Vec<(&str, &str, usize)> =
+            parsed.records.iter().map(|r| (r.image.as_str(), r.caption.as_str(), r.line)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("00000.tar/000001.jpg", "a red circle", 1),
+                ("00000.tar/sub/000002.png", "from the json", 2)
+            ]
+        );
         let skipped: Vec<&str> = parsed.report.skipped.iter().map(|r| r.reason.as_str()).collect();
         assert!(skipped[0].contains("000003") && skipped[0].contains("no image"), "{skipped:?}");
         assert!(skipped[1].contains("000004") && skipped[1].contains("no caption"), "{skipped:?}");
 
-        assert_eq!(read_image_bytes(&dir.path().join("00000.tar/sub/000002.png")).unwrap(), b"image two");
+        assert_eq!(
+            read_image_bytes(&dir.path().join("00000.tar/sub/000002.png")).unwrap(),
+            b"image two"
+        );
         assert!(exists(&dir.path().join("00000.tar/000001.jpg")));
         assert!(!exists(&dir.path().join("00000.tar/000009.jpg")));
-        let err = read_image_bytes(&dir.path().join("00000.tar/000009.jpg")).unwrap_err().to_string();
-        assert!(err.contains("000009.jpg") && err.contains("no such file or shard member"), "{err}");
+        let err =
+            read_image_bytes(&dir.path().join("00000.tar/000009.jpg")).unwrap_err().to_string();
+        assert!(
+            err.contains("000009.jpg") && err.contains("no such file or shard member"),
+            "{err}"
+        );
         // Plain files still read as files.
         std::fs::write(dir.path().join("plain.jpg"), b"plain").unwrap();
         assert_eq!(read_image_bytes(&dir.path().join("plain.jpg")).unwrap(), b"plain");
@@ -311,14 +383,19 @@ mod tests {
                 let path = dir.path().join("src").join(name);
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, format!("pixels {i}")).unwrap();
-                crate::ImageCaptions { name: name.to_string(), path, captions: vec![format!("caption {i}"), format!("second\nline {i}")] }
+                crate::ImageCaptions {
+                    name: name.to_string(),
+                    path,
+                    captions: vec![format!("caption {i}"), format!("second\nline {i}")],
+                }
             })
             .collect();
         let out = dir.path().join("shards");
         let summary = write_shards(&images, &out, 2).unwrap();
         assert_eq!(summary, ShardSummary { shards: 2, samples: 3, captions: 6 });
         let parsed = read_samples(&out).unwrap();
-        let got: Vec<(&str, &str)> = parsed.records.iter().map(|r| (r.image.as_str(), r.caption.as_str())).collect();
+        let got: Vec<(&str, &str)> =
+            parsed.records.iter().map(|r| (r.image.as_str(), r.caption.as_str())).collect();
         assert_eq!(
             got,
             vec![
@@ -332,15 +409,23 @@ mod tests {
         );
         assert_eq!(read_image_bytes(&out.join("00000.tar/two.png")).unwrap(), b"pixels 1");
         // A missing image fails its shard, which is not left half-written.
-        let missing = vec![crate::ImageCaptions { name: "gone.jpg".into(), path: dir.path().join("gone.jpg"), captions: vec!["x".into()] }];
+        let missing = vec![crate::ImageCaptions {
+            name: "gone.jpg".into(),
+            path: dir.path().join("gone.jpg"),
+            captions: vec!["x".into()],
+        }];
         let err = write_shards(&missing, &dir.path().join("other"), 2).unwrap_err().to_string();
         assert!(err.contains("gone.jpg"), "{err}");
         assert!(!dir.path().join("other/00000.tar").exists(), "no partial shard is left");
         // A folder that holds anything (earlier shards, the images themselves) is refused.
         for taken in [out.clone(), dir.path().join("src")] {
-            let before: Vec<_> = std::fs::read_dir(&taken).unwrap().map(|e| e.unwrap().path()).collect();
+            let before: Vec<_> =
+                std::fs::read_dir(&taken).unwrap().map(|e| e.unwrap().path()).collect();
             let err = write_shards(&images, &taken, 2).unwrap_err().to_string();
-            assert!(err.contains(&taken.display().to_string()) && err.contains("new or empty --out"), "{err}");
+            assert!(
+                err.contains(&taken.display().to_string()) && err.contains("new or empty --out"),
+                "{err}"
+            );
             assert_eq!(std::fs::read_dir(&taken).unwrap().count(), before.len());
         }
         assert_eq!(read_image_bytes(&out.join("00000.tar/two.png")).unwrap(), b"pixels 1");

@@ -76,7 +76,8 @@ impl Split {
     /// appearance. Seeds above `2**32 - 1` are an error, as NumPy refuses them.
     pub fn numpy_legacy(names_in_file_order: &[String], val_size: f64, seed: u64) -> Result<Self> {
         let mut seen = HashSet::new();
-        let names: Vec<&String> = names_in_file_order.iter().filter(|n| seen.insert(n.as_str())).collect();
+        let names: Vec<&String> =
+            names_in_file_order.iter().filter(|n| seen.insert(n.as_str())).collect();
         let mut rng = LegacyRandomState::new(seed).map_err(|e| DataError::Config {
             path: "<config>".into(),
             message: format!("data.seed with data.split = \"numpy-legacy\": {e}"),
@@ -102,12 +103,14 @@ impl Split {
     /// The split a captions file defines (Karpathy's), sides sorted by name.
     pub fn predefined(sides: &[(String, PredefinedSide)], seed: u64) -> Self {
         let side = |want: PredefinedSide| {
-            let mut names: Vec<String> = sides.iter().filter(|(_, s)| *s == want).map(|(n, _)| n.clone()).collect();
+            let mut names: Vec<String> =
+                sides.iter().filter(|(_, s)| *s == want).map(|(n, _)| n.clone()).collect();
             names.sort();
             names.dedup();
             names
         };
-        let (train, val, test) = (side(PredefinedSide::Train), side(PredefinedSide::Val), side(PredefinedSide::Test));
+        let (train, val, test) =
+            (side(PredefinedSide::Train), side(PredefinedSide::Val), side(PredefinedSide::Test));
         let val_size = val.len() as f64 / (train.len() + val.len()).max(1) as f64;
         Self { seed, val_size, train, val, test }
     }
@@ -210,7 +213,8 @@ mod tests {
     fn numpy_legacy_redraws_the_notebooks_choice_in_file_order() {
         // NumPy 2.4.6: np.random.seed(42); np.random.permutation(10) == [8 1 5 0 7 2 9 4 3 6],
         // so choice(arange(10), 2, replace=False) == [8, 1]: ids 1 and 8 validate.
-        let file_order: Vec<String> = ["j", "i", "h", "g", "f", "e", "d", "c", "b", "a"].map(String::from).to_vec();
+        let file_order: Vec<String> =
+            ["j", "i", "h", "g", "f", "e", "d", "c", "b", "a"].map(String::from).to_vec();
         let s = Split::numpy_legacy(&file_order, 0.2, 42).unwrap();
         assert_eq!(s.val, ["i", "b"].map(String::from).to_vec());
         assert_eq!(s.train, ["j", "h", "g", "f", "e", "d", "c", "a"].map(String::from).to_vec());
@@ -218,7 +222,10 @@ mod tests {
         // The ids are file positions: the same names in another order validate other images.
         let mut rotated = file_order.clone();
         rotated.rotate_left(1);
-        assert_eq!(Split::numpy_legacy(&rotated, 0.2, 42).unwrap().val, ["h", "a"].map(String::from).to_vec());
+        assert_eq!(
+            Split::numpy_legacy(&rotated, 0.2, 42).unwrap().val,
+            ["h", "a"].map(String::from).to_vec()
+        );
         // A repeated name counts once, at its first appearance.
         let mut repeated = file_order.clone();
         repeated.insert(3, "j".into());
@@ -241,21 +248,33 @@ mod tests {
     fn numpy_legacy_refuses_seeds_numpy_refuses() {
         assert!(Split::numpy_legacy(&names(5), 0.2, u32::MAX as u64).is_ok());
         let err = Split::numpy_legacy(&names(5), 0.2, 1 << 32).unwrap_err().to_string();
-        assert!(err.contains("data.seed") && err.contains("4294967296") && err.contains("2**32 - 1"), "{err}");
+        assert!(
+            err.contains("data.seed") && err.contains("4294967296") && err.contains("2**32 - 1"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_predefined_split_keeps_its_sides_and_older_files_have_no_test_side() {
-        let sides: Vec<(String, PredefinedSide)> =
-            [("c", PredefinedSide::Test), ("a", PredefinedSide::Train), ("b", PredefinedSide::Val), ("d", PredefinedSide::Train)]
-                .into_iter()
-                .map(|(n, s)| (n.to_string(), s))
-                .collect();
+        let sides: Vec<(String, PredefinedSide)> = [
+            ("c", PredefinedSide::Test),
+            ("a", PredefinedSide::Train),
+            ("b", PredefinedSide::Val),
+            ("d", PredefinedSide::Train),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
         let s = Split::predefined(&sides, 7);
-        assert_eq!((s.train.clone(), s.val.clone(), s.test.clone()), (vec!["a".into(), "d".into()], vec!["b".to_string()], vec!["c".to_string()]));
+        assert_eq!(
+            (s.train.clone(), s.val.clone(), s.test.clone()),
+            (vec!["a".into(), "d".into()], vec!["b".to_string()], vec!["c".to_string()])
+        );
         assert_eq!(s.side("test"), Some(&["c".to_string()][..]));
         assert!(s.side("holdout").is_none());
-        let old: Split = serde_json::from_str(r#"{"seed": 1, "val_size": 0.5, "train": ["a"], "val": ["b"]}"#).unwrap();
+        let old: Split =
+            serde_json::from_str(r#"{"seed": 1, "val_size": 0.5, "train": ["a"], "val": ["b"]}"#)
+                .unwrap();
         assert!(old.test.is_empty());
         assert!(!serde_json::to_string(&old).unwrap().contains("test"));
     }

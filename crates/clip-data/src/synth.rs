@@ -53,7 +53,8 @@ pub const POSITIONS: [(&str, u32, u32, &[&str]); 9] = [
 pub const SIZES: [&str; 2] = ["small", "large"];
 
 /// Backgrounds: (name, base RGB).
-pub const BACKGROUNDS: [(&str, [u8; 3]); 3] = [("white", [235, 235, 235]), ("gray", [128, 128, 128]), ("black", [25, 25, 25])];
+pub const BACKGROUNDS: [(&str, [u8; 3]); 3] =
+    [("white", [235, 235, 235]), ("gray", [128, 128, 128]), ("black", [25, 25, 25])];
 
 /// How much synthetic data to make (`[data.synthetic]` in a config: generate when missing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,12 +69,7 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        Self {
-            images: 1500,
-            image_size: 64,
-            seed: 0,
-            two_shape_fraction: 0.25,
-        }
+        Self { images: 1500, image_size: 64, seed: 0, two_shape_fraction: 0.25 }
     }
 }
 
@@ -122,7 +118,9 @@ fn contrast(a: [u8; 3], b: [u8; 3]) -> u32 {
 
 fn captions(rng: &mut impl Rng, background: usize, shapes: &[ShapeSpec]) -> [String; 5] {
     let bg = BACKGROUNDS[background].0;
-    let pick = |rng: &mut dyn rand::RngCore, words: &[&'static str]| words[rng.random_range(0..words.len())];
+    let pick = |rng: &mut dyn rand::RngCore, words: &[&'static str]| {
+        words[rng.random_range(0..words.len())]
+    };
     let one = |rng: &mut dyn rand::RngCore, s: &ShapeSpec, style: usize| -> String {
         let (shape, syn) = SHAPES[s.shape];
         let color = COLORS[s.color].0;
@@ -236,7 +234,12 @@ pub fn marker(dir: &Path) -> Option<SynthConfig> {
     }
     let bytes = std::fs::read(dir.join(MARKER)).ok()?;
     let s: Strict = serde_json::from_slice(&bytes).ok()?;
-    Some(SynthConfig { images: s.images, image_size: s.image_size, seed: s.seed, two_shape_fraction: s.two_shape_fraction })
+    Some(SynthConfig {
+        images: s.images,
+        image_size: s.image_size,
+        seed: s.seed,
+        two_shape_fraction: s.two_shape_fraction,
+    })
 }
 
 /// Writes `images/NNNNN.jpg`, `results.csv` (Flickr30k format), `labels.csv` (the attributes of
@@ -263,7 +266,9 @@ pub fn generate_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<Syn
     crate::fs::claim_dir(dir, "the generated synthetic dataset", |d| marker(d).is_some(), hint)?;
     let results_path = dir.join("results.csv");
     match std::fs::remove_file(&results_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&results_path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(DataError::io(&results_path, e))
+        }
         _ => {}
     }
     let meta = serde_json::to_vec_pretty(config).expect("config serializes");
@@ -299,11 +304,7 @@ pub fn generate_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<Syn
     }
     write_atomic(&dir.join("labels.csv"), labels.as_bytes())?;
     write_atomic(&results_path, results.as_bytes())?;
-    Ok(SynthSummary {
-        dir: dir.into(),
-        images: config.images,
-        captions: config.images * 5,
-    })
+    Ok(SynthSummary { dir: dir.into(), images: config.images, captions: config.images * 5 })
 }
 
 /// Generates the dataset unless a complete one made with the same config is already there.
@@ -357,7 +358,10 @@ mod tests {
         let empty = root.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         assert!(ensure(&empty, &small(0)).unwrap());
-        assert_eq!(std::fs::read(empty.join("results.csv")).unwrap(), std::fs::read(missing.join("results.csv")).unwrap());
+        assert_eq!(
+            std::fs::read(empty.join("results.csv")).unwrap(),
+            std::fs::read(missing.join("results.csv")).unwrap()
+        );
         // Another config regenerates the folder it made, files the user added beside it kept.
         std::fs::write(empty.join("notes.txt"), b"mine").unwrap();
         let before = std::fs::read(empty.join("images/00000.jpg")).unwrap();
@@ -366,7 +370,11 @@ mod tests {
         assert_ne!(std::fs::read(empty.join("images/00000.jpg")).unwrap(), before);
         assert_eq!(std::fs::read(empty.join("notes.txt")).unwrap(), b"mine");
         // A marker written by an older version (the bare config) is still ours.
-        std::fs::write(empty.join(MARKER), b"{\"images\": 3, \"image_size\": 16, \"seed\": 0, \"two_shape_fraction\": 0.25}").unwrap();
+        std::fs::write(
+            empty.join(MARKER),
+            b"{\"images\": 3, \"image_size\": 16, \"seed\": 0, \"two_shape_fraction\": 0.25}",
+        )
+        .unwrap();
         assert_eq!(marker(&empty), Some(small(0)));
         assert!(!ensure(&empty, &small(0)).unwrap(), "recognised, complete: kept");
         assert!(ensure(&empty, &small(2)).unwrap(), "recognised: regenerated");
@@ -377,16 +385,26 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let user = root.path().join("flickr");
         std::fs::create_dir_all(user.join("images")).unwrap();
-        std::fs::write(user.join("results.csv"), b"image_name| comment_number| comment\nmine.jpg| 0| my dog\n").unwrap();
+        std::fs::write(
+            user.join("results.csv"),
+            b"image_name| comment_number| comment\nmine.jpg| 0| my dog\n",
+        )
+        .unwrap();
         std::fs::write(user.join("images/mine.jpg"), b"my photo").unwrap();
         // A synth.json of someone else's (extra keys) is no marker of ours either.
         std::fs::write(user.join(MARKER), b"{\"images\": 3, \"tool\": \"theirs\"}").unwrap();
         let before = snapshot(&user);
-        for result in [ensure(&user, &small(0)).map(|_| ()), generate(&user, &small(0)).map(|_| ())] {
+        for result in [ensure(&user, &small(0)).map(|_| ()), generate(&user, &small(0)).map(|_| ())]
+        {
             let err = result.unwrap_err();
             assert!(matches!(err, DataError::NotOurs { .. }), "{err}");
             let err = err.to_string();
-            assert!(err.contains(&user.display().to_string()) && err.contains("`results.csv`") && err.contains(OUT_HINT), "{err}");
+            assert!(
+                err.contains(&user.display().to_string())
+                    && err.contains("`results.csv`")
+                    && err.contains(OUT_HINT),
+                "{err}"
+            );
         }
         assert_eq!(snapshot(&user), before, "nothing of the user's changed");
         // Only images/ (a folder of photos): refused too.
@@ -412,7 +430,10 @@ mod tests {
         assert_eq!(marker(&dir), Some(small(1)));
         assert!(!dir.join("results.csv").exists());
         std::fs::remove_dir(dir.join("images/00001.jpg")).unwrap();
-        assert!(ensure(&dir, &small(1)).unwrap(), "generated again, not refused nor taken as complete");
+        assert!(
+            ensure(&dir, &small(1)).unwrap(),
+            "generated again, not refused nor taken as complete"
+        );
         assert!(dir.join("results.csv").is_file());
         // An invalid config fails before anything is touched.
         assert!(generate(&dir, &SynthConfig { images: 0, ..small(2) }).is_err());

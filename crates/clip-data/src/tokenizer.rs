@@ -59,11 +59,7 @@ impl CaptionTokenizer {
             // HF files carry their own padding/truncation settings: ours win.
             inner.with_padding(None);
             let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
-            let mut tok = Self {
-                inner,
-                pad_id,
-                source: spec.into(),
-            };
+            let mut tok = Self { inner, pad_id, source: spec.into() };
             tok.set_max_length(max_length)?;
             Ok(tok)
         } else {
@@ -74,16 +70,15 @@ impl CaptionTokenizer {
 
     /// Builds the BERT uncased pipeline over a `vocab.txt` (one token per line, id = line index).
     pub fn from_vocab_text(vocab_text: &str, source: &str, max_length: usize) -> Result<Self> {
-        let err = |message: String| DataError::Tokenizer {
-            source_name: source.into(),
-            message,
-        };
+        let err = |message: String| DataError::Tokenizer { source_name: source.into(), message };
         let vocab: AHashMap<String, u32> = vocab_text
             .lines()
             .enumerate()
             .map(|(i, tok)| (tok.trim_end_matches('\r').to_string(), i as u32))
             .collect();
-        let id = |t: &str| vocab.get(t).copied().ok_or_else(|| err(format!("the vocabulary has no {t} token")));
+        let id = |t: &str| {
+            vocab.get(t).copied().ok_or_else(|| err(format!("the vocabulary has no {t} token")))
+        };
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
         id("[UNK]")?;
         let model = WordPiece::builder()
@@ -97,12 +92,11 @@ impl CaptionTokenizer {
         inner
             .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
             .with_pre_tokenizer(Some(BertPreTokenizer))
-            .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-        let mut tok = Self {
-            inner,
-            pad_id: pad,
-            source: source.into(),
-        };
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )));
+        let mut tok = Self { inner, pad_id: pad, source: source.into() };
         tok.set_max_length(max_length)?;
         Ok(tok)
     }
@@ -111,14 +105,13 @@ impl CaptionTokenizer {
         if max_length < 2 {
             return Err(DataError::Tokenizer {
                 source_name: self.source.clone(),
-                message: format!("text_max_length must leave room for [CLS] and [SEP], got {max_length}"),
+                message: format!(
+                    "text_max_length must leave room for [CLS] and [SEP], got {max_length}"
+                ),
             });
         }
         self.inner
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| DataError::Tokenizer {
                 source_name: self.source.clone(),
                 message: e.to_string(),
@@ -151,7 +144,10 @@ impl CaptionTokenizer {
     /// `[CLS]`/`[SEP]`, truncation): what serving an exported model needs, in any language the
     /// `tokenizers` library runs in.
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| DataError::Tokenizer { source_name: self.source.clone(), message: e.to_string() })
+        self.inner.to_string(false).map_err(|e| DataError::Tokenizer {
+            source_name: self.source.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Where the vocabulary came from (`bert-base-uncased` or a path).
@@ -179,7 +175,8 @@ mod tests {
 
     #[test]
     fn vocab_without_specials_is_rejected() {
-        let err = CaptionTokenizer::from_vocab_text("a\nb\n", "tiny.txt", 16).unwrap_err().to_string();
+        let err =
+            CaptionTokenizer::from_vocab_text("a\nb\n", "tiny.txt", 16).unwrap_err().to_string();
         assert!(err.contains("tiny.txt") && err.contains("[CLS]"), "{err}");
     }
 }

@@ -19,7 +19,9 @@ struct Expected {
 /// interpolation in fixed point, so values may differ by one grey level (1/255/std).
 #[test]
 fn resize_and_normalize_match_cv2_albumentations() {
-    let want: Expected = serde_json::from_str(&std::fs::read_to_string(fixture("pattern_16.json")).unwrap()).unwrap();
+    let want: Expected =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pattern_16.json")).unwrap())
+            .unwrap();
     let t = ImageTransform::seed(want.size);
     let mut got = vec![0.0; t.numel()];
     t.load_into(&fixture("pattern.png"), &View::default(), &mut got).unwrap();
@@ -54,7 +56,9 @@ fn exact_values_for_a_known_image() {
     let t = ImageTransform::seed(8);
     let mut out = vec![0.0; t.numel()];
     t.load_into(&fixture("rgba.png"), &View::default(), &mut out).unwrap();
-    let want: Vec<f32> = (0..3).map(|c| ([200.0, 40.0, 90.0][c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]).collect();
+    let want: Vec<f32> = (0..3)
+        .map(|c| ([200.0, 40.0, 90.0][c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+        .collect();
     for c in 0..3 {
         assert!(out[c * 64..(c + 1) * 64].iter().all(|v| (v - want[c]).abs() < 1e-6));
     }

@@ -48,14 +48,21 @@ fn the_fixture_comes_from_numpy() {
 fn raw_mt19937_outputs_match_numpy() {
     let f = fixture();
     // Seed 42's first words, as RandomState(42).randint(0, 2**32) and MT19937.random_raw give them.
-    assert_eq!(u64s(&f["raw"]["42"]["uint32"])[..4], [1_608_637_542, 3_421_126_067, 4_083_286_876, 787_846_414]);
+    assert_eq!(
+        u64s(&f["raw"]["42"]["uint32"])[..4],
+        [1_608_637_542, 3_421_126_067, 4_083_286_876, 787_846_414]
+    );
     assert_eq!(u64s(&f["raw_bitgen_42"]), u64s(&f["raw"]["42"]["uint32"]));
     for (seed, want) in f["raw"].as_object().unwrap() {
         let mut rs = LegacyRandomState::new(seed.parse().unwrap()).unwrap();
         let words: Vec<u64> = (0..8).map(|_| rs.next_u32() as u64).collect();
         assert_eq!(words, u64s(&want["uint32"]), "seed {seed}: 32-bit words");
         let wide: Vec<u64> = (0..4).map(|_| rs.next_u64()).collect();
-        assert_eq!(wide, u64s(&want["uint64_after"]), "seed {seed}: 64-bit draws (high word first)");
+        assert_eq!(
+            wide,
+            u64s(&want["uint64_after"]),
+            "seed {seed}: 64-bit draws (high word first)"
+        );
     }
 }
 
@@ -63,7 +70,10 @@ fn raw_mt19937_outputs_match_numpy() {
 fn interval_draws_match_numpys_masked_rejection() {
     let f = fixture();
     let cases = f["intervals"].as_array().unwrap();
-    assert!(cases.iter().any(|c| c["max"].as_u64().unwrap() > u32::MAX as u64), "the 64-bit branch is covered");
+    assert!(
+        cases.iter().any(|c| c["max"].as_u64().unwrap() > u32::MAX as u64),
+        "the 64-bit branch is covered"
+    );
     for c in cases {
         let (seed, max) = (c["seed"].as_u64().unwrap(), c["max"].as_u64().unwrap());
         let mut rs = LegacyRandomState::new(seed).unwrap();
@@ -76,7 +86,11 @@ fn interval_draws_match_numpys_masked_rejection() {
 fn refused_seeds_are_refused_here_too() {
     let f = fixture();
     for (seed, message) in f["refused_seeds"].as_object().unwrap() {
-        assert_eq!(message.as_str(), Some("Seed must be between 0 and 2**32 - 1"), "numpy refuses {seed}");
+        assert_eq!(
+            message.as_str(),
+            Some("Seed must be between 0 and 2**32 - 1"),
+            "numpy refuses {seed}"
+        );
     }
     assert_eq!(LegacyRandomState::new(1 << 32).unwrap_err(), SeedOutOfRange(1 << 32));
     assert_eq!(LegacyRandomState::new(u64::MAX).unwrap_err(), SeedOutOfRange(u64::MAX));
@@ -88,7 +102,11 @@ fn every_notebook_draw_matches_numpy() {
     let f = fixture();
     let mut flickr_cases = 0;
     for c in f["cases"].as_array().unwrap() {
-        let (n, val_size, seed) = (c["n"].as_u64().unwrap() as usize, c["val_size"].as_f64().unwrap(), c["seed"].as_u64().unwrap());
+        let (n, val_size, seed) = (
+            c["n"].as_u64().unwrap() as usize,
+            c["val_size"].as_f64().unwrap(),
+            c["seed"].as_u64().unwrap(),
+        );
         let label = format!("n={n} val_size={val_size} seed={seed}");
         let size = c["size"].as_u64().unwrap() as usize;
         assert_eq!((val_size * n as f64) as usize, size, "{label}: int(val_size * n)");
@@ -98,7 +116,11 @@ fn every_notebook_draw_matches_numpy() {
             assert_eq!(ids, usizes(&c["valid_ids"]), "{label}: valid_ids");
         }
         if !c["permutation"].is_null() {
-            assert_eq!(LegacyRandomState::new(seed).unwrap().permutation(n), usizes(&c["permutation"]), "{label}: permutation");
+            assert_eq!(
+                LegacyRandomState::new(seed).unwrap().permutation(n),
+                usizes(&c["permutation"]),
+                "{label}: permutation"
+            );
         }
         if let Some(hash) = c["fnv1a64"].as_str() {
             flickr_cases += 1;
@@ -114,7 +136,10 @@ fn every_notebook_draw_matches_numpy() {
         sorted_ids.sort_unstable();
         let want_val: Vec<String> = sorted_ids.iter().map(|&i| all[i].clone()).collect();
         assert_eq!(split.val, want_val, "{label}: val names");
-        let want_train: Vec<String> = (0..n).filter(|i| sorted_ids.binary_search(i).is_err()).map(|i| all[i].clone()).collect();
+        let want_train: Vec<String> = (0..n)
+            .filter(|i| sorted_ids.binary_search(i).is_err())
+            .map(|i| all[i].clone())
+            .collect();
         assert_eq!(split.train, want_train, "{label}: train names");
     }
     assert_eq!(flickr_cases, 8, "Flickr30k's 31783 images with val_size 0.1/0.2 and four seeds");
@@ -123,7 +148,12 @@ fn every_notebook_draw_matches_numpy() {
 #[test]
 fn the_hash_would_catch_a_wrong_draw() {
     let f = fixture();
-    let c = f["cases"].as_array().unwrap().iter().find(|c| c["n"] == 31783 && c["seed"] == 42 && c["val_size"] == 0.2).unwrap();
+    let c = f["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["n"] == 31783 && c["seed"] == 42 && c["val_size"] == 0.2)
+        .unwrap();
     let mut ids = usizes(&c["valid_ids"]);
     assert_eq!(fnv1a64(&ids), c["fnv1a64"].as_str().unwrap());
     ids.swap(0, 1);
@@ -138,7 +168,8 @@ fn the_hash_would_catch_a_wrong_draw() {
 }
 
 fn synth_config(dir: &std::path::Path, images: usize) -> DataConfig {
-    synth::generate(dir, &SynthConfig { images, image_size: 16, ..SynthConfig::default() }).unwrap();
+    synth::generate(dir, &SynthConfig { images, image_size: 16, ..SynthConfig::default() })
+        .unwrap();
     let mut c = DataConfig::new(dir.join("results.csv"), dir.join("images"));
     c.split = SplitMethod::NumpyLegacy;
     c
@@ -147,7 +178,12 @@ fn synth_config(dir: &std::path::Path, images: usize) -> DataConfig {
 #[test]
 fn split_dataset_routes_numpy_legacy_over_captions_file_order() {
     let f = fixture();
-    let c = f["cases"].as_array().unwrap().iter().find(|c| c["n"] == 10 && c["seed"] == 42 && c["val_size"] == 0.2).unwrap();
+    let c = f["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["n"] == 10 && c["seed"] == 42 && c["val_size"] == 0.2)
+        .unwrap();
     let mut want: Vec<usize> = usizes(&c["valid_ids"]);
     want.sort_unstable();
 
@@ -202,7 +238,18 @@ fn split_file_and_predefined_splits_keep_their_precedence() {
     karpathy.predefined_split = names
         .iter()
         .enumerate()
-        .map(|(i, n)| (n.clone(), if i < 2 { PredefinedSide::Test } else if i < 4 { PredefinedSide::Val } else { PredefinedSide::Train }))
+        .map(|(i, n)| {
+            (
+                n.clone(),
+                if i < 2 {
+                    PredefinedSide::Test
+                } else if i < 4 {
+                    PredefinedSide::Val
+                } else {
+                    PredefinedSide::Train
+                },
+            )
+        })
         .collect();
     let s = SplitDataset::new(&karpathy, &config).unwrap().split;
     assert_eq!(s, Split::predefined(&karpathy.predefined_split, 42));

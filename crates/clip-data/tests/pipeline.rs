@@ -6,12 +6,13 @@ use std::path::Path;
 use burn::backend::Flex;
 use clip_data::synth::{self, SynthConfig};
 use clip_data::{
-    load_data_config, CaptionDataset, CaptionTokenizer, ClipLoader, DataConfig, DataError, ExamplePipeline,
-    SplitDataset,
+    load_data_config, CaptionDataset, CaptionTokenizer, ClipLoader, DataConfig, DataError,
+    ExamplePipeline, SplitDataset,
 };
 
 fn make_data(dir: &Path, images: usize) -> DataConfig {
-    synth::generate(dir, &SynthConfig { images, image_size: 32, ..SynthConfig::default() }).unwrap();
+    synth::generate(dir, &SynthConfig { images, image_size: 32, ..SynthConfig::default() })
+        .unwrap();
     let mut c = DataConfig::new(dir.join("results.csv"), dir.join("images"));
     c.image_size = 24;
     c.batch_size = 8;
@@ -27,13 +28,18 @@ fn batches_are_padded_to_their_longest_caption() {
     let ds = CaptionDataset::load(&config).unwrap();
     assert_eq!((ds.images.len(), ds.num_captions()), (20, 100));
     let split = SplitDataset::new(&ds, &config).unwrap();
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::train(&config).unwrap(),
+        config.loader(true),
+    );
     let tok = CaptionTokenizer::bert_base_uncased(64).unwrap();
     let mut seen = 0;
     let mut lengths = HashSet::new();
     for batch in loader.epoch(0) {
         let batch = batch.unwrap();
-        let captions: Vec<String> = batch.items.iter().map(|&i| loader.dataset().pair(i).unwrap().caption).collect();
+        let captions: Vec<String> =
+            batch.items.iter().map(|&i| loader.dataset().pair(i).unwrap().caption).collect();
         let longest = captions.iter().map(|c| tok.encode(c).unwrap().len()).max().unwrap();
         assert_eq!(batch.seq_len, longest);
         lengths.insert(batch.seq_len);
@@ -61,7 +67,11 @@ fn pad_to_multiple_of_rounds_every_batch_up_and_masks_the_extra_tokens() {
     config.pad_to_multiple_of = 8;
     let ds = CaptionDataset::load(&config).unwrap();
     let split = SplitDataset::new(&ds, &config).unwrap();
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::train(&config).unwrap(),
+        config.loader(true),
+    );
     let tok = CaptionTokenizer::bert_base_uncased(64).unwrap();
     for batch in loader.epoch(0) {
         let batch = batch.unwrap();
@@ -73,8 +83,11 @@ fn pad_to_multiple_of_rounds_every_batch_up_and_masks_the_extra_tokens() {
             .unwrap();
         assert_eq!(batch.seq_len, longest.div_ceil(8) * 8, "longest caption {longest}");
         let real: i32 = batch.attention_mask.iter().sum();
-        let expected: usize =
-            batch.items.iter().map(|&i| tok.encode(&loader.dataset().pair(i).unwrap().caption).unwrap().len()).sum();
+        let expected: usize = batch
+            .items
+            .iter()
+            .map(|&i| tok.encode(&loader.dataset().pair(i).unwrap().caption).unwrap().len())
+            .sum();
         assert_eq!(real as usize, expected);
     }
     config.pad_to_multiple_of = 0;
@@ -111,13 +124,18 @@ fn order_is_reproducible_across_worker_counts_and_resumable() {
     let run = |workers: usize, start: usize| {
         let mut c = config.loader(true);
         c.num_workers = workers;
-        let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), c);
+        let loader =
+            ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), c);
         loader.epoch_from(1, start).map(|b| b.unwrap()).collect::<Vec<_>>()
     };
     let inline = run(0, 0);
     assert_eq!(inline, run(3, 0));
     assert_eq!(inline[2..], run(2, 2)[..]);
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::train(&config).unwrap(),
+        config.loader(true),
+    );
     assert_ne!(loader.order(0), loader.order(1));
     assert_eq!(loader.order(1), loader.order(1));
 }
@@ -131,7 +149,11 @@ fn loader_memory_is_bounded_by_prefetch_and_workers() {
     config.prefetch_batches = 2;
     let ds = CaptionDataset::load(&config).unwrap();
     let split = SplitDataset::new(&ds, &config).unwrap();
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(false));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::train(&config).unwrap(),
+        config.loader(false),
+    );
     let mut epoch = loader.epoch(0);
     let mut n = 0;
     while let Some(b) = epoch.next() {
@@ -156,17 +178,28 @@ fn a_vanished_image_is_an_error_naming_it_not_a_panic() {
     let victim = split.train.images()[0].path.clone();
     std::fs::write(&victim, b"garbage").unwrap();
     // The evaluation pipeline (and training with skip_unreadable = false): an error naming it.
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::eval(&config).unwrap(), config.loader(false));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::eval(&config).unwrap(),
+        config.loader(false),
+    );
     let results: Vec<_> = loader.epoch(0).collect();
     let err = results.iter().find_map(|r| r.as_ref().err()).expect("an error");
     assert!(err.to_string().contains(victim.to_str().unwrap()), "{err}");
     // Training: the image's rows are left out of their batches and reported.
-    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), config.loader(false));
+    let loader = ClipLoader::new(
+        split.train.clone(),
+        ExamplePipeline::train(&config).unwrap(),
+        config.loader(false),
+    );
     let batches: Vec<_> = loader.epoch(0).map(|b| b.unwrap()).collect();
     let skipped: Vec<_> = batches.iter().flat_map(|b| b.skipped.iter()).collect();
     let captions = split.train.images()[0].captions.len();
     assert_eq!(skipped.len(), captions);
-    assert!(skipped.iter().all(|(p, reason)| *p == victim && reason.contains("decode")), "{skipped:?}");
+    assert!(
+        skipped.iter().all(|(p, reason)| *p == victim && reason.contains("decode")),
+        "{skipped:?}"
+    );
     let rows: usize = batches.iter().map(|b| b.len()).sum();
     assert_eq!(rows + captions, split.train.len());
     assert!(batches.iter().all(|b| b.images.len() == b.len() * 3 * b.image_size * b.image_size));
@@ -193,7 +226,8 @@ fn config_naming_missing_paths_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("exp.toml");
     std::fs::create_dir(dir.path().join("images")).unwrap();
-    std::fs::write(&cfg, "[data]\ncaptions = \"nowhere/results.csv\"\nimages = \"images\"\n").unwrap();
+    std::fs::write(&cfg, "[data]\ncaptions = \"nowhere/results.csv\"\nimages = \"images\"\n")
+        .unwrap();
     let config = load_data_config(&cfg).unwrap();
     let err = CaptionDataset::load(&config).unwrap_err().to_string();
     assert!(err.contains("nowhere/results.csv"), "{err}");
@@ -215,6 +249,10 @@ fn synthetic_generation_is_deterministic_and_idempotent() {
     assert!(!synth::ensure(a.path(), &config).unwrap());
     synth::generate(b.path(), &config).unwrap();
     for f in ["results.csv", "labels.csv", "images/00004.jpg"] {
-        assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+            "{f}"
+        );
     }
 }

@@ -15,7 +15,13 @@ fn ids_match_hugging_face_bert_base_uncased() {
     assert!(cases.len() >= 10);
     for case in cases {
         let tok = CaptionTokenizer::bert_base_uncased(case.max_length).unwrap();
-        assert_eq!(tok.encode(&case.caption).unwrap(), case.ids, "{:?} (max {})", case.caption, case.max_length);
+        assert_eq!(
+            tok.encode(&case.caption).unwrap(),
+            case.ids,
+            "{:?} (max {})",
+            case.caption,
+            case.max_length
+        );
     }
 }
 
@@ -48,6 +54,7 @@ fn vocab_file_and_tokenizer_json_specs() {
     let embedded = CaptionTokenizer::bert_base_uncased(32).unwrap();
     assert_eq!(from_file.encode("a red circle").unwrap(), embedded.encode("a red circle").unwrap());
 
-    let missing = CaptionTokenizer::from_spec(dir.path().join("nope.json").to_str().unwrap(), 32).unwrap_err();
+    let missing = CaptionTokenizer::from_spec(dir.path().join("nope.json").to_str().unwrap(), 32)
+        .unwrap_err();
     assert!(missing.to_string().contains("nope.json"), "{missing}");
 }

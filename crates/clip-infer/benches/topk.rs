@@ -34,7 +34,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let dir = PathBuf::from(std::env::args().skip(1).find(|a| a != "--bench").unwrap_or_else(|| "/tmp/clip-topk".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .skip(1)
+            .find(|a| a != "--bench")
+            .unwrap_or_else(|| "/tmp/clip-topk".into()),
+    );
     let (n, dim, k, batch) = (1_000_000, 256, 10, 64);
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let rows = unit_rows(n, dim, 7);
@@ -67,7 +72,8 @@ fn main() {
         })
         .collect();
     let batched = median(runs);
-    let top: Vec<usize> = search(&rows, &queries[..dim], dim, k, threads)[0].iter().map(|h| h.index).collect();
+    let top: Vec<usize> =
+        search(&rows, &queries[..dim], dim, k, threads)[0].iter().map(|h| h.index).collect();
     println!(
         "{{\"what\": \"topk\", \"stack\": \"clip-infer (gemm + heap)\", \"rows\": {n}, \"dim\": {dim}, \"k\": {k}, \"threads\": {threads}, \"single_query_ms\": {:.2}, \"single_queries_per_s\": {:.1}, \"batch\": {batch}, \"batched_queries_per_s\": {:.1}, \"first_query_top\": {:?}}}",
         single * 1e3,

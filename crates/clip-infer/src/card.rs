@@ -88,7 +88,10 @@ fn find_weights(run: &Path) -> Option<PathBuf> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) && p.join("model.mpk").is_file())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                && p.join("model.mpk").is_file()
+        })
         .collect();
     steps.sort();
     steps.pop().map(|p| p.join("model.mpk"))
@@ -121,8 +124,15 @@ impl<B: Backend> LoadedModel<B> {
         } else {
             let settings = fresh.settings;
             let mut m = fresh
-                .load_file(weights.with_extension(""), &NamedMpkFileRecorder::<FullPrecisionSettings>::new(), device)
-                .map_err(|e| InferError::Run { path: weights.clone(), message: format!("cannot load weights: {e}") })?;
+                .load_file(
+                    weights.with_extension(""),
+                    &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+                    device,
+                )
+                .map_err(|e| InferError::Run {
+                    path: weights.clone(),
+                    message: format!("cannot load weights: {e}"),
+                })?;
             m.settings = settings;
             m
         };
@@ -132,9 +142,12 @@ impl<B: Backend> LoadedModel<B> {
         let id = format!("{:016x}", fnv1a(&weight_bytes, fnv1a(&bytes, FNV_OFFSET)));
         // Indexes made before that hashed the card's `clip` object, compact, as the version that
         // wrote `model.json` serialized it: that is the file's own object without whitespace.
-        let legacy_id = serde_json::from_slice::<RawCard>(&bytes)
-            .ok()
-            .map(|raw| format!("{:016x}", fnv1a(&weight_bytes, fnv1a(minify(raw.clip.get()).as_bytes(), FNV_OFFSET))));
+        let legacy_id = serde_json::from_slice::<RawCard>(&bytes).ok().map(|raw| {
+            format!(
+                "{:016x}",
+                fnv1a(&weight_bytes, fnv1a(minify(raw.clip.get()).as_bytes(), FNV_OFFSET))
+            )
+        });
         let tokenizer = card.data.tokenizer()?;
         Ok(Self {
             transform: card.data.image_transform(),
@@ -157,7 +170,8 @@ mod tests {
     fn minify_drops_whitespace_between_tokens_only() {
         let pretty = "{\n  \"a\": [1, 2],\n  \"b\": \"x y \\\" z\"\n}";
         assert_eq!(minify(pretty), "{\"a\":[1,2],\"b\":\"x y \\\" z\"}");
-        let value = serde_json::json!({"clip": {"image": {"layers": [3, 4]}, "name": "a b"}, "data": 1});
+        let value =
+            serde_json::json!({"clip": {"image": {"layers": [3, 4]}, "name": "a b"}, "data": 1});
         let card = serde_json::to_string_pretty(&value).unwrap();
         let raw: RawCard = serde_json::from_str(&card).unwrap();
         assert_eq!(minify(raw.clip.get()), serde_json::to_string(&value["clip"]).unwrap());

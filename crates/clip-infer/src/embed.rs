@@ -76,9 +76,15 @@ impl<B: Backend> LoadedModel<B> {
             let mut errors: Vec<Option<String>> = vec![None; chunk.len()];
             let per = chunk.len().div_ceil(workers.max(1));
             std::thread::scope(|s| {
-                for ((paths, buf), errs) in chunk.chunks(per).zip(pixels.chunks_mut(per * numel)).zip(errors.chunks_mut(per)) {
+                for ((paths, buf), errs) in chunk
+                    .chunks(per)
+                    .zip(pixels.chunks_mut(per * numel))
+                    .zip(errors.chunks_mut(per))
+                {
                     s.spawn(move || {
-                        for ((p, slot), e) in paths.iter().zip(buf.chunks_mut(numel)).zip(errs.iter_mut()) {
+                        for ((p, slot), e) in
+                            paths.iter().zip(buf.chunks_mut(numel)).zip(errs.iter_mut())
+                        {
                             if let Err(err) = self.transform.load_into(p, &View::default(), slot) {
                                 *e = Some(err.to_string());
                             }
@@ -93,11 +99,18 @@ impl<B: Backend> LoadedModel<B> {
                 }
             }
             if !good.is_empty() {
-                let data: Vec<f32> = good.iter().flat_map(|&i| pixels[i * numel..(i + 1) * numel].iter().copied()).collect();
-                let images = Tensor::<B, 4>::from_data(TensorData::new(data, [good.len(), 3, size, size]), device);
+                let data: Vec<f32> = good
+                    .iter()
+                    .flat_map(|&i| pixels[i * numel..(i + 1) * numel].iter().copied())
+                    .collect();
+                let images = Tensor::<B, 4>::from_data(
+                    TensorData::new(data, [good.len(), 3, size, size]),
+                    device,
+                );
                 let emb = self.model.encode_image(images);
                 out.dim = emb.dims()[1];
-                let mut rows: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                let mut rows: Vec<f32> =
+                    emb.into_data().convert::<f32>().to_vec().unwrap_or_default();
                 normalize_rows(&mut rows, out.dim);
                 out.rows.extend(rows);
                 out.paths.extend(good.iter().map(|&i| chunk[i].clone()));
@@ -108,7 +121,11 @@ impl<B: Backend> LoadedModel<B> {
     }
 
     /// Embeds texts (each tokenized like the training captions): `[texts, dim]`, rows normalized.
-    pub fn embed_texts(&self, texts: &[String], device: &B::Device) -> crate::Result<(Vec<f32>, usize)> {
+    pub fn embed_texts(
+        &self,
+        texts: &[String],
+        device: &B::Device,
+    ) -> crate::Result<(Vec<f32>, usize)> {
         embed_texts(&self.model, &self.tokenizer, texts, device)
     }
 }
@@ -123,7 +140,8 @@ pub fn embed_texts<B: Backend>(
     let mut all = Vec::new();
     let mut dim = 0;
     for chunk in texts.chunks(256) {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?;
+        let ids: Vec<Vec<u32>> =
+            chunk.iter().map(|t| tokenizer.encode(t)).collect::<Result<_, _>>()?;
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
         let mut flat = vec![tokenizer.pad_id() as i32; chunk.len() * len];
         let mut mask = vec![0i32; chunk.len() * len];
@@ -134,7 +152,8 @@ pub fn embed_texts<B: Backend>(
             }
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [chunk.len(), len]), device);
-        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [chunk.len(), len]), device);
+        let mask =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [chunk.len(), len]), device);
         let emb = model.encode_text(ids, mask);
         dim = emb.dims()[1];
         let mut rows: Vec<f32> = emb.into_data().convert::<f32>().to_vec().unwrap_or_default();

@@ -38,8 +38,18 @@ pub struct EvalExtras<'a> {
 
 /// Runs `model` over every batch of `loader` (epoch 0, in the loader's order). The text tower
 /// runs once per distinct caption.
-pub fn evaluate<B: Backend>(model: &ClipModel<B>, loader: &ClipLoader, device: &B::Device) -> Result<Evaluation, DataError> {
-    evaluate_with(model, loader, device, &mut TextFeatureCache::new(usize::MAX), EvalExtras::default())
+pub fn evaluate<B: Backend>(
+    model: &ClipModel<B>,
+    loader: &ClipLoader,
+    device: &B::Device,
+) -> Result<Evaluation, DataError> {
+    evaluate_with(
+        model,
+        loader,
+        device,
+        &mut TextFeatureCache::new(usize::MAX),
+        EvalExtras::default(),
+    )
 }
 
 /// [`evaluate`] with a text-feature cache that may outlive it (one filled by a frozen text tower
@@ -70,7 +80,8 @@ pub fn evaluate_with<B: Backend>(
             &batch.attention_mask,
             batch.seq_len,
         );
-        let text_features = Tensor::<B, 2>::from_data(TensorData::new(features, [b, cache.dim()]), device);
+        let text_features =
+            Tensor::<B, 2>::from_data(TensorData::new(features, [b, cache.dim()]), device);
         let text_embeddings = model.encode_text_features(text_features);
         dim = text_embeddings.dims()[1];
 
@@ -88,10 +99,17 @@ pub fn evaluate_with<B: Backend>(
             for &row in &fresh {
                 pixels.extend_from_slice(&batch.images[row * numel..(row + 1) * numel]);
             }
-            let images = Tensor::<B, 4>::from_data(TensorData::new(pixels, [fresh.len(), 3, s, s]), device);
-            let embedded: Vec<f32> = model.encode_image(images).into_data().convert::<f32>().to_vec().unwrap_or_default();
+            let images =
+                Tensor::<B, 4>::from_data(TensorData::new(pixels, [fresh.len(), 3, s, s]), device);
+            let embedded: Vec<f32> = model
+                .encode_image(images)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
             for (k, &row) in fresh.iter().enumerate() {
-                image_rows[batch.image_indices[row]] = Some(embedded[k * dim..(k + 1) * dim].to_vec());
+                image_rows[batch.image_indices[row]] =
+                    Some(embedded[k * dim..(k + 1) * dim].to_vec());
             }
         }
         let mut paired = Vec::with_capacity(b * dim);
@@ -105,25 +123,39 @@ pub fn evaluate_with<B: Backend>(
         acc_t2i += in_batch_accuracy(out.logits_per_text.clone()) * b as f64;
         acc_i2t += in_batch_accuracy(out.logits_per_text.transpose()) * b as f64;
         seen += b;
-        let texts: Vec<f32> = out.text_embeddings.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let texts: Vec<f32> =
+            out.text_embeddings.into_data().convert::<f32>().to_vec().unwrap_or_default();
         for (row, (&item, &img)) in batch.items.iter().zip(&batch.image_indices).enumerate() {
             text_rows[item] = Some(texts[row * dim..(row + 1) * dim].to_vec());
             caption_image[item] = img;
         }
     }
     if seen == 0 {
-        return Ok(Evaluation { loss: 0.0, acc_i2t: 0.0, acc_t2i: 0.0, retrieval: RetrievalMetrics::default(), ..Default::default() });
+        return Ok(Evaluation {
+            loss: 0.0,
+            acc_i2t: 0.0,
+            acc_t2i: 0.0,
+            retrieval: RetrievalMetrics::default(),
+            ..Default::default()
+        });
     }
     // Every item and image is seen when the loader keeps the last partial batch.
     let texts: Vec<f32> = text_rows.into_iter().flatten().flatten().collect();
     let images: Vec<f32> = image_rows.into_iter().flatten().flatten().collect();
     let complete = texts.len() == n_txt * dim && images.len() == n_img * dim;
-    let image_t = || Tensor::<B, 2>::from_data(TensorData::new(images.clone(), [n_img, dim]), device);
+    let image_t =
+        || Tensor::<B, 2>::from_data(TensorData::new(images.clone(), [n_img, dim]), device);
     let text_t = || Tensor::<B, 2>::from_data(TensorData::new(texts.clone(), [n_txt, dim]), device);
-    let retrieval = if complete { retrieval_metrics(image_t(), text_t(), &caption_image) } else { RetrievalMetrics::default() };
+    let retrieval = if complete {
+        retrieval_metrics(image_t(), text_t(), &caption_image)
+    } else {
+        RetrievalMetrics::default()
+    };
     let image_labels = extras.image_labels;
     let zero_shot_top1 = match (extras.zero_shot, image_labels) {
-        (Some(classifier), Some(labels)) if complete && labels.len() == n_img => Some(classifier.accuracy(&images, labels)),
+        (Some(classifier), Some(labels)) if complete && labels.len() == n_img => {
+            Some(classifier.accuracy(&images, labels))
+        }
         _ => None,
     };
     let label_retrieval = match image_labels {

@@ -26,7 +26,8 @@ pub struct IndexEntry {
 impl IndexEntry {
     /// The entry describing `path` (a file, or a member of a WebDataset shard) as it is on disk now.
     pub fn of(path: &Path) -> Result<Self> {
-        let (size, modified) = clip_data::shards::identity(path).map_err(|e| InferError::io(path, e))?;
+        let (size, modified) =
+            clip_data::shards::identity(path).map_err(|e| InferError::io(path, e))?;
         let modified = modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(Self { path: path.into(), size, modified })
     }
@@ -89,7 +90,9 @@ impl EmbeddingIndex {
 
     /// Whether `dir` holds an index `clip embed` wrote (its `index.json` reads as one).
     pub fn is_index_dir(dir: &Path) -> bool {
-        std::fs::read(dir.join("index.json")).ok().is_some_and(|b| serde_json::from_slice::<IndexMeta>(&b).is_ok())
+        std::fs::read(dir.join("index.json"))
+            .ok()
+            .is_some_and(|b| serde_json::from_slice::<IndexMeta>(&b).is_ok())
     }
 
     /// Whether an index may be written into `dir`: only a missing or empty folder, or one that
@@ -108,8 +111,10 @@ impl EmbeddingIndex {
     pub fn load(dir: &Path) -> Result<Self> {
         let json = dir.join("index.json");
         let bad = |message: String| InferError::Index { path: dir.into(), message };
-        let bytes = std::fs::read(&json).map_err(|e| bad(format!("no index here (cannot read index.json: {e})")))?;
-        let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index.json is not an index: {e}")))?;
+        let bytes = std::fs::read(&json)
+            .map_err(|e| bad(format!("no index here (cannot read index.json: {e})")))?;
+        let meta: IndexMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("index.json is not an index: {e}")))?;
         if meta.entries.is_empty() {
             return Ok(Self { meta, rows: Vec::new() });
         }
@@ -133,7 +138,8 @@ impl EmbeddingIndex {
         std::fs::create_dir_all(dir).map_err(|e| InferError::io(dir, e))?;
         assert_eq!(self.rows.len(), self.meta.entries.len() * self.meta.dim, "rows match entries");
         let old = self.meta.embeddings.clone();
-        let stamp = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let stamp =
+            std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let name = format!("embeddings-{stamp:x}.npy");
         let npy = write_npy_f32(&self.rows, [self.meta.entries.len(), self.meta.dim]);
         clip_data::fs::write_atomic(&dir.join(&name), &npy)?;
@@ -161,7 +167,10 @@ fn is_matrix_name(name: &str) -> bool {
 
 /// Serializes a float32 matrix in NumPy's `.npy` format (version 1.0, C order).
 pub fn write_npy_f32(data: &[f32], shape: [usize; 2]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", shape[0], shape[1]);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        shape[0], shape[1]
+    );
     // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -180,25 +189,45 @@ pub fn write_npy_f32(data: &[f32], shape: [usize; 2]) -> Vec<u8> {
 /// Reads a 2-D little-endian float32 `.npy` file (version 1 or 2, C order).
 pub fn read_npy_f32(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| InferError::io(path, e))?;
-    let bad = |m: &str| InferError::Index { path: path.into(), message: format!("not a float32 .npy matrix: {m}") };
+    let bad = |m: &str| InferError::Index {
+        path: path.into(),
+        message: format!("not a float32 .npy matrix: {m}"),
+    };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("bad magic"));
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         _ => return Err(bad("unknown version")),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?).map_err(|_| bad("header"))?;
+    let header =
+        std::str::from_utf8(bytes.get(start..start + len).ok_or_else(|| bad("truncated header"))?)
+            .map_err(|_| bad("header"))?;
     if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
         return Err(bad("only little-endian float32 in C order"));
     }
-    let shape_txt = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let dims: Vec<usize> = shape_txt.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().map_err(|_| bad("shape"))).collect::<Result<_>>()?;
+    let shape_txt = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("shape")))
+        .collect::<Result<_>>()?;
     let [n, d] = dims[..] else { return Err(bad("expected a 2-D matrix")) };
     let body = &bytes[start + len..];
     if body.len() != n * d * 4 {
-        return Err(bad(&format!("expected {} bytes of data, found {} (truncated?)", n * d * 4, body.len())));
+        return Err(bad(&format!(
+            "expected {} bytes of data, found {} (truncated?)",
+            n * d * 4,
+            body.len()
+        )));
     }
     let data = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(([n, d], data))
@@ -237,10 +266,14 @@ mod tests {
         let back = EmbeddingIndex::load(dir.path()).unwrap();
         assert_eq!(back, idx);
         // A matrix that disagrees with index.json is an error, not a silent mismatch.
-        std::fs::write(dir.path().join(&idx.meta.embeddings), write_npy_f32(&[1.0, 0.0], [1, 2])).unwrap();
+        std::fs::write(dir.path().join(&idx.meta.embeddings), write_npy_f32(&[1.0, 0.0], [1, 2]))
+            .unwrap();
         let err = EmbeddingIndex::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("2 entries"), "{err}");
-        assert!(EmbeddingIndex::load(&dir.path().join("nothing")).unwrap_err().to_string().contains("no index here"));
+        assert!(EmbeddingIndex::load(&dir.path().join("nothing"))
+            .unwrap_err()
+            .to_string()
+            .contains("no index here"));
     }
 
     #[test]
@@ -258,9 +291,13 @@ mod tests {
         std::fs::write(other.join("index.json"), b"{\"their\": \"index\"}").unwrap();
         std::fs::write(other.join("embeddings.npy"), b"their matrix").unwrap();
         for dir in [&photos, &other] {
-            let before: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            let before: Vec<_> =
+                std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
             let err = idx.clone().save(dir).unwrap_err().to_string();
-            assert!(err.contains(&dir.display().to_string()) && err.contains("new or empty folder"), "{err}");
+            assert!(
+                err.contains(&dir.display().to_string()) && err.contains("new or empty folder"),
+                "{err}"
+            );
             assert_eq!(std::fs::read_dir(dir).unwrap().count(), before.len(), "nothing added");
         }
         assert_eq!(std::fs::read(other.join("index.json")).unwrap(), b"{\"their\": \"index\"}");
@@ -271,6 +308,10 @@ mod tests {
         tricked.meta.embeddings = "../photos/cat.jpg".into();
         tricked.save(&ours).unwrap();
         assert_eq!(std::fs::read(photos.join("cat.jpg")).unwrap(), b"my cat");
-        assert!(is_matrix_name(&tricked.meta.embeddings) && !is_matrix_name("embeddings.npy") && !is_matrix_name("embeddings-.npy"));
+        assert!(
+            is_matrix_name(&tricked.meta.embeddings)
+                && !is_matrix_name("embeddings.npy")
+                && !is_matrix_name("embeddings-.npy")
+        );
     }
 }

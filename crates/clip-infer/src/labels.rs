@@ -16,11 +16,15 @@ impl ImageLabels {
     /// Reads `path`; it must have an `image` column and `column`.
     pub fn read(path: &Path, column: &str) -> Result<Self> {
         let bad = |message: String| InferError::Run { path: path.into(), message };
-        let mut reader = csv::Reader::from_path(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let mut reader =
+            csv::Reader::from_path(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let headers = reader.headers().map_err(|e| bad(format!("no header: {e}")))?.clone();
         let find = |name: &str| headers.iter().position(|h| h.trim() == name);
         let (Some(ic), Some(lc)) = (find("image"), find(column)) else {
-            return Err(bad(format!("needs columns `image` and `{column}`; found {:?}", headers.iter().collect::<Vec<_>>())));
+            return Err(bad(format!(
+                "needs columns `image` and `{column}`; found {:?}",
+                headers.iter().collect::<Vec<_>>()
+            )));
         };
         let mut by_image = HashMap::new();
         for (i, row) in reader.records().enumerate() {
@@ -48,7 +52,12 @@ impl ImageLabels {
 
     /// The index into `classes` of each named image's label; an image without a label, or with
     /// a label not in `classes`, is an error naming it (`source` names the labels file).
-    pub fn indices<'a>(&self, names: impl IntoIterator<Item = &'a str>, classes: &[String], source: &Path) -> Result<Vec<usize>> {
+    pub fn indices<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        classes: &[String],
+        source: &Path,
+    ) -> Result<Vec<usize>> {
         names
             .into_iter()
             .map(|name| {
@@ -70,7 +79,8 @@ mod tests {
     fn labels_by_file_name_with_errors_that_name_the_image() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("labels.csv");
-        std::fs::write(&p, "image,label,class\ntest-0.png,9,ankle boot\ntest-1.png,0,t-shirt\n").unwrap();
+        std::fs::write(&p, "image,label,class\ntest-0.png,9,ankle boot\ntest-1.png,0,t-shirt\n")
+            .unwrap();
         let l = ImageLabels::read(&p, "class").unwrap();
         assert_eq!(l.get("test/test-0.png"), Some("ankle boot"));
         let classes = l.classes();

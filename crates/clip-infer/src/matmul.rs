@@ -24,13 +24,23 @@ impl<'a> View<'a> {
 
 /// `a · b` for `a` `[m, k]` and `b` `[k, n]`, as a row-major `[m, n]` matrix.
 pub fn matmul(a: View, b: View, m: usize, k: usize, n: usize, threads: usize) -> Vec<f32> {
-    let last = |v: &View, r: usize, c: usize| if r == 0 || c == 0 { 0 } else { (r - 1) * v.row_stride + (c - 1) * v.col_stride + 1 };
-    assert!(a.data.len() >= last(&a, m, k) && b.data.len() >= last(&b, k, n), "matmul: views out of bounds");
+    let last = |v: &View, r: usize, c: usize| {
+        if r == 0 || c == 0 {
+            0
+        } else {
+            (r - 1) * v.row_stride + (c - 1) * v.col_stride + 1
+        }
+    };
+    assert!(
+        a.data.len() >= last(&a, m, k) && b.data.len() >= last(&b, k, n),
+        "matmul: views out of bounds"
+    );
     let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
         return out;
     }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism =
+        if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the assertion above keeps every element the strides address inside `a` and `b`;
     // `out` holds exactly `[m, n]` row-major and does not alias them.
     unsafe {
@@ -77,7 +87,10 @@ mod tests {
         // a [2, 3], b [3, 2]
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let b = [7.0, 8.0, 9.0, 10.0, 11.0, 12.0];
-        assert_eq!(matmul(View::rows(&a, 3), View::rows(&b, 2), 2, 3, 2, 1), vec![58.0, 64.0, 139.0, 154.0]);
+        assert_eq!(
+            matmul(View::rows(&a, 3), View::rows(&b, 2), 2, 3, 2, 1),
+            vec![58.0, 64.0, 139.0, 154.0]
+        );
         // aᵀ [3, 2] · a [2, 3] = [3, 3]
         let ata = matmul(View::transposed(&a, 3), View::rows(&a, 3), 3, 2, 3, 1);
         assert_eq!(ata, vec![17.0, 22.0, 27.0, 22.0, 29.0, 36.0, 27.0, 36.0, 45.0]);

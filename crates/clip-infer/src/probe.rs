@@ -71,25 +71,50 @@ impl LinearProbe {
     }
 
     /// Fits a probe to `data` from `start` (warm start) or from zeros.
-    pub fn fit(data: Labelled, classes: usize, options: FitOptions, start: Option<&LinearProbe>) -> (Self, FitReport) {
-        assert!(classes > 0 && data.dim > 0 && !data.is_empty() && data.features.len() == data.len() * data.dim, "probe: shapes");
+    pub fn fit(
+        data: Labelled,
+        classes: usize,
+        options: FitOptions,
+        start: Option<&LinearProbe>,
+    ) -> (Self, FitReport) {
+        assert!(
+            classes > 0
+                && data.dim > 0
+                && !data.is_empty()
+                && data.features.len() == data.len() * data.dim,
+            "probe: shapes"
+        );
         assert!(data.labels.iter().all(|&l| l < classes), "probe: a label is out of range");
         assert!(data.features.iter().all(|v| v.is_finite()), "probe: features must be finite");
         let objective = Objective { data, classes, l2: options.l2 };
         let x0 = match start {
-            Some(p) if p.dim == data.dim && p.classes == classes => p.weights.iter().chain(&p.bias).map(|&v| v as f64).collect(),
+            Some(p) if p.dim == data.dim && p.classes == classes => {
+                p.weights.iter().chain(&p.bias).map(|&v| v as f64).collect()
+            }
             _ => vec![0.0; classes * data.dim + classes],
         };
         let (x, report) = lbfgs(&objective, x0, options);
         let (w, b) = x.split_at(classes * data.dim);
-        let probe = Self { weights: w.iter().map(|&v| v as f32).collect(), bias: b.iter().map(|&v| v as f32).collect(), dim: data.dim, classes };
+        let probe = Self {
+            weights: w.iter().map(|&v| v as f32).collect(),
+            bias: b.iter().map(|&v| v as f32).collect(),
+            dim: data.dim,
+            classes,
+        };
         (probe, report)
     }
 
     /// The class scores `W x + b` of each row: `[n, classes]`.
     pub fn logits(&self, features: &[f32]) -> Vec<f32> {
         let n = features.len() / self.dim;
-        let mut z = matmul(View::rows(features, self.dim), View::transposed(&self.weights, self.dim), n, self.dim, self.classes, threads_for(n * self.dim * self.classes));
+        let mut z = matmul(
+            View::rows(features, self.dim),
+            View::transposed(&self.weights, self.dim),
+            n,
+            self.dim,
+            self.classes,
+            threads_for(n * self.dim * self.classes),
+        );
         for row in z.chunks_mut(self.classes) {
             row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
         }
@@ -106,13 +131,17 @@ impl LinearProbe {
         if data.is_empty() {
             return 0.0;
         }
-        let hits = self.predict(data.features).iter().zip(data.labels).filter(|(p, l)| p == l).count();
+        let hits =
+            self.predict(data.features).iter().zip(data.labels).filter(|(p, l)| p == l).count();
         hits as f64 / data.len() as f64
     }
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .0
 }
 
 /// Mean softmax cross-entropy of a linear model plus `λ/2 ‖W‖²`, over θ = [W (row-major), b].
@@ -145,7 +174,14 @@ impl Objective<'_> {
             }
         }
         // ∇W = Rᵀ X + λW, ∇b = Σ_rows R.
-        let gw = matmul(View::transposed(&r, k), View::rows(self.data.features, d), k, n, d, threads_for(n * d * k));
+        let gw = matmul(
+            View::transposed(&r, k),
+            View::rows(self.data.features, d),
+            k,
+            n,
+            d,
+            threads_for(n * d * k),
+        );
         let mut grad: Vec<f64> = gw.iter().map(|&v| v as f64).collect();
         let mut gb = vec![0f64; k];
         for row in r.chunks(k) {
@@ -169,7 +205,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 fn lbfgs(objective: &Objective, mut x: Vec<f64>, options: FitOptions) -> (Vec<f64>, FitReport) {
     const MEMORY: usize = 10;
     let (mut f, mut g) = objective.eval(&x);
-    let mut history: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = std::collections::VecDeque::new();
+    let mut history: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
+        std::collections::VecDeque::new();
     let mut report = FitReport { iterations: 0, converged: false, objective: f };
     for iteration in 0..options.max_iterations {
         report.iterations = iteration;
@@ -185,7 +222,11 @@ fn lbfgs(objective: &Objective, mut x: Vec<f64>, options: FitOptions) -> (Vec<f6
             q.iter_mut().zip(y).for_each(|(qi, yi)| *qi -= a * yi);
             alphas.push(a);
         }
-        let gamma = history.back().map_or(1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0), |(s, y, _)| dot(s, y) / dot(y, y));
+        let gamma = history
+            .back()
+            .map_or(1.0 / g.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0), |(s, y, _)| {
+                dot(s, y) / dot(y, y)
+            });
         q.iter_mut().for_each(|v| *v *= gamma);
         for ((s, y, rho), a) in history.iter().zip(alphas.into_iter().rev()) {
             let b = rho * dot(y, &q);
@@ -201,7 +242,8 @@ fn lbfgs(objective: &Objective, mut x: Vec<f64>, options: FitOptions) -> (Vec<f6
         }
         let mut step = 1.0;
         let accepted = loop {
-            let candidate: Vec<f64> = x.iter().zip(&direction).map(|(xi, di)| xi + step * di).collect();
+            let candidate: Vec<f64> =
+                x.iter().zip(&direction).map(|(xi, di)| xi + step * di).collect();
             let (fc, gc) = objective.eval(&candidate);
             if fc.is_finite() && fc <= f + 1e-4 * step * slope {
                 break Some((candidate, fc, gc));
@@ -262,7 +304,14 @@ pub fn default_grid() -> Vec<f64> {
 /// Picks the L2 penalty from `grid` by accuracy on a seeded `validation_fraction` of the
 /// training rows (strongest penalty on ties), then fits on all of them with it. A grid of one
 /// value, or fewer than two rows, skips the sweep (the first penalty of the grid is used).
-pub fn fit_with_sweep(train: Labelled, classes: usize, grid: &[f64], validation_fraction: f64, seed: u64, options: FitOptions) -> ProbeFit {
+pub fn fit_with_sweep(
+    train: Labelled,
+    classes: usize,
+    grid: &[f64],
+    validation_fraction: f64,
+    seed: u64,
+    options: FitOptions,
+) -> ProbeFit {
     assert!(!grid.is_empty(), "probe: empty penalty grid");
     let mut sweep = Vec::new();
     let mut chosen = grid[0];
@@ -274,7 +323,8 @@ pub fn fit_with_sweep(train: Labelled, classes: usize, grid: &[f64], validation_
         strongest_first.sort_by(|a, b| b.total_cmp(a));
         let mut best = f64::NEG_INFINITY;
         for l2 in strongest_first {
-            let (probe, _) = LinearProbe::fit(fit, classes, FitOptions { l2, ..options }, warm.as_ref());
+            let (probe, _) =
+                LinearProbe::fit(fit, classes, FitOptions { l2, ..options }, warm.as_ref());
             let accuracy = probe.accuracy(check);
             sweep.push(SweepPoint { l2, validation_accuracy: accuracy });
             if accuracy > best {
@@ -283,7 +333,8 @@ pub fn fit_with_sweep(train: Labelled, classes: usize, grid: &[f64], validation_
             warm = Some(probe);
         }
     }
-    let (probe, report) = LinearProbe::fit(train, classes, FitOptions { l2: chosen, ..options }, None);
+    let (probe, report) =
+        LinearProbe::fit(train, classes, FitOptions { l2: chosen, ..options }, None);
     ProbeFit { probe, l2: chosen, sweep, report }
 }
 
@@ -320,9 +371,13 @@ pub fn seeded_order(n: usize, seed: u64) -> Vec<usize> {
 fn split_rows(data: Labelled, fraction: f64, seed: u64) -> (Rows, Rows) {
     let n = data.len();
     let order = seeded_order(n, seed);
-    let held = ((n as f64 * fraction).round() as usize).clamp(n.min(1), n.saturating_sub(1).max(n.min(1)));
+    let held =
+        ((n as f64 * fraction).round() as usize).clamp(n.min(1), n.saturating_sub(1).max(n.min(1)));
     let take = |idx: &[usize]| Rows {
-        features: idx.iter().flat_map(|&i| data.features[i * data.dim..(i + 1) * data.dim].iter().copied()).collect(),
+        features: idx
+            .iter()
+            .flat_map(|&i| data.features[i * data.dim..(i + 1) * data.dim].iter().copied())
+            .collect(),
         labels: idx.iter().map(|&i| data.labels[i]).collect(),
     };
     let (check, fit) = order.split_at(held);
@@ -334,7 +389,13 @@ mod tests {
     use super::*;
 
     /// `n` points per class around `classes` centres in `dim` dimensions, with noise `spread`.
-    fn clusters(classes: usize, n: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    fn clusters(
+        classes: usize,
+        n: usize,
+        dim: usize,
+        spread: f32,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<usize>) {
         let mut s = seed;
         let mut next = || {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -353,7 +414,8 @@ mod tests {
     #[test]
     fn the_gradient_matches_finite_differences() {
         let (x, y) = clusters(3, 5, 4, 1.0, 1);
-        let objective = Objective { data: Labelled { features: &x, labels: &y, dim: 4 }, classes: 3, l2: 0.3 };
+        let objective =
+            Objective { data: Labelled { features: &x, labels: &y, dim: 4 }, classes: 3, l2: 0.3 };
         let theta: Vec<f64> = (0..15).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.1).collect();
         let (_, grad) = objective.eval(&theta);
         for i in 0..theta.len() {
@@ -362,7 +424,11 @@ mod tests {
             up[i] += h;
             down[i] -= h;
             let numeric = (objective.eval(&up).0 - objective.eval(&down).0) / (2.0 * h);
-            assert!((numeric - grad[i]).abs() < 2e-4, "θ[{i}]: analytic {} numeric {numeric}", grad[i]);
+            assert!(
+                (numeric - grad[i]).abs() < 2e-4,
+                "θ[{i}]: analytic {} numeric {numeric}",
+                grad[i]
+            );
         }
     }
 
@@ -370,7 +436,8 @@ mod tests {
     fn fits_separable_clusters_to_a_stationary_point() {
         let (x, y) = clusters(4, 50, 8, 0.5, 2);
         let data = Labelled { features: &x, labels: &y, dim: 8 };
-        let (probe, report) = LinearProbe::fit(data, 4, FitOptions { l2: 1e-3, ..Default::default() }, None);
+        let (probe, report) =
+            LinearProbe::fit(data, 4, FitOptions { l2: 1e-3, ..Default::default() }, None);
         assert!(report.converged, "{report:?}");
         assert_eq!(probe.accuracy(data), 1.0);
         // At the minimum the gradient vanishes.
@@ -398,7 +465,11 @@ mod tests {
         let fit = fit_with_sweep(train, 5, &[10.0, 1e-3], 0.2, 7, FitOptions::default());
         assert_eq!(fit.l2, 1e-3, "{:?}", fit.sweep);
         assert_eq!(fit.sweep.len(), 2);
-        assert!(fit.sweep[0].validation_accuracy < fit.sweep[1].validation_accuracy, "{:?}", fit.sweep);
+        assert!(
+            fit.sweep[0].validation_accuracy < fit.sweep[1].validation_accuracy,
+            "{:?}",
+            fit.sweep
+        );
         let (xt, yt) = clusters(5, 40, 10, 2.0, 4);
         assert!(fit.probe.accuracy(Labelled { features: &xt, labels: &yt, dim: 10 }) > 0.5);
     }

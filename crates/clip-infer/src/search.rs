@@ -51,7 +51,8 @@ pub fn top_k_of(scores: impl Iterator<Item = f32>, k: usize) -> Vec<Hit> {
             }
         }
     }
-    let mut hits: Vec<Hit> = heap.into_iter().map(|Worst(score, index)| Hit { index, score }).collect();
+    let mut hits: Vec<Hit> =
+        heap.into_iter().map(|Worst(score, index)| Hit { index, score }).collect();
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
     hits
 }
@@ -84,7 +85,10 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn scan_avx2(rows: &[f32], query: &[f32], dim: usize, k: usize, offset: usize) -> Vec<Hit> {
-    top_k_of(rows.chunks_exact(dim).map(|r| dot_lanes(r, query)), k).into_iter().map(|h| Hit { index: h.index + offset, ..h }).collect()
+    top_k_of(rows.chunks_exact(dim).map(|r| dot_lanes(r, query)), k)
+        .into_iter()
+        .map(|h| Hit { index: h.index + offset, ..h })
+        .collect()
 }
 
 fn scan(rows: &[f32], query: &[f32], dim: usize, k: usize, offset: usize) -> Vec<Hit> {
@@ -94,7 +98,10 @@ fn scan(rows: &[f32], query: &[f32], dim: usize, k: usize, offset: usize) -> Vec
         return unsafe { scan_avx2(rows, query, dim, k, offset) };
     }
     let plain = |r: &[f32]| r.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
-    top_k_of(rows.chunks_exact(dim).map(plain), k).into_iter().map(|h| Hit { index: h.index + offset, ..h }).collect()
+    top_k_of(rows.chunks_exact(dim).map(plain), k)
+        .into_iter()
+        .map(|h| Hit { index: h.index + offset, ..h })
+        .collect()
 }
 
 /// Top-k rows for one query, scanning on `threads` threads.
@@ -119,7 +126,13 @@ pub fn search_one(rows: &[f32], query: &[f32], dim: usize, k: usize, threads: us
 }
 
 /// Top-k rows for each query (rows and queries L2-normalized for cosine similarity).
-pub fn search(rows: &[f32], queries: &[f32], dim: usize, k: usize, threads: usize) -> Vec<Vec<Hit>> {
+pub fn search(
+    rows: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    threads: usize,
+) -> Vec<Vec<Hit>> {
     let q = queries.len() / dim.max(1);
     if q == 1 {
         return vec![search_one(rows, queries, dim, k, threads)];
@@ -135,15 +148,23 @@ mod tests {
     #[test]
     fn finds_the_best_rows_in_order() {
         // Rows at angles 0..8 × 10°, query at 35°: closest are 30° and 40°, then 20°/50°.
-        let rows: Vec<f32> = (0..8).flat_map(|i| {
-            let a = (i as f32 * 10.0).to_radians();
-            [a.cos(), a.sin()]
-        }).collect();
+        let rows: Vec<f32> = (0..8)
+            .flat_map(|i| {
+                let a = (i as f32 * 10.0).to_radians();
+                [a.cos(), a.sin()]
+            })
+            .collect();
         let a = 35f32.to_radians();
         let hits = &search(&rows, &[a.cos(), a.sin()], 2, 4, 1)[0];
         let idx: Vec<usize> = hits.iter().map(|h| h.index).collect();
-        assert_eq!(&idx[..2].iter().copied().collect::<std::collections::HashSet<_>>(), &[3, 4].into_iter().collect());
-        assert_eq!(idx[2..].iter().copied().collect::<std::collections::HashSet<_>>(), [2, 5].into_iter().collect());
+        assert_eq!(
+            &idx[..2].iter().copied().collect::<std::collections::HashSet<_>>(),
+            &[3, 4].into_iter().collect()
+        );
+        assert_eq!(
+            idx[2..].iter().copied().collect::<std::collections::HashSet<_>>(),
+            [2, 5].into_iter().collect()
+        );
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
         assert!((hits[0].score - 5f32.to_radians().cos()).abs() < 1e-6);
     }
@@ -151,8 +172,10 @@ mod tests {
     #[test]
     fn batched_queries_match_one_by_one_and_brute_force() {
         let dim = 7;
-        let rows: Vec<f32> = (0..500 * dim).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-        let queries: Vec<f32> = (0..3 * dim).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
+        let rows: Vec<f32> =
+            (0..500 * dim).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let queries: Vec<f32> =
+            (0..3 * dim).map(|i| ((i * 104729 % 997) as f32 / 498.0) - 1.0).collect();
         let batched = search(&rows, &queries, dim, 5, 2);
         for (j, q) in queries.chunks(dim).enumerate() {
             let single = &search(&rows, q, dim, 5, 1)[0];
@@ -163,7 +186,11 @@ mod tests {
                 assert!((a.score - b.score).abs() < 1e-5);
             }
             assert_eq!(search(&rows, q, dim, 5, 3)[0], *single, "thread count does not matter");
-            let mut brute: Vec<(f32, usize)> = rows.chunks(dim).map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()).zip(0..).collect();
+            let mut brute: Vec<(f32, usize)> = rows
+                .chunks(dim)
+                .map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
+                .zip(0..)
+                .collect();
             brute.sort_by(|a, b| b.0.total_cmp(&a.0));
             for (h, (s, i)) in single.iter().zip(brute) {
                 assert!((h.score - s).abs() < 1e-4 && (h.index == i || (h.score - s).abs() < 1e-6));

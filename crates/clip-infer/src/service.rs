@@ -78,10 +78,20 @@ impl<B: Backend> SearchService<B> {
         let img = clip_data::imaging::decode_rgb_bytes(bytes, Path::new(name))?;
         let transform = &self.model.transform;
         let mut pixels = vec![0f32; transform.numel()];
-        transform.apply_into(&img, &View::default(), &mut pixels).map_err(|m| InferError::Input(format!("{name}: {m}")))?;
+        transform
+            .apply_into(&img, &View::default(), &mut pixels)
+            .map_err(|m| InferError::Input(format!("{name}: {m}")))?;
         let size = transform.size as usize;
-        let images = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &self.device);
-        let mut row: Vec<f32> = self.model.model.encode_image(images).into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let images =
+            Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &self.device);
+        let mut row: Vec<f32> = self
+            .model
+            .model
+            .encode_image(images)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
         let dim = row.len();
         crate::embed::normalize_rows(&mut row, dim);
         Ok(row)
@@ -93,13 +103,24 @@ impl<B: Backend> SearchService<B> {
             return Err(InferError::Input("the index is empty, nothing to search".into()));
         }
         if query.len() != self.index.meta.dim {
-            return Err(InferError::Input(format!("a query of {} dimensions for an index of {}", query.len(), self.index.meta.dim)));
+            return Err(InferError::Input(format!(
+                "a query of {} dimensions for an index of {}",
+                query.len(),
+                self.index.meta.dim
+            )));
         }
-        let hits = search(&self.index.rows, query, self.index.meta.dim, k, self.threads).pop().unwrap_or_default();
+        let hits = search(&self.index.rows, query, self.index.meta.dim, k, self.threads)
+            .pop()
+            .unwrap_or_default();
         Ok(hits
             .into_iter()
             .enumerate()
-            .map(|(r, h)| Match { rank: r + 1, score: h.score, index: h.index, path: self.index.meta.entries[h.index].path.clone() })
+            .map(|(r, h)| Match {
+                rank: r + 1,
+                score: h.score,
+                index: h.index,
+                path: self.index.meta.entries[h.index].path.clone(),
+            })
             .collect())
     }
 

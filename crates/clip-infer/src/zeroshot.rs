@@ -30,7 +30,10 @@ pub fn parse_templates(text: &str, source: &str) -> Result<Vec<String>> {
             continue;
         }
         if !t.contains("{}") {
-            return Err(InferError::Input(format!("{source}:{}: template {t:?} has no {{}} for the label", i + 1)));
+            return Err(InferError::Input(format!(
+                "{source}:{}: template {t:?} has no {{}} for the label",
+                i + 1
+            )));
         }
         out.push(t.to_string());
     }
@@ -41,7 +44,12 @@ pub fn parse_templates(text: &str, source: &str) -> Result<Vec<String>> {
 }
 
 impl ZeroShotClassifier {
-    pub fn new<B: Backend>(model: &LoadedModel<B>, labels: &[String], templates: &[String], device: &B::Device) -> Result<Self> {
+    pub fn new<B: Backend>(
+        model: &LoadedModel<B>,
+        labels: &[String],
+        templates: &[String],
+        device: &B::Device,
+    ) -> Result<Self> {
         Self::from_model(&model.model, &model.tokenizer, labels, templates, device)
     }
 
@@ -59,7 +67,8 @@ impl ZeroShotClassifier {
         if templates.is_empty() {
             return Err(InferError::Input("no prompt templates given".into()));
         }
-        let prompts: Vec<String> = labels.iter().flat_map(|l| templates.iter().map(move |t| t.replace("{}", l))).collect();
+        let prompts: Vec<String> =
+            labels.iter().flat_map(|l| templates.iter().map(move |t| t.replace("{}", l))).collect();
         let (emb, dim) = crate::embed::embed_texts(model, tokenizer, &prompts, device)?;
         let t = templates.len();
         let mut rows = Vec::with_capacity(labels.len() * dim);
@@ -84,7 +93,11 @@ impl ZeroShotClassifier {
     /// (`bias` given) SigLIP's independent per-label probabilities `σ(scale · cosine + bias)`,
     /// which need not sum to one: "none of these" is an answer.
     pub fn probabilities_with(&self, image: &[f32], scale: f32, bias: Option<f32>) -> Vec<f32> {
-        let logits: Vec<f32> = self.rows.chunks(self.dim).map(|r| scale * r.iter().zip(image).map(|(a, b)| a * b).sum::<f32>()).collect();
+        let logits: Vec<f32> = self
+            .rows
+            .chunks(self.dim)
+            .map(|r| scale * r.iter().zip(image).map(|(a, b)| a * b).sum::<f32>())
+            .collect();
         if let Some(bias) = bias {
             return logits.into_iter().map(|l| 1.0 / (1.0 + (-(l + bias)).exp())).collect();
         }
@@ -97,7 +110,8 @@ impl ZeroShotClassifier {
     /// Top-1 accuracy over image embeddings (`[n, dim]` rows; the argmax needs no normalization)
     /// with their true labels (indices into [`labels`](Self::labels)).
     pub fn accuracy(&self, images: &[f32], truth: &[usize]) -> f64 {
-        let hits = images.chunks(self.dim).zip(truth).filter(|(row, &t)| self.predict(row) == t).count();
+        let hits =
+            images.chunks(self.dim).zip(truth).filter(|(row, &t)| self.predict(row) == t).count();
         hits as f64 / truth.len().max(1) as f64
     }
 
@@ -159,14 +173,21 @@ mod tests {
 
     #[test]
     fn templates_need_a_slot() {
-        assert_eq!(parse_templates("# prompts\na photo of a {}.\n\nthe {}\n", "t.txt").unwrap().len(), 2);
+        assert_eq!(
+            parse_templates("# prompts\na photo of a {}.\n\nthe {}\n", "t.txt").unwrap().len(),
+            2
+        );
         let err = parse_templates("a photo\n", "t.txt").unwrap_err().to_string();
         assert!(err.contains("t.txt:1"), "{err}");
     }
 
     #[test]
     fn probabilities_and_confusion() {
-        let c = ZeroShotClassifier { labels: vec!["x".into(), "y".into()], rows: vec![1.0, 0.0, 0.0, 1.0], dim: 2 };
+        let c = ZeroShotClassifier {
+            labels: vec!["x".into(), "y".into()],
+            rows: vec![1.0, 0.0, 0.0, 1.0],
+            dim: 2,
+        };
         let p = c.probabilities(&[0.8, 0.6], 10.0);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6 && p[0] > 0.8);
         assert_eq!(c.predict(&[0.1, 0.9]), 1);

@@ -61,7 +61,8 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Whether this call normalizes with batch statistics (training) or running ones.
     pub fn uses_batch_statistics(&self, device: &B::Device) -> bool {
-        B::ad_enabled(device) && (self.weight.is_require_grad() || self.detached_but_trainable().unwrap_or(false))
+        B::ad_enabled(device)
+            && (self.weight.is_require_grad() || self.detached_but_trainable().unwrap_or(false))
     }
 
     /// In a detached training pass, whether this layer is one of its trainable ones.
@@ -90,9 +91,11 @@ impl<B: Backend> BatchNorm2d<B> {
                 let m = self.momentum;
                 let running_mean = self.running_mean.value_sync().to_device(&device);
                 let running_var = self.running_var.value_sync().to_device(&device);
-                self.running_mean
-                    .update(running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)));
-                self.running_var.update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+                self.running_mean.update(
+                    running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)),
+                );
+                self.running_var
+                    .update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
             }
             (mean, var)
         } else {
@@ -121,13 +124,22 @@ mod tests {
         let y = bn.forward(x.clone());
         let per_channel = y.clone().swap_dims(0, 1).reshape([2, 36]);
         let means = per_channel.clone().mean_dim(1).into_data();
-        means.assert_approx_eq::<f32>(&TensorData::from([[0.0f32], [0.0]]), Tolerance::absolute(1e-5));
+        means.assert_approx_eq::<f32>(
+            &TensorData::from([[0.0f32], [0.0]]),
+            Tolerance::absolute(1e-5),
+        );
         let vars = per_channel.var_bias(1).into_data();
-        vars.assert_approx_eq::<f32>(&TensorData::from([[1.0f32], [1.0]]), Tolerance::absolute(1e-3));
+        vars.assert_approx_eq::<f32>(
+            &TensorData::from([[1.0f32], [1.0]]),
+            Tolerance::absolute(1e-3),
+        );
 
         let flat = x.swap_dims(0, 1).reshape([2, 36]);
         let want_var = flat.clone().var(1).reshape([2]).mul_scalar(0.1).add_scalar(0.9);
-        bn.running_var.value_sync().into_data().assert_approx_eq::<f32>(&want_var.into_data(), Tolerance::absolute(1e-5));
+        bn.running_var
+            .value_sync()
+            .into_data()
+            .assert_approx_eq::<f32>(&want_var.into_data(), Tolerance::absolute(1e-5));
     }
 
     #[test]
@@ -137,10 +149,16 @@ mod tests {
         let x = Tensor::<B, 4>::from_floats([[[[1.0, 3.0]]]], &device);
         // Running stats are mean 0, var 1: inference is the identity (up to eps).
         let y = bn.valid().forward(x.clone().inner());
-        y.into_data().assert_approx_eq::<f32>(&TensorData::from([[[[1.0f32, 3.0]]]]), Tolerance::absolute(1e-4));
+        y.into_data().assert_approx_eq::<f32>(
+            &TensorData::from([[[[1.0f32, 3.0]]]]),
+            Tolerance::absolute(1e-4),
+        );
         let frozen = bn.no_grad();
         let y = frozen.forward(x);
-        y.into_data().assert_approx_eq::<f32>(&TensorData::from([[[[1.0f32, 3.0]]]]), Tolerance::absolute(1e-4));
+        y.into_data().assert_approx_eq::<f32>(
+            &TensorData::from([[[[1.0f32, 3.0]]]]),
+            Tolerance::absolute(1e-4),
+        );
         assert_eq!(frozen.running_mean.value_sync().into_scalar(), 0.0);
     }
 
@@ -162,11 +180,12 @@ mod tests {
         // A layer not in the trainable set (a frozen one) uses its running statistics, still
         // mean 0 and variance 1: the identity (up to eps).
         let frozen = detached_training_pass(HashSet::new(), || detached.forward(x.clone()));
-        frozen.into_data().assert_approx_eq::<f32>(&x.clone().into_data(), Tolerance::absolute(1e-4));
+        frozen
+            .into_data()
+            .assert_approx_eq::<f32>(&x.clone().into_data(), Tolerance::absolute(1e-4));
         let trained = bn.forward(x.clone());
         y.into_data().assert_approx_eq::<f32>(&trained.into_data(), Tolerance::absolute(1e-6));
         let mean: Vec<f32> = bn.running_mean.value_sync().into_data().to_vec().unwrap();
         assert!(mean.iter().all(|m| (m - 0.5).abs() < 0.3), "not updated after the pass: {mean:?}");
-
     }
 }

@@ -107,7 +107,11 @@ impl ClipConfig {
 
     /// The towers with the parameters this config does not train frozen (applied at init and
     /// again after importing weights, which come in trainable).
-    pub fn freeze<B: Backend>(&self, image: ResNet<B>, text: TextTransformer<B>) -> (ResNet<B>, TextTransformer<B>) {
+    pub fn freeze<B: Backend>(
+        &self,
+        image: ResNet<B>,
+        text: TextTransformer<B>,
+    ) -> (ResNet<B>, TextTransformer<B>) {
         let image = match (self.image_trainable, self.image_trainable_stages) {
             (false, _) => image.no_grad(),
             (true, Some(n)) => image.train_last_stages(n),
@@ -134,7 +138,10 @@ impl ClipConfig {
             ));
         }
         if !self.logit_bias.is_finite() {
-            return Err(format!("model.logit_bias must be a finite number, got {}", self.logit_bias));
+            return Err(format!(
+                "model.logit_bias must be a finite number, got {}",
+                self.logit_bias
+            ));
         }
         if self.projection_dim == 0 {
             return Err("model.projection_dim must be positive".into());
@@ -176,11 +183,13 @@ impl ClipConfig {
             }
             .init(device)
         };
-        let (image_model, text_model) = self.freeze(self.image.init(device), self.text.init(device));
+        let (image_model, text_model) =
+            self.freeze(self.image.init(device), self.text.init(device));
         let scale = Tensor::from_floats([(1.0 / self.temperature).ln() as f32], device);
         let logit_scale = Param::from_tensor(scale).set_require_grad(self.learnable_temperature);
         let logit_bias = self.loss.has_bias().then(|| {
-            Param::from_tensor(Tensor::from_floats([self.logit_bias as f32], device)).set_require_grad(self.learnable_temperature)
+            Param::from_tensor(Tensor::from_floats([self.logit_bias as f32], device))
+                .set_require_grad(self.learnable_temperature)
         });
         ClipModel {
             image_encoder: ImageEncoder {
@@ -267,7 +276,11 @@ impl<B: Backend> ClipModel<B> {
     }
 
     /// Pooled text-tower features, before the head: `[batch, hidden]`.
-    pub fn text_features(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    pub fn text_features(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
         self.text_encoder.model.forward(input_ids, attention_mask, self.settings.precision)
     }
 
@@ -278,9 +291,15 @@ impl<B: Backend> ClipModel<B> {
     }
 
     /// Text embeddings in the shared space (L2-normalized if the model normalizes).
-    pub fn encode_text(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    pub fn encode_text(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 2> {
         let p = self.settings.precision;
-        self.finish(self.text_encoder.projection.forward(self.text_features(input_ids, attention_mask), p))
+        self.finish(
+            self.text_encoder.projection.forward(self.text_features(input_ids, attention_mask), p),
+        )
     }
 
     fn finish(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -309,7 +328,12 @@ impl<B: Backend> ClipModel<B> {
     }
 
     /// Embeds both sides of a batch and computes the contrastive loss.
-    pub fn forward(&self, images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> ClipOutput<B> {
+    pub fn forward(
+        &self,
+        images: Tensor<B, 4>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> ClipOutput<B> {
         let image_embeddings = self.encode_image(images);
         let text_embeddings = self.encode_text(input_ids, attention_mask);
         self.contrast(image_embeddings, text_embeddings)
@@ -317,7 +341,11 @@ impl<B: Backend> ClipModel<B> {
 
     /// Like [`forward`](Self::forward), with the text tower's pooled features given (from a
     /// [`TextFeatureCache`](crate::text_cache::TextFeatureCache)): only the text head runs.
-    pub fn forward_with_text_features(&self, images: Tensor<B, 4>, text_features: Tensor<B, 2>) -> ClipOutput<B> {
+    pub fn forward_with_text_features(
+        &self,
+        images: Tensor<B, 4>,
+        text_features: Tensor<B, 2>,
+    ) -> ClipOutput<B> {
         let image_embeddings = self.encode_image(images);
         let text_embeddings = self.encode_text_features(text_features);
         self.contrast(image_embeddings, text_embeddings)
@@ -334,7 +362,11 @@ impl<B: Backend> ClipModel<B> {
     }
 
     /// Logits and loss of paired embeddings (row `i` of each side is a pair).
-    pub fn contrast(&self, image_embeddings: Tensor<B, 2>, text_embeddings: Tensor<B, 2>) -> ClipOutput<B> {
+    pub fn contrast(
+        &self,
+        image_embeddings: Tensor<B, 2>,
+        text_embeddings: Tensor<B, 2>,
+    ) -> ClipOutput<B> {
         self.contrast_with(image_embeddings, text_embeddings, self.scale(), self.bias())
     }
 
@@ -347,23 +379,22 @@ impl<B: Backend> ClipModel<B> {
         scale: Tensor<B, 1>,
         bias: Option<Tensor<B, 1>>,
     ) -> ClipOutput<B> {
-        let mut logits = logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
+        let mut logits =
+            logits_per_text(text_embeddings.clone(), image_embeddings.clone(), scale.clone());
         if let Some(bias) = bias {
             logits = logits + bias.unsqueeze::<2>();
         }
         let loss = match self.settings.loss {
             ContrastiveLoss::Infonce => infonce(logits.clone()),
-            ContrastiveLoss::SoftTargets => {
-                soft_targets(logits.clone(), text_embeddings.clone(), image_embeddings.clone(), scale.recip())
-            }
+            ContrastiveLoss::SoftTargets => soft_targets(
+                logits.clone(),
+                text_embeddings.clone(),
+                image_embeddings.clone(),
+                scale.recip(),
+            ),
             ContrastiveLoss::Sigmoid => sigmoid_pairs(logits.clone()),
         };
-        ClipOutput {
-            image_embeddings,
-            text_embeddings,
-            logits_per_text: logits,
-            loss,
-        }
+        ClipOutput { image_embeddings, text_embeddings, logits_per_text: logits, loss }
     }
 }
 
@@ -375,9 +406,8 @@ impl<B: AutodiffBackend> ClipModel<B> {
             return self;
         }
         let max = self.settings.max_logit_scale.ln();
-        self.logit_scale = self
-            .logit_scale
-            .map(|t| Tensor::from_inner(t.inner().clamp(0.0, max)).require_grad());
+        self.logit_scale =
+            self.logit_scale.map(|t| Tensor::from_inner(t.inner().clamp(0.0, max)).require_grad());
         self
     }
 }
@@ -419,24 +449,49 @@ mod tests {
     }
 
     fn tiny() -> ClipConfig {
-        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Stem::Small, zero_init_residual: false, pointwise_matmul: true };
-        let text = TextTransformerConfig { vocab_size: 50, hidden_size: 8, num_layers: 2, num_heads: 2, intermediate_size: 16, max_position_embeddings: 8, ..TextTransformerConfig::distilbert_base() };
+        let image = ResNetConfig {
+            block: BlockKind::Basic,
+            layers: [1, 1, 1, 1],
+            channels: [4, 4, 4, 4],
+            stem_channels: 4,
+            stem: Stem::Small,
+            zero_init_residual: false,
+            pointwise_matmul: true,
+        };
+        let text = TextTransformerConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_layers: 2,
+            num_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 8,
+            ..TextTransformerConfig::distilbert_base()
+        };
         ClipConfig { projection_dim: 4, ..ClipConfig::new(image, text) }
     }
 
     #[test]
     fn partial_training_freezes_the_early_stages_and_layers() {
-        let config = ClipConfig { image_trainable_stages: Some(1), text_trainable_layers: Some(1), ..tiny() };
+        let config = ClipConfig {
+            image_trainable_stages: Some(1),
+            text_trainable_layers: Some(1),
+            ..tiny()
+        };
         config.validate().unwrap();
         let m = config.init::<B>(&Default::default());
         let r = &m.image_encoder.model;
-        for frozen in [trained(&r.conv1), trained(&r.layer1), trained(&r.layer2), trained(&r.layer3)] {
+        for frozen in
+            [trained(&r.conv1), trained(&r.layer1), trained(&r.layer2), trained(&r.layer3)]
+        {
             assert_eq!(frozen.0, 0, "{frozen:?}");
         }
         // BatchNorm weight/bias train; running statistics never do.
         let (yes, no) = trained(&r.layer4);
         assert!(yes > 0 && no > 0, "{yes} {no}");
-        assert_eq!(trained(&r.layer4).0, trained(&tiny().init::<B>(&Default::default()).image_encoder.model.layer4).0);
+        assert_eq!(
+            trained(&r.layer4).0,
+            trained(&tiny().init::<B>(&Default::default()).image_encoder.model.layer4).0
+        );
         let t = &m.text_encoder.model;
         assert_eq!(trained(&t.embeddings).0, 0);
         assert_eq!(trained(&t.transformer.layer[0]).0, 0);
@@ -448,7 +503,9 @@ mod tests {
 
         let bad = ClipConfig { image_trainable_stages: Some(5), ..tiny() }.validate().unwrap_err();
         assert!(bad.contains("model.image_trainable_stages"), "{bad}");
-        let bad = ClipConfig { text_trainable_layers: Some(1), text_trainable: false, ..tiny() }.validate().unwrap_err();
+        let bad = ClipConfig { text_trainable_layers: Some(1), text_trainable: false, ..tiny() }
+            .validate()
+            .unwrap_err();
         assert!(bad.contains("model.text_trainable_layers"), "{bad}");
     }
 }

@@ -32,7 +32,13 @@ pub struct Conv2dConfig {
 }
 
 impl Conv2dConfig {
-    pub fn new(channels_in: usize, channels_out: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+    pub fn new(
+        channels_in: usize,
+        channels_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
         Self {
             channels_in,
             channels_out,
@@ -53,11 +59,8 @@ impl Conv2dConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Conv2d<B> {
         let k = self.kernel;
         let fan_out = self.channels_out * k * k;
-        let weight = Initializer::Normal {
-            mean: 0.0,
-            std: (2.0 / fan_out as f64).sqrt(),
-        }
-        .init([self.channels_out, self.channels_in, k, k], device);
+        let weight = Initializer::Normal { mean: 0.0, std: (2.0 / fan_out as f64).sqrt() }
+            .init([self.channels_out, self.channels_in, k, k], device);
         let bias = self.bias.then(|| Initializer::Zeros.init([self.channels_out], device));
         Conv2d {
             weight,
@@ -95,7 +98,12 @@ impl<B: Backend> Conv2d<B> {
 /// first): the same values as `conv2d`, about twice as fast forward + backward on Flex, and on
 /// CUDA one matmul kernel family instead of a convolution autotune set per shape (ResNet-50's
 /// bottlenecks are two-thirds 1×1 convolutions).
-fn pointwise<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Option<Tensor<B, 1>>, stride: usize) -> Tensor<B, 4> {
+fn pointwise<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+) -> Tensor<B, 4> {
     let x = if stride > 1 {
         let [_, _, h, w] = x.dims();
         x.slice([
@@ -131,27 +139,41 @@ mod tests {
     #[test]
     fn pointwise_matches_conv2d_forward_and_backward() {
         let device = Default::default();
-        for (stride, bias, h, w) in [(1, false, 5, 6), (2, true, 7, 6), (2, false, 8, 8), (3, true, 7, 5)] {
-            let x = Tensor::<B, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let weight = Tensor::<B, 4>::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let b = bias.then(|| Tensor::<B, 1>::random([4], Distribution::Normal(0.0, 1.0), &device).require_grad());
+        for (stride, bias, h, w) in
+            [(1, false, 5, 6), (2, true, 7, 6), (2, false, 8, 8), (3, true, 7, 5)]
+        {
+            let x = Tensor::<B, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let weight =
+                Tensor::<B, 4>::random([4, 3, 1, 1], Distribution::Normal(0.0, 1.0), &device)
+                    .require_grad();
+            let b = bias.then(|| {
+                Tensor::<B, 1>::random([4], Distribution::Normal(0.0, 1.0), &device).require_grad()
+            });
             let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
-            let reference = burn::tensor::module::conv2d(x.clone(), weight.clone(), b.clone(), options);
+            let reference =
+                burn::tensor::module::conv2d(x.clone(), weight.clone(), b.clone(), options);
             let ours = pointwise(x.clone(), weight.clone(), b.clone(), stride);
             assert_eq!(ours.dims(), reference.dims(), "stride {stride}, {h}×{w}");
             ours.to_data().assert_approx_eq::<f32>(&reference.to_data(), Tolerance::default());
 
-            let upstream = Tensor::<B, 4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let upstream =
+                Tensor::<B, 4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
             let g_ref = (reference * upstream.clone()).sum().backward();
             let g_ours = (ours * upstream).sum().backward();
-            x.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&x.grad(&g_ref).unwrap().to_data(), Tolerance::default());
-            weight
-                .grad(&g_ours)
+            x.grad(&g_ours)
                 .unwrap()
                 .to_data()
-                .assert_approx_eq::<f32>(&weight.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+                .assert_approx_eq::<f32>(&x.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+            weight.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(
+                &weight.grad(&g_ref).unwrap().to_data(),
+                Tolerance::default(),
+            );
             if let Some(b) = &b {
-                b.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&b.grad(&g_ref).unwrap().to_data(), Tolerance::default());
+                b.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(
+                    &b.grad(&g_ref).unwrap().to_data(),
+                    Tolerance::default(),
+                );
             }
         }
     }

@@ -31,7 +31,12 @@ impl ForwardFlops {
 
 /// FLOPs of a forward pass of `config` over `batch` pairs of `image_size`² images and captions
 /// of `seq_len` tokens.
-pub fn forward_flops(config: &ClipConfig, batch: usize, image_size: usize, seq_len: usize) -> ForwardFlops {
+pub fn forward_flops(
+    config: &ClipConfig,
+    batch: usize,
+    image_size: usize,
+    seq_len: usize,
+) -> ForwardFlops {
     let (b, d) = (batch as f64, config.projection_dim as f64);
     let head = |input: usize| 2.0 * b * (input as f64 * d + d * d);
     ForwardFlops {
@@ -70,7 +75,9 @@ fn resnet_flops(c: &ResNetConfig, image_size: usize) -> f64 {
             let out = out_size(size, 3, stride, 1);
             flops += match c.block {
                 BlockKind::Bottleneck => {
-                    conv(in_ch, planes, 1, size) + conv(planes, planes, 3, out) + conv(planes, out_ch, 1, out)
+                    conv(in_ch, planes, 1, size)
+                        + conv(planes, planes, 3, out)
+                        + conv(planes, out_ch, 1, out)
                 }
                 BlockKind::Basic => conv(in_ch, planes, 3, out) + conv(planes, planes, 3, out),
             };

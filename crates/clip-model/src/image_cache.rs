@@ -67,9 +67,22 @@ impl ImageFeatureCache {
         self.misses += computed as u64;
         let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
         if !missing.is_empty() {
-            let data: Vec<f32> = missing.iter().flat_map(|&(_, row)| pixels[row * per_image..(row + 1) * per_image].iter().copied()).collect();
-            let images = Tensor::<TB, 4>::from_data(TensorData::new(data, [missing.len(), 3, size, size]), device);
-            let rows = tower().forward(images, precision).into_data().convert::<f32>().to_vec::<f32>().expect("f32 features");
+            let data: Vec<f32> = missing
+                .iter()
+                .flat_map(|&(_, row)| {
+                    pixels[row * per_image..(row + 1) * per_image].iter().copied()
+                })
+                .collect();
+            let images = Tensor::<TB, 4>::from_data(
+                TensorData::new(data, [missing.len(), 3, size, size]),
+                device,
+            );
+            let rows = tower()
+                .forward(images, precision)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 features");
             self.rows.dim = rows.len() / missing.len();
             for (&(key, _), row) in missing.iter().zip(rows.chunks(self.rows.dim)) {
                 fresh.insert(key, row.to_vec());
@@ -89,11 +102,26 @@ mod tests {
     #[test]
     fn each_image_runs_through_the_tower_once_and_rows_match_the_tower() {
         let device = Default::default();
-        let config = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Default::default(), zero_init_residual: false, pointwise_matmul: true };
+        let config = ResNetConfig {
+            block: BlockKind::Basic,
+            layers: [1, 1, 1, 1],
+            channels: [4, 4, 4, 4],
+            stem_channels: 4,
+            stem: Default::default(),
+            zero_init_residual: false,
+            pointwise_matmul: true,
+        };
         let tower = config.init::<Flex>(&device).no_grad();
         let size = 16;
-        let pixels: Vec<f32> = (0..3 * 3 * size * size).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-        let want = tower.forward(Tensor::<Flex, 4>::from_data(TensorData::new(pixels.clone(), [3, 3, size, size]), &device), Precision::Fp32);
+        let pixels: Vec<f32> =
+            (0..3 * 3 * size * size).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let want = tower.forward(
+            Tensor::<Flex, 4>::from_data(
+                TensorData::new(pixels.clone(), [3, 3, size, size]),
+                &device,
+            ),
+            Precision::Fp32,
+        );
         let want = want.into_data().to_vec::<f32>().unwrap();
         let dim = want.len() / 3;
 
@@ -102,13 +130,34 @@ mod tests {
         // Rows 0 and 2 show image 7, row 1 image 3 (row 2's pixels are those of row 0 then).
         let mut batch = pixels.clone();
         batch.copy_within(0..3 * size * size, 2 * 3 * size * size);
-        let got = cache.features(|| { calls += 1; tower.clone() }, Precision::Fp32, &device, &[7, 3, 7], &batch, size);
+        let got = cache.features(
+            || {
+                calls += 1;
+                tower.clone()
+            },
+            Precision::Fp32,
+            &device,
+            &[7, 3, 7],
+            &batch,
+            size,
+        );
         assert_eq!(calls, 1);
         assert_eq!((cache.len(), cache.misses, cache.hits), (2, 3, 0));
         let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
-        assert!(close(&got[..dim], &want[..dim]) && close(&got[dim..2 * dim], &want[dim..2 * dim]) && close(&got[2 * dim..], &want[..dim]));
+        assert!(
+            close(&got[..dim], &want[..dim])
+                && close(&got[dim..2 * dim], &want[dim..2 * dim])
+                && close(&got[2 * dim..], &want[..dim])
+        );
         // Known images: no tower call, the same rows.
-        let again = cache.features(|| -> ResNet<Flex> { panic!("the tower should not run") }, Precision::Fp32, &device, &[3, 7], &pixels, size);
+        let again = cache.features(
+            || -> ResNet<Flex> { panic!("the tower should not run") },
+            Precision::Fp32,
+            &device,
+            &[3, 7],
+            &pixels,
+            size,
+        );
         assert_eq!(&again[..dim], &got[dim..2 * dim]);
         assert_eq!(cache.hits, 2);
     }

@@ -18,9 +18,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use burn::module::{Module, ParamId};
-use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore, TensorSnapshot};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
+use burn_store::{
+    ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore, TensorSnapshot,
+};
 use regex::Regex;
 
 use crate::clip::ClipModel;
@@ -82,14 +85,35 @@ const DISTILBERT_RULES: &[Rule] = &[
 const BERT_RULES: &[Rule] = &[
     Rule { upstream: "^bert.", ours: "^" },
     Rule { upstream: "^embeddings.LayerNorm.", ours: "^embeddings.layer_norm." },
-    Rule { upstream: "^encoder.layer.{n}.attention.self.query.", ours: "^transformer.layer.{n}.attention.q_lin." },
-    Rule { upstream: "^encoder.layer.{n}.attention.self.key.", ours: "^transformer.layer.{n}.attention.k_lin." },
-    Rule { upstream: "^encoder.layer.{n}.attention.self.value.", ours: "^transformer.layer.{n}.attention.v_lin." },
-    Rule { upstream: "^encoder.layer.{n}.attention.output.dense.", ours: "^transformer.layer.{n}.attention.out_lin." },
-    Rule { upstream: "^encoder.layer.{n}.attention.output.LayerNorm.", ours: "^transformer.layer.{n}.sa_layer_norm." },
-    Rule { upstream: "^encoder.layer.{n}.intermediate.dense.", ours: "^transformer.layer.{n}.ffn.lin1." },
+    Rule {
+        upstream: "^encoder.layer.{n}.attention.self.query.",
+        ours: "^transformer.layer.{n}.attention.q_lin.",
+    },
+    Rule {
+        upstream: "^encoder.layer.{n}.attention.self.key.",
+        ours: "^transformer.layer.{n}.attention.k_lin.",
+    },
+    Rule {
+        upstream: "^encoder.layer.{n}.attention.self.value.",
+        ours: "^transformer.layer.{n}.attention.v_lin.",
+    },
+    Rule {
+        upstream: "^encoder.layer.{n}.attention.output.dense.",
+        ours: "^transformer.layer.{n}.attention.out_lin.",
+    },
+    Rule {
+        upstream: "^encoder.layer.{n}.attention.output.LayerNorm.",
+        ours: "^transformer.layer.{n}.sa_layer_norm.",
+    },
+    Rule {
+        upstream: "^encoder.layer.{n}.intermediate.dense.",
+        ours: "^transformer.layer.{n}.ffn.lin1.",
+    },
     Rule { upstream: "^encoder.layer.{n}.output.dense.", ours: "^transformer.layer.{n}.ffn.lin2." },
-    Rule { upstream: "^encoder.layer.{n}.output.LayerNorm.", ours: "^transformer.layer.{n}.output_layer_norm." },
+    Rule {
+        upstream: "^encoder.layer.{n}.output.LayerNorm.",
+        ours: "^transformer.layer.{n}.output_layer_norm.",
+    },
 ];
 
 const RESNET_RULES: &[Rule] = &[
@@ -128,11 +152,8 @@ fn compile(rules: &[Rule], prefix: &str, dir: Direction) -> Vec<(Regex, String)>
             let (anchored, from) = anchor(from);
             let (_, to) = anchor(to);
             let body = regex::escape(&from).replace(r"\{n\}", r"(\d+)");
-            let pattern = if anchored {
-                format!("^{}{}", regex::escape(prefix), body)
-            } else {
-                body
-            };
+            let pattern =
+                if anchored { format!("^{}{}", regex::escape(prefix), body) } else { body };
             let replacement = if anchored {
                 format!("{prefix}{}", to.replace("{n}", "${1}"))
             } else {
@@ -180,10 +201,12 @@ fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
             Ok(WeightFile { tensors, skipped: Vec::new() })
         }
         "bin" | "pt" | "pth" | "ckpt" if crate::torch_file::is_zip(path) => {
-            let file = crate::torch_file::read_torch_file(path, Some("state_dict")).map_err(|e| match e {
-                crate::torch_file::TorchFileError::Format { message, .. } => err(message),
-                crate::torch_file::TorchFileError::Io { source, .. } => err(source.to_string()),
-            })?;
+            let file = crate::torch_file::read_torch_file(path, Some("state_dict")).map_err(
+                |e| match e {
+                    crate::torch_file::TorchFileError::Format { message, .. } => err(message),
+                    crate::torch_file::TorchFileError::Io { source, .. } => err(source.to_string()),
+                },
+            )?;
             Ok(WeightFile { tensors: file.tensors, skipped: file.skipped })
         }
         "bin" | "pt" | "pth" | "ckpt" => {
@@ -269,7 +292,10 @@ fn apply<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
     let applied: std::collections::HashSet<&String> = result.applied.iter().collect();
     let used_as_alias = |u: &str| {
         let alias = |from: &str, to: &str| u.strip_suffix(from).map(|stem| format!("{stem}{to}"));
-        [alias(".weight", ".gamma"), alias(".bias", ".beta")].into_iter().flatten().any(|a| applied.contains(&a))
+        [alias(".weight", ".gamma"), alias(".bias", ".beta")]
+            .into_iter()
+            .flatten()
+            .any(|a| applied.contains(&a))
     };
     report.unused = result
         .unused
@@ -297,9 +323,17 @@ pub fn hf_text_config(path: &Path) -> Result<(TextTransformerConfig, TextNaming)
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
     let num = |key: &str| v.get(key).and_then(|x| x.as_f64());
-    let int = |key: &str| num(key).map(|x| x as usize).ok_or_else(|| err(format!("missing or non-numeric key `{key}`")));
+    let int = |key: &str| {
+        num(key)
+            .map(|x| x as usize)
+            .ok_or_else(|| err(format!("missing or non-numeric key `{key}`")))
+    };
     let model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
-    let act = v.get("hidden_act").or_else(|| v.get("activation")).and_then(|a| a.as_str()).unwrap_or("gelu");
+    let act = v
+        .get("hidden_act")
+        .or_else(|| v.get("activation"))
+        .and_then(|a| a.as_str())
+        .unwrap_or("gelu");
     if act != "gelu" {
         return Err(err(format!("activation {act:?} is not supported (only exact \"gelu\")")));
     }
@@ -340,7 +374,9 @@ pub fn hf_text_config(path: &Path) -> Result<(TextTransformerConfig, TextNaming)
             TextNaming::Bert,
         )
     } else {
-        return Err(err(format!("model_type {model_type:?} is neither DistilBERT nor BERT-family")));
+        return Err(err(format!(
+            "model_type {model_type:?} is neither DistilBERT nor BERT-family"
+        )));
     };
     Ok(config)
 }
@@ -358,7 +394,10 @@ pub fn import_text<B: Backend>(
 }
 
 /// Loads a timm or torchvision ResNet state dict into an image tower (a classifier is unused).
-pub fn import_resnet<B: Backend>(mut model: ResNet<B>, path: &Path) -> Result<(ResNet<B>, ImportReport), ImportError> {
+pub fn import_resnet<B: Backend>(
+    mut model: ResNet<B>,
+    path: &Path,
+) -> Result<(ResNet<B>, ImportReport), ImportError> {
     let file = read_snapshots(path)?;
     let rules = compile(RESNET_RULES, "", Direction::Import);
     let report = apply(&mut model, path, &file, &rules, "", false, &[])?;
@@ -383,11 +422,15 @@ fn naming_of<B: Backend>(model: &ClipModel<B>) -> TextNaming {
 
 /// Loads a whole CLIP model: the seed notebook's Lightning checkpoint, or a file written by
 /// [`export_clip`]. A missing `logit_scale` (or `logit_bias`) keeps the configured value.
-pub fn import_clip<B: Backend>(mut model: ClipModel<B>, path: &Path) -> Result<(ClipModel<B>, ImportReport), ImportError> {
+pub fn import_clip<B: Backend>(
+    mut model: ClipModel<B>,
+    path: &Path,
+) -> Result<(ClipModel<B>, ImportReport), ImportError> {
     let mut file = read_snapshots(path)?;
     // A LightningModule that wraps the model as `self.model` adds one more level.
     if !file.tensors.is_empty() && file.tensors.keys().all(|k| k.starts_with("model.")) {
-        file.tensors = file.tensors.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
+        file.tensors =
+            file.tensors.into_iter().map(|(k, v)| (k["model.".len()..].to_string(), v)).collect();
     }
     let rules = clip_rules(naming_of(&model), Direction::Import);
     let report = apply(&mut model, path, &file, &rules, "", false, &["logit_scale", "logit_bias"])?;
@@ -405,7 +448,8 @@ pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), 
     let mut tensors: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for snap in &snapshots {
         let name = rename(&snap.full_path(), &rules);
-        let data = snap.to_data().map_err(|e| err(format!("{name}: {e:?}")))?.convert_dtype(DType::F32);
+        let data =
+            snap.to_data().map_err(|e| err(format!("{name}: {e:?}")))?.convert_dtype(DType::F32);
         let shape = data.shape.to_vec();
         if name.ends_with(".running_var") {
             // PyTorch's BatchNorm2d also has this buffer; strict loading expects it.
@@ -432,7 +476,11 @@ pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), 
 /// Writes a file as a whole or not at all: a temporary file beside it, renamed into place.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImportError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
     std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         ImportError::Write { path: path.into(), message: e.to_string() }
@@ -458,7 +506,10 @@ mod tests {
             assert!(!ours.contains("encoder.") && !ours.contains("LayerNorm"), "{key} -> {ours}");
             assert_eq!(rename(&ours, &export), key.trim_start_matches("bert."));
         }
-        assert_eq!(rename("encoder.layer.3.output.dense.weight", &import), "transformer.layer.3.ffn.lin2.weight");
+        assert_eq!(
+            rename("encoder.layer.3.output.dense.weight", &import),
+            "transformer.layer.3.ffn.lin2.weight"
+        );
         assert_eq!(
             rename("encoder.layer.3.attention.output.dense.weight", &import),
             "transformer.layer.3.attention.out_lin.weight"
@@ -476,6 +527,9 @@ mod tests {
             rename("text_encoder.model.embeddings.LayerNorm.weight", &rules),
             "text_encoder.model.embeddings.layer_norm.weight"
         );
-        assert_eq!(rename("image_encoder.projection.layer_norm.weight", &rules), "image_encoder.projection.layer_norm.weight");
+        assert_eq!(
+            rename("image_encoder.projection.layer_norm.weight", &rules),
+            "image_encoder.projection.layer_norm.weight"
+        );
     }
 }

@@ -31,7 +31,11 @@ impl ContrastiveLoss {
 }
 
 /// `scale * text @ image^T`: row `i` scores text `i` against every image.
-pub fn logits_per_text<B: Backend>(text: Tensor<B, 2>, image: Tensor<B, 2>, scale: Tensor<B, 1>) -> Tensor<B, 2> {
+pub fn logits_per_text<B: Backend>(
+    text: Tensor<B, 2>,
+    image: Tensor<B, 2>,
+    scale: Tensor<B, 1>,
+) -> Tensor<B, 2> {
     text.matmul(image.transpose()).mul(scale.unsqueeze::<2>())
 }
 
@@ -62,7 +66,10 @@ pub fn soft_targets<B: Backend>(
 ) -> Tensor<B, 1> {
     let images_similarity = image.clone().matmul(image.transpose());
     let texts_similarity = text.clone().matmul(text.transpose());
-    let targets = softmax((images_similarity + texts_similarity).div_scalar(2.0).mul(temperature.unsqueeze::<2>()), 1);
+    let targets = softmax(
+        (images_similarity + texts_similarity).div_scalar(2.0).mul(temperature.unsqueeze::<2>()),
+        1,
+    );
     let texts_loss = (targets.clone().neg() * log_softmax(logits.clone(), 1)).sum_dim(1);
     let images_loss = (targets.transpose().neg() * log_softmax(logits.transpose(), 1)).sum_dim(1);
     (images_loss + texts_loss).div_scalar(2.0).mean()

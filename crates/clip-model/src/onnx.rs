@@ -38,13 +38,24 @@ pub const TEXT_EMBEDS: &str = "text_embeds";
 
 /// The image tower, its head and the optional L2 normalization as an ONNX model. `metadata`
 /// (preprocessing, say) is stored in the model's `metadata_props`.
-pub fn image_encoder_onnx<B: Backend>(model: &ClipModel<B>, metadata: &[(String, String)]) -> ModelProto {
+pub fn image_encoder_onnx<B: Backend>(
+    model: &ClipModel<B>,
+    metadata: &[(String, String)],
+) -> ModelProto {
     let mut g = Graph::default();
     let resnet = &model.image_encoder.model;
     let mut x = g.conv_bn(PIXEL_VALUES, &resnet.conv1, &resnet.bn1, "conv1", "bn1");
     x = g.node("Relu", &[&x], vec![]);
     if resnet.stem == Stem::Imagenet {
-        x = g.node("MaxPool", &[&x], vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]);
+        x = g.node(
+            "MaxPool",
+            &[&x],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
+        );
     }
     let stages = [&resnet.layer1, &resnet.layer2, &resnet.layer3, &resnet.layer4];
     for (s, stage) in stages.into_iter().enumerate() {
@@ -56,13 +67,21 @@ pub fn image_encoder_onnx<B: Backend>(model: &ClipModel<B>, metadata: &[(String,
     let embeds = g.head(&pooled, &model.image_encoder.projection, "image_projection");
     let embeds = if model.settings.normalize { g.l2_normalize(&embeds) } else { embeds };
     let dim = model.image_encoder.projection.layer_norm.gamma.dims()[0];
-    let inputs = vec![value_info(PIXEL_VALUES, FLOAT, &[Dim::Free("batch"), Dim::Fixed(3), Dim::Free("height"), Dim::Free("width")])];
+    let inputs = vec![value_info(
+        PIXEL_VALUES,
+        FLOAT,
+        &[Dim::Free("batch"), Dim::Fixed(3), Dim::Free("height"), Dim::Free("width")],
+    )];
     g.into_model("clip_image_encoder", inputs, &embeds, IMAGE_EMBEDS, dim, metadata)
 }
 
 /// The text tower, its pooling and head and the optional L2 normalization as an ONNX model.
 /// `config` supplies what the weights do not hold (layer-norm epsilons, head count).
-pub fn text_encoder_onnx<B: Backend>(model: &ClipModel<B>, config: &ClipConfig, metadata: &[(String, String)]) -> ModelProto {
+pub fn text_encoder_onnx<B: Backend>(
+    model: &ClipModel<B>,
+    config: &ClipConfig,
+    metadata: &[(String, String)],
+) -> ModelProto {
     let mut g = Graph::default();
     let text = &model.text_encoder.model;
     let eps = config.text.layer_norm_eps;
@@ -144,7 +163,8 @@ pub fn text_encoder_onnx<B: Backend>(model: &ClipModel<B>, config: &ClipConfig, 
     let embeds = if model.settings.normalize { g.l2_normalize(&embeds) } else { embeds };
     let dim = model.text_encoder.projection.layer_norm.gamma.dims()[0];
     let tokens = [Dim::Free("batch"), Dim::Free("sequence")];
-    let inputs = vec![value_info(INPUT_IDS, INT64, &tokens), value_info(ATTENTION_MASK, INT64, &tokens)];
+    let inputs =
+        vec![value_info(INPUT_IDS, INT64, &tokens), value_info(ATTENTION_MASK, INT64, &tokens)];
     g.into_model("clip_text_encoder", inputs, &embeds, TEXT_EMBEDS, dim, metadata)
 }
 
@@ -177,7 +197,9 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
         .collect();
     ValueInfoProto {
         name: name.into(),
-        r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type, shape: Some(TensorShapeProto { dim }) }) }),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto { elem_type, shape: Some(TensorShapeProto { dim }) }),
+        }),
     }
 }
 
@@ -186,7 +208,12 @@ fn int(name: &str, value: i64) -> AttributeProto {
 }
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), ints: values.to_vec(), r#type: ATTR_INTS, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        ints: values.to_vec(),
+        r#type: ATTR_INTS,
+        ..Default::default()
+    }
 }
 
 fn float(name: &str, value: f32) -> AttributeProto {
@@ -215,8 +242,19 @@ impl Graph {
         out
     }
 
-    fn initializer(&mut self, name: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> String {
-        self.initializers.push(TensorProto { dims: dims.iter().map(|&d| d as i64).collect(), data_type, name: name.into(), raw_data });
+    fn initializer(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data_type: i32,
+        raw_data: Vec<u8>,
+    ) -> String {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type,
+            name: name.into(),
+            raw_data,
+        });
         name.into()
     }
 
@@ -240,7 +278,8 @@ impl Graph {
     /// A tensor's values as a float initializer.
     fn tensor<B: Backend, const D: usize>(&mut self, name: &str, t: Tensor<B, D>) -> String {
         let dims = t.dims();
-        let values = t.into_data().convert_dtype(DType::F32).to_vec::<f32>().expect("converted to f32");
+        let values =
+            t.into_data().convert_dtype(DType::F32).to_vec::<f32>().expect("converted to f32");
         self.initializer(name, &dims, FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
@@ -268,7 +307,13 @@ impl Graph {
 
     /// Layer norm over the last axis, in elementary operators (opset 17's `LayerNormalization`
     /// is missing from older runtimes).
-    fn layer_norm<B: Backend>(&mut self, x: &str, ln: &LayerNorm<B>, eps: f64, name: &str) -> String {
+    fn layer_norm<B: Backend>(
+        &mut self,
+        x: &str,
+        ln: &LayerNorm<B>,
+        eps: f64,
+        name: &str,
+    ) -> String {
         let mean = self.node("ReduceMean", &[x], vec![ints("axes", &[-1])]);
         let centered = self.node("Sub", &[x, &mean], vec![]);
         let squared = self.node("Mul", &[&centered, &centered], vec![]);
@@ -320,7 +365,14 @@ impl Graph {
         self.node("Div", &[x, &norm], vec![])
     }
 
-    fn conv_bn<B: Backend>(&mut self, x: &str, conv: &Conv2d<B>, bn: &BatchNorm2d<B>, conv_name: &str, bn_name: &str) -> String {
+    fn conv_bn<B: Backend>(
+        &mut self,
+        x: &str,
+        conv: &Conv2d<B>,
+        bn: &BatchNorm2d<B>,
+        conv_name: &str,
+        bn_name: &str,
+    ) -> String {
         let w = self.param(&format!("{conv_name}.weight"), &conv.weight);
         let [_, _, kh, kw] = conv.weight.dims();
         let mut inputs = vec![x.to_string(), w];
@@ -329,23 +381,49 @@ impl Graph {
         }
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let (s, p) = (conv.stride as i64, conv.padding as i64);
-        let attrs = vec![ints("kernel_shape", &[kh as i64, kw as i64]), ints("strides", &[s, s]), ints("pads", &[p, p, p, p])];
+        let attrs = vec![
+            ints("kernel_shape", &[kh as i64, kw as i64]),
+            ints("strides", &[s, s]),
+            ints("pads", &[p, p, p, p]),
+        ];
         let y = self.node("Conv", &inputs, attrs);
         let scale = self.param(&format!("{bn_name}.weight"), &bn.weight);
         let bias = self.param(&format!("{bn_name}.bias"), &bn.bias);
         let mean = self.tensor(&format!("{bn_name}.running_mean"), bn.running_mean.value_sync());
         let var = self.tensor(&format!("{bn_name}.running_var"), bn.running_var.value_sync());
-        self.node("BatchNormalization", &[&y, &scale, &bias, &mean, &var], vec![float("epsilon", bn.epsilon as f32)])
+        self.node(
+            "BatchNormalization",
+            &[&y, &scale, &bias, &mean, &var],
+            vec![float("epsilon", bn.epsilon as f32)],
+        )
     }
 
     fn block<B: Backend>(&mut self, x: &str, block: &Block<B>, name: &str) -> String {
         let shortcut = match &block.downsample {
-            Some(d) => self.conv_bn(x, &d.conv, &d.bn, &format!("{name}.downsample.0"), &format!("{name}.downsample.1")),
+            Some(d) => self.conv_bn(
+                x,
+                &d.conv,
+                &d.bn,
+                &format!("{name}.downsample.0"),
+                &format!("{name}.downsample.1"),
+            ),
             None => x.to_string(),
         };
-        let h = self.conv_bn(x, &block.conv1, &block.bn1, &format!("{name}.conv1"), &format!("{name}.bn1"));
+        let h = self.conv_bn(
+            x,
+            &block.conv1,
+            &block.bn1,
+            &format!("{name}.conv1"),
+            &format!("{name}.bn1"),
+        );
         let h = self.node("Relu", &[&h], vec![]);
-        let mut h = self.conv_bn(&h, &block.conv2, &block.bn2, &format!("{name}.conv2"), &format!("{name}.bn2"));
+        let mut h = self.conv_bn(
+            &h,
+            &block.conv2,
+            &block.bn2,
+            &format!("{name}.conv2"),
+            &format!("{name}.bn2"),
+        );
         if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
             let r = self.node("Relu", &[&h], vec![]);
             h = self.conv_bn(&r, conv3, bn3, &format!("{name}.conv3"), &format!("{name}.bn3"));
@@ -364,7 +442,12 @@ impl Graph {
         metadata: &[(String, String)],
     ) -> ModelProto {
         // The last node's output takes the public name.
-        if let Some(last) = self.nodes.iter_mut().rev().find(|n| n.output.first().map(String::as_str) == Some(result)) {
+        if let Some(last) = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .find(|n| n.output.first().map(String::as_str) == Some(result))
+        {
             last.output = vec![output_name.into()];
         }
         let output = vec![value_info(output_name, FLOAT, &[Dim::Free("batch"), Dim::Fixed(dim)])];
@@ -373,9 +456,18 @@ impl Graph {
             producer_name: "clip-burn".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             doc_string: String::new(),
-            graph: Some(GraphProto { node: self.nodes, name: name.into(), initializer: self.initializers, input, output }),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: name.into(),
+                initializer: self.initializers,
+                input,
+                output,
+            }),
             opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
-            metadata_props: metadata.iter().map(|(k, v)| StringStringEntryProto { key: k.clone(), value: v.clone() }).collect(),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| StringStringEntryProto { key: k.clone(), value: v.clone() })
+                .collect(),
         }
     }
 }

@@ -50,7 +50,11 @@ impl Precision {
     }
 
     /// `a @ b` in the compute dtype, result in f32.
-    pub fn matmul<B: Backend, const D: usize>(self, a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn matmul<B: Backend, const D: usize>(
+        self,
+        a: Tensor<B, D>,
+        b: Tensor<B, D>,
+    ) -> Tensor<B, D> {
         self.to_f32(self.to_compute(a).matmul(self.to_compute(b)))
     }
 
@@ -58,7 +62,11 @@ impl Precision {
     /// are folded into one first: a single 2-D matmul instead of burn's broadcast batched one,
     /// about 2.7× faster forward + backward on Flex for a `[16, 32, 768] × [768, 3072]` layer
     /// (BENCHMARKS.md), and one matmul shape per layer on CUDA whatever the batch and length.
-    pub fn linear<B: Backend, const D: usize>(self, layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn linear<B: Backend, const D: usize>(
+        self,
+        layer: &Linear<B>,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
         let mut shape = x.dims();
         let features_in = shape[D - 1];
         let rows = shape[..D - 1].iter().product::<usize>();
@@ -94,7 +102,8 @@ mod tests {
         type B = Autodiff<Flex>;
         let device = Default::default();
         let layer = LinearConfig::new(8, 4).init::<B>(&device);
-        let x = Tensor::<B, 2>::random([3, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let x =
+            Tensor::<B, 2>::random([3, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let full = Precision::Fp32.linear(&layer, x.clone());
         for p in [Precision::Fp16Mixed, Precision::Bf16Mixed] {
             let half = p.linear(&layer, x.clone());
@@ -119,12 +128,16 @@ mod tests {
         let ours = Precision::Fp32.linear(&layer, x3.clone());
         let burns = layer.forward(x3.clone());
         assert_eq!(ours.dims(), [2, 3, 5]);
-        ours.to_data().assert_approx_eq::<f32>(&burns.to_data(), burn::tensor::Tolerance::default());
+        ours.to_data()
+            .assert_approx_eq::<f32>(&burns.to_data(), burn::tensor::Tolerance::default());
         let g_ours = (ours * 1.5).sum().backward();
         let g_burn = (burns * 1.5).sum().backward();
         let w = |g| layer.weight.grad(g).unwrap().to_data();
         w(&g_ours).assert_approx_eq::<f32>(&w(&g_burn), burn::tensor::Tolerance::default());
-        x3.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(&x3.grad(&g_burn).unwrap().to_data(), burn::tensor::Tolerance::default());
+        x3.grad(&g_ours).unwrap().to_data().assert_approx_eq::<f32>(
+            &x3.grad(&g_burn).unwrap().to_data(),
+            burn::tensor::Tolerance::default(),
+        );
 
         let x4 = Tensor::<B, 4>::random([2, 2, 3, 8], normal, &device);
         let ours = Precision::Bf16Mixed.linear(&layer, x4.clone());

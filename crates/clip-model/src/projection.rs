@@ -29,11 +29,7 @@ fn default_dropout() -> f64 {
 
 impl ProjectionHeadConfig {
     pub fn new(input_dim: usize) -> Self {
-        Self {
-            input_dim,
-            projection_dim: default_projection_dim(),
-            dropout: default_dropout(),
-        }
+        Self { input_dim, projection_dim: default_projection_dim(), dropout: default_dropout() }
     }
 
     /// PyTorch's default initialization (uniform ±1/√fan_in, as `nn.Linear`).

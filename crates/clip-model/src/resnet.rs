@@ -114,7 +114,15 @@ impl ResNetConfig {
             let blocks: Vec<Block<B>> = (0..n)
                 .map(|i| {
                     let s = if i == 0 { stride } else { 1 };
-                    let b = Block::new(self.block, in_ch, planes, s, self.zero_init_residual, self.pointwise_matmul, device);
+                    let b = Block::new(
+                        self.block,
+                        in_ch,
+                        planes,
+                        s,
+                        self.zero_init_residual,
+                        self.pointwise_matmul,
+                        device,
+                    );
                     in_ch = planes * e;
                     b
                 })
@@ -169,7 +177,9 @@ impl<B: Backend> Block<B> {
     ) -> Self {
         let out_ch = planes * kind.expansion();
         let conv = |c_in, c_out, k, stride, pad| {
-            Conv2dConfig::new(c_in, c_out, k, stride, pad).with_pointwise_matmul(pointwise_matmul).init(device)
+            Conv2dConfig::new(c_in, c_out, k, stride, pad)
+                .with_pointwise_matmul(pointwise_matmul)
+                .init(device)
         };
         let downsample = (stride != 1 || in_ch != out_ch).then(|| Downsample {
             conv: conv(in_ch, out_ch, 1, stride, 0),
@@ -245,7 +255,8 @@ impl<B: Backend> ResNet<B> {
         if self.stem == Stem::Imagenet {
             x = burn::tensor::module::max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false);
         }
-        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
+        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4)
+        {
             x = block.forward(x, p);
         }
         let [b, c, _, _] = x.dims();
@@ -269,7 +280,11 @@ mod tests {
 
     #[test]
     fn resnet18_shapes() {
-        let cfg = ResNetConfig { channels: [4, 8, 16, 32], stem_channels: 4, ..ResNetConfig::depth(18).unwrap() };
+        let cfg = ResNetConfig {
+            channels: [4, 8, 16, 32],
+            stem_channels: 4,
+            ..ResNetConfig::depth(18).unwrap()
+        };
         let m = cfg.init::<Flex>(&Default::default());
         let y = m.forward(Tensor::zeros([2, 3, 32, 32], &Default::default()), Precision::Fp32);
         assert_eq!(y.dims(), [2, 32]);
@@ -277,7 +292,12 @@ mod tests {
 
     #[test]
     fn small_stem_keeps_full_resolution() {
-        let cfg = ResNetConfig { channels: [4, 8, 16, 32], stem_channels: 4, stem: Stem::Small, ..ResNetConfig::depth(18).unwrap() };
+        let cfg = ResNetConfig {
+            channels: [4, 8, 16, 32],
+            stem_channels: 4,
+            stem: Stem::Small,
+            ..ResNetConfig::depth(18).unwrap()
+        };
         let m = cfg.init::<Flex>(&Default::default());
         assert_eq!(m.conv1.weight.dims(), [4, 3, 3, 3]);
         let x = Tensor::<Flex, 4>::zeros([2, 3, 28, 28], &Default::default());
@@ -289,14 +309,26 @@ mod tests {
     #[test]
     fn pointwise_matmul_changes_no_output() {
         let device = Default::default();
-        let base = ResNetConfig { channels: [4, 8, 8, 8], stem_channels: 8, zero_init_residual: false, ..ResNetConfig::resnet50() };
-        let x = Tensor::<Flex, 4>::random([2, 3, 32, 32], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let base = ResNetConfig {
+            channels: [4, 8, 8, 8],
+            stem_channels: 8,
+            zero_init_residual: false,
+            ..ResNetConfig::resnet50()
+        };
+        let x = Tensor::<Flex, 4>::random(
+            [2, 3, 32, 32],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let m = base.init::<Flex>(&device);
         // burn initializes parameters lazily, on first use: a clone taken before that would
         // draw its own random weights. Run the model once so both share the same ones.
         let on = m.forward(x.clone(), Precision::Fp32);
         let mut off = m.clone();
-        for block in [&mut off.layer1, &mut off.layer2, &mut off.layer3, &mut off.layer4].into_iter().flatten() {
+        for block in [&mut off.layer1, &mut off.layer2, &mut off.layer3, &mut off.layer4]
+            .into_iter()
+            .flatten()
+        {
             block.conv1.pointwise_matmul = false;
             block.conv3.as_mut().unwrap().pointwise_matmul = false;
             if let Some(d) = block.downsample.as_mut() {

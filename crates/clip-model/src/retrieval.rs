@@ -69,13 +69,19 @@ pub fn ranks<B: Backend>(
         &device,
     );
     let own_images = images.clone().select(0, own);
-    let positive: Vec<f32> = (texts.clone() * own_images).sum_dim(1).into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let positive: Vec<f32> = (texts.clone() * own_images)
+        .sum_dim(1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
     // Each image's best caption score.
     let mut best = vec![f32::NEG_INFINITY; n_img];
     for (c, &i) in caption_image.iter().enumerate() {
         best[i] = best[i].max(positive[c]);
     }
-    let best_t = Tensor::<B, 1>::from_data(TensorData::new(best, [n_img]), &device).reshape([1, n_img]);
+    let best_t =
+        Tensor::<B, 1>::from_data(TensorData::new(best, [n_img]), &device).reshape([1, n_img]);
 
     let mut t2i = Vec::with_capacity(n_txt);
     let mut i2t = vec![0usize; n_img];
@@ -84,11 +90,17 @@ pub fn ranks<B: Backend>(
         let end = (start + chunk).min(n_txt);
         let rows = end - start;
         let sims = texts.clone().slice([start..end]).matmul(images.clone().transpose()); // [rows, n_img]
-        let pos = Tensor::<B, 1>::from_data(TensorData::new(positive[start..end].to_vec(), [rows]), &device).reshape([rows, 1]);
+        let pos = Tensor::<B, 1>::from_data(
+            TensorData::new(positive[start..end].to_vec(), [rows]),
+            &device,
+        )
+        .reshape([rows, 1]);
         let above_own = sims.clone().greater(pos.expand([rows, n_img])).int().sum_dim(1);
         let above_best = sims.greater(best_t.clone().expand([rows, n_img])).int().sum_dim(0);
-        let above_own: Vec<i64> = above_own.into_data().convert::<i64>().to_vec().unwrap_or_default();
-        let above_best: Vec<i64> = above_best.into_data().convert::<i64>().to_vec().unwrap_or_default();
+        let above_own: Vec<i64> =
+            above_own.into_data().convert::<i64>().to_vec().unwrap_or_default();
+        let above_best: Vec<i64> =
+            above_best.into_data().convert::<i64>().to_vec().unwrap_or_default();
         t2i.extend(above_own.into_iter().map(|v| v as usize));
         for (acc, v) in i2t.iter_mut().zip(above_best) {
             *acc += v as usize;
@@ -121,22 +133,34 @@ pub fn label_ranks<B: Backend>(
     )
     .reshape([1, n_img]);
     let chunk = chunk.max(1);
-    let chunks: Vec<(usize, usize)> = (0..n_txt).step_by(chunk).map(|s| (s, (s + chunk).min(n_txt))).collect();
+    let chunks: Vec<(usize, usize)> =
+        (0..n_txt).step_by(chunk).map(|s| (s, (s + chunk).min(n_txt))).collect();
     // [rows, n_img]: similarities and same-label mask of a chunk of captions.
     let block = |start: usize, end: usize| {
         let rows = end - start;
         let sims = texts.clone().slice([start..end]).matmul(images.clone().transpose());
         let lab = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(text_labels[start..end].iter().map(|&l| l as i64).collect::<Vec<_>>(), [rows]),
+            TensorData::new(
+                text_labels[start..end].iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                [rows],
+            ),
             &device,
         )
         .reshape([rows, 1]);
         let same = lab.expand([rows, n_img]).equal(img_lab.clone().expand([rows, n_img]));
         (sims, same)
     };
-    let host = |t: Tensor<B, 1>| -> Vec<f32> { t.into_data().convert::<f32>().to_vec().unwrap_or_default() };
+    let host = |t: Tensor<B, 1>| -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap_or_default()
+    };
     let host_int = |t: Tensor<B, 1, Int>| -> Vec<usize> {
-        t.into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default().into_iter().map(|v| v as usize).collect()
+        t.into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v as usize)
+            .collect()
     };
 
     // Pass 1: each caption's best own-label image (done per chunk), each image's best own-label caption.
@@ -154,13 +178,16 @@ pub fn label_ranks<B: Backend>(
         }
     }
     // Pass 2: captions of other labels above each image's best own-label caption.
-    let best_t = Tensor::<B, 1>::from_data(TensorData::new(best_caption, [n_img]), &device).reshape([1, n_img]);
+    let best_t = Tensor::<B, 1>::from_data(TensorData::new(best_caption, [n_img]), &device)
+        .reshape([1, n_img]);
     let mut i2t = vec![0usize; n_img];
     for &(start, end) in &chunks {
         let rows = end - start;
         let (sims, same) = block(start, end);
-        let others_above = sims.greater(best_t.clone().expand([rows, n_img])).bool_and(same.bool_not());
-        for (acc, v) in i2t.iter_mut().zip(host_int(others_above.int().sum_dim(0).reshape([n_img]))) {
+        let others_above =
+            sims.greater(best_t.clone().expand([rows, n_img])).bool_and(same.bool_not());
+        for (acc, v) in i2t.iter_mut().zip(host_int(others_above.int().sum_dim(0).reshape([n_img])))
+        {
             *acc += v;
         }
     }
@@ -184,8 +211,12 @@ pub fn retrieval_metrics<B: Backend>(
 
 /// Summarizes zero-based ranks.
 pub fn from_ranks(t2i: &[usize], i2t: &[usize]) -> RetrievalMetrics {
-    let recall = |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64;
-    let mean = |ranks: &[usize]| ranks.iter().map(|&r| r as f64 + 1.0).sum::<f64>() / ranks.len().max(1) as f64;
+    let recall = |ranks: &[usize], k: usize| {
+        ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64
+    };
+    let mean = |ranks: &[usize]| {
+        ranks.iter().map(|&r| r as f64 + 1.0).sum::<f64>() / ranks.len().max(1) as f64
+    };
     let median = |ranks: &[usize]| {
         let mut v: Vec<usize> = ranks.to_vec();
         v.sort_unstable();

@@ -10,7 +10,10 @@
 //! transformers `models/distilbert/modeling_distilbert.py` and `models/bert/modeling_bert.py`.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
@@ -105,15 +108,21 @@ impl TextTransformerConfig {
         );
         // HF BERT-family init: N(0, 0.02) weights, zero biases, unit LayerNorms.
         let normal = Initializer::Normal { mean: 0.0, std: 0.02 };
-        let linear = |i: usize, o: usize| LinearConfig::new(i, o).with_initializer(normal.clone()).init(device);
-        let ln = || LayerNormConfig::new(self.hidden_size).with_epsilon(self.layer_norm_eps).init(device);
+        let linear = |i: usize, o: usize| {
+            LinearConfig::new(i, o).with_initializer(normal.clone()).init(device)
+        };
+        let ln = || {
+            LayerNormConfig::new(self.hidden_size).with_epsilon(self.layer_norm_eps).init(device)
+        };
         let h = self.hidden_size;
-        let embedding = |n: usize| EmbeddingConfig::new(n, h).with_initializer(normal.clone()).init(device);
+        let embedding =
+            |n: usize| EmbeddingConfig::new(n, h).with_initializer(normal.clone()).init(device);
         TextTransformer {
             embeddings: TextEmbeddings {
                 word_embeddings: embedding(self.vocab_size),
                 position_embeddings: embedding(self.max_position_embeddings),
-                token_type_embeddings: (self.type_vocab_size > 0).then(|| embedding(self.type_vocab_size)),
+                token_type_embeddings: (self.type_vocab_size > 0)
+                    .then(|| embedding(self.type_vocab_size)),
                 layer_norm: ln(),
                 dropout: DropoutConfig::new(self.dropout).init(),
             },
@@ -127,8 +136,12 @@ impl TextTransformerConfig {
                             out_lin: linear(h, h),
                             num_heads: self.num_heads,
                             dropout: DropoutConfig::new(self.attention_dropout).init(),
-                            output_dropout: DropoutConfig::new(if self.attention_output_dropout { self.dropout } else { 0.0 })
-                                .init(),
+                            output_dropout: DropoutConfig::new(if self.attention_output_dropout {
+                                self.dropout
+                            } else {
+                                0.0
+                            })
+                            .init(),
                         },
                         sa_layer_norm: ln(),
                         ffn: FeedForward {
@@ -235,13 +248,21 @@ impl<B: Backend> TextTransformer<B> {
             self.embeddings = self.embeddings.no_grad();
         }
         let layers = std::mem::take(&mut self.transformer.layer);
-        self.transformer.layer =
-            layers.into_iter().enumerate().map(|(i, layer)| if i < frozen { layer.no_grad() } else { layer }).collect();
+        self.transformer.layer = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| if i < frozen { layer.no_grad() } else { layer })
+            .collect();
         self
     }
 
     /// Hidden states of every token: `ids [b, l]`, `mask [b, l]` (1 = token) → `[b, l, h]`.
-    pub fn hidden_states(&self, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2, Int>, p: Precision) -> Tensor<B, 3> {
+    pub fn hidden_states(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+        p: Precision,
+    ) -> Tensor<B, 3> {
         let [_, l] = ids.dims();
         let e = &self.embeddings;
         let max_pos = e.position_embeddings.weight.dims()[0];
@@ -261,7 +282,12 @@ impl<B: Backend> TextTransformer<B> {
     }
 
     /// One vector per sequence (`[CLS]` state or masked mean): `[b, h]`.
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2, Int>, p: Precision) -> Tensor<B, 2> {
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+        p: Precision,
+    ) -> Tensor<B, 2> {
         let [b, l] = ids.dims();
         let states = self.hidden_states(ids, mask.clone(), p);
         let h = states.dims()[2];

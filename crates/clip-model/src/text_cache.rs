@@ -88,7 +88,12 @@ impl TextFeatureCache {
 }
 
 /// Runs the tower over unpadded captions, padding them to the longest.
-fn compute<TB: Backend>(tower: &TextTransformer<TB>, precision: Precision, device: &TB::Device, captions: &[&Vec<i32>]) -> Vec<f32> {
+fn compute<TB: Backend>(
+    tower: &TextTransformer<TB>,
+    precision: Precision,
+    device: &TB::Device,
+    captions: &[&Vec<i32>],
+) -> Vec<f32> {
     let n = captions.len();
     let len = captions.iter().map(|c| c.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![0i32; n * len];
@@ -145,7 +150,14 @@ mod tests {
         }
         assert_eq!((cache.len(), cache.hits, cache.misses), (2, 0, 3));
         // A second batch of known captions never calls the tower.
-        let again = cache.features::<Flex>(|| panic!("tower called for cached captions"), Precision::Fp32, &device, &ids[..8], &mask[..8], 4);
+        let again = cache.features::<Flex>(
+            || panic!("tower called for cached captions"),
+            Precision::Fp32,
+            &device,
+            &ids[..8],
+            &mask[..8],
+            4,
+        );
         assert_eq!(again, got[..16]);
         assert_eq!((cache.hits, cache.misses), (2, 3));
     }
@@ -164,7 +176,14 @@ mod tests {
         };
         let tower = cfg.init::<Flex>(&device);
         let mut cache = TextFeatureCache::new(1);
-        let out = cache.features(|| tower.clone(), Precision::Fp32, &device, &[3, 4, 5, 6], &[1, 1, 1, 1], 2);
+        let out = cache.features(
+            || tower.clone(),
+            Precision::Fp32,
+            &device,
+            &[3, 4, 5, 6],
+            &[1, 1, 1, 1],
+            2,
+        );
         assert_eq!(out.len(), 8);
         assert_eq!(cache.len(), 1);
     }

@@ -120,12 +120,23 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), globals: BTreeSet::new() }
+        Self {
+            bytes,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            globals: BTreeSet::new(),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            format!("pickle truncated: {n} bytes claimed at offset {}, {} left", self.pos, self.bytes.len() - self.pos)
+            format!(
+                "pickle truncated: {n} bytes claimed at offset {}, {} left",
+                self.pos,
+                self.bytes.len() - self.pos
+            )
         })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
@@ -148,8 +159,10 @@ impl<'a> Machine<'a> {
     }
     fn line(&mut self) -> Result<&'a str, String> {
         let rest = &self.bytes[self.pos..];
-        let n = rest.iter().position(|&b| b == b'\n').ok_or("pickle truncated: unterminated line")?;
-        let s = std::str::from_utf8(&rest[..n]).map_err(|_| "pickle line is not UTF-8".to_string())?;
+        let n =
+            rest.iter().position(|&b| b == b'\n').ok_or("pickle truncated: unterminated line")?;
+        let s =
+            std::str::from_utf8(&rest[..n]).map_err(|_| "pickle line is not UTF-8".to_string())?;
         self.pos += n + 1;
         Ok(s)
     }
@@ -257,7 +270,10 @@ impl<'a> Machine<'a> {
                 }
                 b'F' => {
                     let line = self.line()?;
-                    let v = line.trim().parse::<f64>().map_err(|_| format!("bad float {line:?} in pickle"))?;
+                    let v = line
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("bad float {line:?} in pickle"))?;
                     self.push(Value::Float(v));
                 }
                 b'X' => {
@@ -342,7 +358,8 @@ impl<'a> Machine<'a> {
                     set_items(self.top()?, pairs)?;
                 }
                 b'p' => {
-                    let idx = self.line()?.parse::<u32>().map_err(|_| "bad PUT index".to_string())?;
+                    let idx =
+                        self.line()?.parse::<u32>().map_err(|_| "bad PUT index".to_string())?;
                     self.memo_put(idx)?;
                 }
                 b'q' => {
@@ -358,7 +375,8 @@ impl<'a> Machine<'a> {
                     self.memo_put(idx)?;
                 }
                 b'g' => {
-                    let idx = self.line()?.parse::<u32>().map_err(|_| "bad GET index".to_string())?;
+                    let idx =
+                        self.line()?.parse::<u32>().map_err(|_| "bad GET index".to_string())?;
                     let v = self.memo_get(idx)?;
                     self.push(v);
                 }
@@ -427,8 +445,15 @@ impl<'a> Machine<'a> {
                     let state = self.pop()?;
                     build(self.top()?, state);
                 }
-                0x82..=0x84 => return Err("pickle extension registry codes are not supported".into()),
-                other => return Err(format!("unknown pickle opcode 0x{other:02x} at offset {}", self.pos - 1)),
+                0x82..=0x84 => {
+                    return Err("pickle extension registry codes are not supported".into())
+                }
+                other => {
+                    return Err(format!(
+                        "unknown pickle opcode 0x{other:02x} at offset {}",
+                        self.pos - 1
+                    ))
+                }
             }
         }
     }
@@ -565,7 +590,8 @@ fn persistent(pid: Value) -> Result<Value, String> {
             let Value::Global(ty) = ty else {
                 return Err("storage type is not a class".into());
             };
-            let (dtype, elem) = storage_dtype(ty).ok_or_else(|| format!("unknown storage type {ty}"))?;
+            let (dtype, elem) =
+                storage_dtype(ty).ok_or_else(|| format!("unknown storage type {ty}"))?;
             let key = match key {
                 Value::Str(s) => s.to_string(),
                 Value::Int(i) => i.to_string(),
@@ -582,7 +608,11 @@ fn persistent(pid: Value) -> Result<Value, String> {
 fn call(f: Value, args: Value) -> Result<Value, String> {
     let Value::Global(name) = &f else {
         // Calling an instance (rare): an opaque result.
-        return Ok(Value::Object(Rc::new(Opaque { class: "<call>".into(), args, state: RefCell::new(None) })));
+        return Ok(Value::Object(Rc::new(Opaque {
+            class: "<call>".into(),
+            args,
+            state: RefCell::new(None),
+        })));
     };
     let arg = |i: usize| -> Option<Value> {
         match &args {
@@ -592,7 +622,9 @@ fn call(f: Value, args: Value) -> Result<Value, String> {
     };
     match &**name {
         "torch._utils._rebuild_tensor" | "torch._utils._rebuild_tensor_v2" => {
-            let (Some(Value::Storage(storage)), Some(offset), Some(shape), Some(stride)) = (arg(0), arg(1), arg(2), arg(3)) else {
+            let (Some(Value::Storage(storage)), Some(offset), Some(shape), Some(stride)) =
+                (arg(0), arg(1), arg(2), arg(3))
+            else {
                 return Err(format!("{name}: unexpected arguments"));
             };
             let tensor = TensorRef {
@@ -607,17 +639,23 @@ fn call(f: Value, args: Value) -> Result<Value, String> {
             Ok(Value::Tensor(Rc::new(tensor)))
         }
         // A Parameter wraps its tensor.
-        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => match arg(0) {
-            Some(t @ Value::Tensor(_)) => Ok(t),
-            _ => Err(format!("{name}: unexpected arguments")),
-        },
-        // A tensor subclass: `func(*args)` rebuilds the tensor, the type is only a wrapper.
-        "torch._tensor._rebuild_from_type_v2" | "torch._tensor._rebuild_from_type" => match (arg(0), arg(2)) {
-            (Some(Value::Global(inner)), Some(inner_args)) if inner.starts_with("torch._utils._rebuild_") => {
-                call(Value::Global(inner), inner_args)
+        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+            match arg(0) {
+                Some(t @ Value::Tensor(_)) => Ok(t),
+                _ => Err(format!("{name}: unexpected arguments")),
             }
-            _ => Err(format!("{name}: unexpected arguments")),
-        },
+        }
+        // A tensor subclass: `func(*args)` rebuilds the tensor, the type is only a wrapper.
+        "torch._tensor._rebuild_from_type_v2" | "torch._tensor._rebuild_from_type" => {
+            match (arg(0), arg(2)) {
+                (Some(Value::Global(inner)), Some(inner_args))
+                    if inner.starts_with("torch._utils._rebuild_") =>
+                {
+                    call(Value::Global(inner), inner_args)
+                }
+                _ => Err(format!("{name}: unexpected arguments")),
+            }
+        }
         "collections.OrderedDict" | "builtins.dict" | "__builtin__.dict" => {
             let items = match arg(0) {
                 Some(Value::List(l)) => l.borrow().clone(),
@@ -642,7 +680,11 @@ fn call(f: Value, args: Value) -> Result<Value, String> {
             };
             Ok(Value::Object(Rc::new(Opaque { class, args, state: RefCell::new(None) })))
         }
-        _ => Ok(Value::Object(Rc::new(Opaque { class: name.clone(), args, state: RefCell::new(None) }))),
+        _ => Ok(Value::Object(Rc::new(Opaque {
+            class: name.clone(),
+            args,
+            state: RefCell::new(None),
+        }))),
     }
 }
 
@@ -708,12 +750,15 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Vec<u8> {
 fn check_extent(t: &TensorRef, archive: &Archive) -> Result<usize, String> {
     let s = &t.storage;
     let entry = format!("{}data/{}", archive.prefix, s.key);
-    let have = archive.entry_size(&entry).ok_or_else(|| format!("storage {} is missing from the archive", s.key))?;
+    let have = archive
+        .entry_size(&entry)
+        .ok_or_else(|| format!("storage {} is missing from the archive", s.key))?;
     let claimed = s.numel.checked_mul(s.elem).ok_or("storage size overflows")?;
     if claimed as u64 > have {
         return Err(format!("storage {} claims {claimed} bytes, the file holds {have}", s.key));
     }
-    let count = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("tensor size overflows")?;
+    let count =
+        t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("tensor size overflows")?;
     if count == 0 {
         return Ok(0);
     }
@@ -724,7 +769,10 @@ fn check_extent(t: &TensorRef, archive: &Archive) -> Result<usize, String> {
         .try_fold(t.offset, |a, (&d, &st)| (d - 1).checked_mul(st).and_then(|x| x.checked_add(a)))
         .ok_or("tensor extent overflows")?;
     if last >= s.numel {
-        return Err(format!("tensor reaches element {last} of storage {} which has {}", s.key, s.numel));
+        return Err(format!(
+            "tensor reaches element {last} of storage {} which has {}",
+            s.key, s.numel
+        ));
     }
     Ok((last + 1) * s.elem)
 }
@@ -737,7 +785,9 @@ fn snapshot(t: Rc<TensorRef>, archive: Rc<Archive>, name: &str) -> Result<Tensor
     let path = archive.path.clone();
     let tensor = t.clone();
     let data_fn = Rc::new(move || -> Result<TensorData, TensorSnapshotError> {
-        let bytes = archive.read(&entry, needed).map_err(|e| TensorSnapshotError::IoError(format!("{}: {e}", path.display())))?;
+        let bytes = archive
+            .read(&entry, needed)
+            .map_err(|e| TensorSnapshotError::IoError(format!("{}: {e}", path.display())))?;
         let bytes = if needed == 0 { Vec::new() } else { gather(&tensor, &bytes) };
         Ok(TensorData::from_bytes_vec(bytes, tensor.shape.clone(), dtype))
     });
@@ -802,7 +852,8 @@ fn describe(v: &Value) -> String {
     if tensors > 0 && !matches!(v, Value::Tensor(_)) {
         parts.push(format!("{tensors} tensors"));
     }
-    let classes: Vec<String> = classes.into_iter().filter(|c| !matches!(v, Value::Object(o) if &*o.class == c)).collect();
+    let classes: Vec<String> =
+        classes.into_iter().filter(|c| !matches!(v, Value::Object(o) if &*o.class == c)).collect();
     if !classes.is_empty() {
         parts.push(format!("objects of {}", classes.join(", ")));
     }
@@ -840,8 +891,10 @@ fn count_inside(v: &Value, tensors: &mut usize, classes: &mut BTreeSet<String>, 
 /// entry is reported in [`TorchFile::skipped`].
 pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, TorchFileError> {
     let format = |message: String| TorchFileError::Format { path: path.into(), message };
-    let file = File::open(path).map_err(|source| TorchFileError::Io { path: path.into(), source })?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| format(format!("not a zip-format torch file: {e}")))?;
+    let file =
+        File::open(path).map_err(|source| TorchFileError::Io { path: path.into(), source })?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| format(format!("not a zip-format torch file: {e}")))?;
     let pickle_name = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(String::from))
         .filter(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
@@ -859,18 +912,27 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
         let mut e = zip.by_name(&pickle_name).map_err(|e| format(e.to_string()))?;
         const MAX_PICKLE: u64 = 1 << 30;
         if e.size() > MAX_PICKLE {
-            return Err(format(format!("data.pkl claims {} bytes (more than 1 GiB of object structure)", e.size())));
+            return Err(format(format!(
+                "data.pkl claims {} bytes (more than 1 GiB of object structure)",
+                e.size()
+            )));
         }
         let mut buf = Vec::with_capacity(e.size() as usize);
-        (&mut e).take(MAX_PICKLE).read_to_end(&mut buf).map_err(|source| TorchFileError::Io { path: path.into(), source })?;
+        (&mut e)
+            .take(MAX_PICKLE)
+            .read_to_end(&mut buf)
+            .map_err(|source| TorchFileError::Io { path: path.into(), source })?;
         buf
     };
-    let (root, globals) = Machine::new(&pickle).run().map_err(|m| format(format!("{pickle_name}: {m}")))?;
+    let (root, globals) =
+        Machine::new(&pickle).run().map_err(|m| format(format!("{pickle_name}: {m}")))?;
     let archive = Rc::new(Archive { path: path.into(), zip: RefCell::new(zip), prefix });
 
     let mut skipped = Vec::new();
     let selected = match (&root, top_key) {
-        (Value::Dict(d), Some(key)) if d.borrow().iter().any(|(k, _)| matches!(k, Value::Str(s) if &**s == key)) => {
+        (Value::Dict(d), Some(key))
+            if d.borrow().iter().any(|(k, _)| matches!(k, Value::Str(s) if &**s == key)) =>
+        {
             let mut chosen = Value::None;
             for (k, v) in d.borrow().iter() {
                 match k {
@@ -902,7 +964,12 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
     let foreign: Vec<&str> = globals
         .iter()
         .map(String::as_str)
-        .filter(|g| !built.contains(g) && storage_dtype(g).is_none() && !g.starts_with("copyreg.") && !g.starts_with("builtins."))
+        .filter(|g| {
+            !built.contains(g)
+                && storage_dtype(g).is_none()
+                && !g.starts_with("copyreg.")
+                && !g.starts_with("builtins.")
+        })
         .collect();
     if !foreign.is_empty() {
         skipped.push(format!("classes recorded, not built: {}", foreign.join(", ")));
@@ -910,7 +977,8 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
     dispose([selected, root]);
     let mut tensors = BTreeMap::new();
     for (name, t) in found {
-        let snap = snapshot(t, archive.clone(), &name).map_err(|m| format(format!("{name}: {m}")))?;
+        let snap =
+            snapshot(t, archive.clone(), &name).map_err(|m| format(format!("{name}: {m}")))?;
         tensors.insert(name, snap);
     }
     Ok(TorchFile { tensors, skipped })
@@ -958,9 +1026,22 @@ mod tests {
             self
         }
         /// `_rebuild_tensor_v2(storage(key, numel), offset, size, stride, False, OrderedDict())`.
-        fn tensor(&mut self, key: &str, numel: u64, offset: u32, size: &[u32], stride: &[u32]) -> &mut Self {
+        fn tensor(
+            &mut self,
+            key: &str,
+            numel: u64,
+            offset: u32,
+            size: &[u32],
+            stride: &[u32],
+        ) -> &mut Self {
             self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
-            self.op(b"(").str("storage").global("torch", "FloatStorage").str(key).str("cpu").long(numel).op(b"tQ");
+            self.op(b"(")
+                .str("storage")
+                .global("torch", "FloatStorage")
+                .str(key)
+                .str("cpu")
+                .long(numel)
+                .op(b"tQ");
             self.int(offset).op(b"(");
             size.iter().for_each(|&s| {
                 self.int(s);
@@ -976,7 +1057,8 @@ mod tests {
     fn write_zip(dir: &Path, pickle: &[u8], storages: &[(&str, Vec<u8>)]) -> PathBuf {
         let path = dir.join("file.ckpt");
         let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
         zip.start_file("archive/data.pkl", opts).unwrap();
         zip.write_all(pickle).unwrap();
         for (key, bytes) in storages {
@@ -1001,25 +1083,46 @@ mod tests {
         p.global("__main__", "Config").op(b")").op(&[0x81]).op(b"}").str("device");
         p.global("torch", "device").str("cuda").op(&[0x85]).op(b"R").op(b"s").op(b"b").op(b"s");
         // optimizer_states: [{"state": {0: {"step": tensor}}}]
-        p.str("optimizer_states").op(b"]").op(b"}").str("state").op(b"}").int(0).op(b"}").str("exp_avg");
+        p.str("optimizer_states")
+            .op(b"]")
+            .op(b"}")
+            .str("state")
+            .op(b"}")
+            .int(0)
+            .op(b"}")
+            .str("exp_avg");
         p.tensor("1", 2, 0, &[2], &[1]).op(b"sssa");
         // state_dict: an OrderedDict with a transposed view and an offset view of one storage.
         p.str("state_dict").global("collections", "OrderedDict").op(b")R").op(b"(");
         p.str("w.t").tensor("0", 6, 0, &[3, 2], &[1, 3]);
         p.str("w.row").tensor("0", 6, 3, &[3], &[1]);
         p.op(b"u").op(b"u.");
-        let path = write_zip(dir.path(), &p.0, &[("0", floats(&[0., 1., 2., 3., 4., 5.])), ("1", floats(&[9., 9.]))]);
+        let path = write_zip(
+            dir.path(),
+            &p.0,
+            &[("0", floats(&[0., 1., 2., 3., 4., 5.])), ("1", floats(&[9., 9.]))],
+        );
 
         let file = read_torch_file(&path, Some("state_dict")).unwrap();
         assert_eq!(file.tensors.keys().collect::<Vec<_>>(), ["w.row", "w.t"]);
         let t = file.tensors["w.t"].to_data().unwrap();
         assert_eq!(t.shape.to_vec(), vec![3, 2]);
         assert_eq!(t.to_vec::<f32>().unwrap(), vec![0., 3., 1., 4., 2., 5.]);
-        assert_eq!(file.tensors["w.row"].to_data().unwrap().to_vec::<f32>().unwrap(), vec![3., 4., 5.]);
+        assert_eq!(
+            file.tensors["w.row"].to_data().unwrap().to_vec::<f32>().unwrap(),
+            vec![3., 4., 5.]
+        );
         let skipped = file.skipped.join("\n");
-        assert!(skipped.contains("hyper_parameters: dict of 1; objects of __main__.Config, torch.device"), "{skipped}");
+        assert!(
+            skipped
+                .contains("hyper_parameters: dict of 1; objects of __main__.Config, torch.device"),
+            "{skipped}"
+        );
         assert!(skipped.contains("optimizer_states: list of 1; 1 tensors"), "{skipped}");
-        assert!(skipped.contains("classes recorded, not built: __main__.Config, torch.device"), "{skipped}");
+        assert!(
+            skipped.contains("classes recorded, not built: __main__.Config, torch.device"),
+            "{skipped}"
+        );
     }
 
     #[test]
@@ -1027,7 +1130,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A storage claiming 2^40 floats (4 TiB) backed by 16 bytes.
         let mut p = Pickle::default();
-        p.op(&[0x80, 2]).op(b"}").str("w").tensor("0", 1 << 40, 0, &[1 << 20, 1 << 20], &[1 << 20, 1]).op(b"s.");
+        p.op(&[0x80, 2])
+            .op(b"}")
+            .str("w")
+            .tensor("0", 1 << 40, 0, &[1 << 20, 1 << 20], &[1 << 20, 1])
+            .op(b"s.");
         let path = write_zip(dir.path(), &p.0, &[("0", floats(&[1., 2., 3., 4.]))]);
         let err = read_torch_file(&path, None).err().unwrap().to_string();
         assert!(err.contains("claims 4398046511104 bytes, the file holds 16"), "{err}");
@@ -1039,7 +1146,11 @@ mod tests {
         assert!(err.contains("reaches element 4 of storage 0 which has 4"), "{err}");
         // A missing storage entry.
         let path = write_zip(dir.path(), &p.0, &[]);
-        assert!(read_torch_file(&path, None).err().unwrap().to_string().contains("storage 0 is missing"));
+        assert!(read_torch_file(&path, None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("storage 0 is missing"));
     }
 
     #[test]
@@ -1071,10 +1182,18 @@ mod tests {
         let mut bad = whole.clone();
         bad[2] = 0xff; // not an opcode
         let path = write_zip(dir.path(), &bad, &[]);
-        assert!(read_torch_file(&path, None).err().unwrap().to_string().contains("unknown pickle opcode 0xff"));
+        assert!(read_torch_file(&path, None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unknown pickle opcode 0xff"));
         // A string claiming 4 GiB.
         let path = write_zip(dir.path(), &[0x80, 2, b'X', 0xff, 0xff, 0xff, 0xff, b'a'], &[]);
-        assert!(read_torch_file(&path, None).err().unwrap().to_string().contains("pickle truncated"));
+        assert!(read_torch_file(&path, None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("pickle truncated"));
         std::fs::write(dir.path().join("plain.ckpt"), b"not a zip").unwrap();
         assert!(!is_zip(&dir.path().join("plain.ckpt")));
         assert!(read_torch_file(&dir.path().join("plain.ckpt"), None).is_err());

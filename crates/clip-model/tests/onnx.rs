@@ -7,12 +7,20 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use clip_model::onnx::{image_encoder_onnx, text_encoder_onnx, write_onnx};
-use clip_model::{BlockKind, ClipConfig, ClipModel, Pooling, ResNetConfig, Stem, TextTransformerConfig};
+use clip_model::{
+    BlockKind, ClipConfig, ClipModel, Pooling, ResNetConfig, Stem, TextTransformerConfig,
+};
 use tract_onnx::prelude::*;
 
 type B = Flex;
 
-fn config(block: BlockKind, stem: Stem, pooling: Pooling, token_types: bool, normalize: bool) -> ClipConfig {
+fn config(
+    block: BlockKind,
+    stem: Stem,
+    pooling: Pooling,
+    token_types: bool,
+    normalize: bool,
+) -> ClipConfig {
     let image = ResNetConfig {
         block,
         layers: [1, 2, 1, 1],
@@ -34,7 +42,11 @@ fn config(block: BlockKind, stem: Stem, pooling: Pooling, token_types: bool, nor
         pooling,
         ..TextTransformerConfig::distilbert_base()
     };
-    ClipConfig { projection_dim: 6, normalize_embeddings: normalize, ..ClipConfig::new(image, text) }
+    ClipConfig {
+        projection_dim: 6,
+        normalize_embeddings: normalize,
+        ..ClipConfig::new(image, text)
+    }
 }
 
 const IDS: [[i64; 7]; 3] = [[1, 5, 9, 2, 0, 0, 0], [1, 7, 3, 8, 11, 4, 2], [1, 2, 0, 0, 0, 0, 0]];
@@ -48,13 +60,19 @@ fn mask() -> Vec<i64> {
 fn trained_model(config: &ClipConfig, images: &Tensor<Autodiff<B>, 4>) -> ClipModel<B> {
     let device = Default::default();
     let model = config.init::<Autodiff<B>>(&device);
-    let ids = Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(IDS.iter().flatten().copied().collect::<Vec<_>>(), [3, 7]), &device);
+    let ids = Tensor::<Autodiff<B>, 2, Int>::from_data(
+        TensorData::new(IDS.iter().flatten().copied().collect::<Vec<_>>(), [3, 7]),
+        &device,
+    );
     let mask = Tensor::<Autodiff<B>, 2, Int>::from_data(TensorData::new(mask(), [3, 7]), &device);
     let _ = model.forward(images.clone(), ids, mask);
     model.valid()
 }
 
-fn run(path: &std::path::Path, inputs: Vec<(tract_onnx::prelude::Tensor, InferenceFact)>) -> Vec<f32> {
+fn run(
+    path: &std::path::Path,
+    inputs: Vec<(tract_onnx::prelude::Tensor, InferenceFact)>,
+) -> Vec<f32> {
     let mut model = tract_onnx::onnx().model_for_path(path).unwrap();
     for (i, (_, fact)) in inputs.iter().enumerate() {
         model = model.with_input_fact(i, fact.clone()).unwrap();
@@ -66,7 +84,8 @@ fn run(path: &std::path::Path, inputs: Vec<(tract_onnx::prelude::Tensor, Inferen
 
 fn assert_close(what: &str, ours: &[f32], onnx: &[f32]) {
     assert_eq!(ours.len(), onnx.len(), "{what}");
-    let worst = ours.iter().zip(onnx).map(|(a, b)| (a - b).abs() / (1e-3 + a.abs())).fold(0f32, f32::max);
+    let worst =
+        ours.iter().zip(onnx).map(|(a, b)| (a - b).abs() / (1e-3 + a.abs())).fold(0f32, f32::max);
     assert!(worst < 1e-3, "{what}: relative difference {worst}\nburn {ours:?}\nonnx {onnx:?}");
 }
 
@@ -81,13 +100,21 @@ fn exported_towers_compute_the_burn_models_embeddings() {
     for (n, (block, stem, pooling, token_types, normalize)) in variants.into_iter().enumerate() {
         let config = config(block, stem, pooling, token_types, normalize);
         let size = if stem == Stem::Small { 16 } else { 40 };
-        let pixels = Tensor::<Autodiff<B>, 4>::random([3, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let pixels = Tensor::<Autodiff<B>, 4>::random(
+            [3, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let model = trained_model(&config, &pixels);
 
         let image_path = dir.path().join(format!("image-{n}.onnx"));
         write_onnx(&image_encoder_onnx(&model, &[]), &image_path).unwrap();
         // The batch and the image size are free in the file: another batch and size too.
-        let other = Tensor::<B, 4>::random([1, 3, size + 8, size + 8], Distribution::Normal(0.0, 1.0), &device);
+        let other = Tensor::<B, 4>::random(
+            [1, 3, size + 8, size + 8],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         for pixels in [pixels.inner(), other] {
             let dims = pixels.dims();
             let ours = model.encode_image(pixels.clone()).into_data().to_vec::<f32>().unwrap();
@@ -107,12 +134,20 @@ fn exported_towers_compute_the_burn_models_embeddings() {
         for (rows, len) in [(3, 7), (2, 5)] {
             let ids: Vec<i64> = IDS.iter().take(rows).flat_map(|r| r[..len].to_vec()).collect();
             let mask: Vec<i64> = ids.iter().map(|&t| (t != 0) as i64).collect();
-            let ids_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [rows, len]), &device);
-            let mask_burn = Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [rows, len]), &device);
+            let ids_burn =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [rows, len]), &device);
+            let mask_burn =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(mask.clone(), [rows, len]), &device);
             let ours = model.encode_text(ids_burn, mask_burn).into_data().to_vec::<f32>().unwrap();
             let inputs = vec![
-                (tract_onnx::prelude::Tensor::from_shape(&[rows, len], &ids).unwrap(), i64::fact([rows, len]).into()),
-                (tract_onnx::prelude::Tensor::from_shape(&[rows, len], &mask).unwrap(), i64::fact([rows, len]).into()),
+                (
+                    tract_onnx::prelude::Tensor::from_shape(&[rows, len], &ids).unwrap(),
+                    i64::fact([rows, len]).into(),
+                ),
+                (
+                    tract_onnx::prelude::Tensor::from_shape(&[rows, len], &mask).unwrap(),
+                    i64::fact([rows, len]).into(),
+                ),
             ];
             let onnx = run(&text_path, inputs);
             assert_close(&format!("text tower {n} at {rows}×{len}"), &ours, &onnx);

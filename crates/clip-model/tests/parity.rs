@@ -8,8 +8,13 @@ use burn::backend::{Autodiff, Flex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use clip_model::import::{export_clip, import_clip, import_resnet, import_text, ImportError, TextNaming};
-use clip_model::{BlockKind, ClipConfig, ClipModel, ContrastiveLoss, Pooling, Precision, ResNetConfig, TextTransformerConfig};
+use clip_model::import::{
+    export_clip, import_clip, import_resnet, import_text, ImportError, TextNaming,
+};
+use clip_model::{
+    BlockKind, ClipConfig, ClipModel, ContrastiveLoss, Pooling, Precision, ResNetConfig,
+    TextTransformerConfig,
+};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -30,8 +35,13 @@ impl Io {
         let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture has no {name}"));
         let bytes = t.data();
         let values = match t.dtype() {
-            safetensors::Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            safetensors::Dtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            safetensors::Dtype::F32 => {
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+            }
+            safetensors::Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
             other => panic!("{name}: dtype {other:?}"),
         };
         (t.shape().to_vec(), values)
@@ -61,7 +71,11 @@ fn assert_close<Bk: Backend, const D: usize>(io: &Io, name: &str, ours: Tensor<B
 fn assert_rel(name: &str, ours: &[f32], theirs: &[f32]) {
     let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     let err = ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err / scale <= 1e-4, "{name}: relative error {:.2e} (max abs {err:.2e}, scale {scale:.2e})", err / scale);
+    assert!(
+        err / scale <= 1e-4,
+        "{name}: relative error {:.2e} (max abs {err:.2e}, scale {scale:.2e})",
+        err / scale
+    );
 }
 
 fn tiny_resnet(block: BlockKind) -> ResNetConfig {
@@ -99,10 +113,16 @@ fn tiny_clip() -> ClipConfig {
 }
 
 fn seed_model<Bk: Backend>(config: &ClipConfig) -> ClipModel<Bk> {
-    let (model, report) = import_clip(config.init::<Bk>(&Default::default()), &fixture("seed.ckpt")).unwrap();
+    let (model, report) =
+        import_clip(config.init::<Bk>(&Default::default()), &fixture("seed.ckpt")).unwrap();
     assert!(report.missing.is_empty() && report.unused.is_empty(), "{report:?}");
     // Stem + 4 bottlenecks with 3 norms and a downsample norm each.
-    assert_eq!(report.ignored.len(), 17, "num_batches_tracked of 17 BatchNorms: {:?}", report.ignored);
+    assert_eq!(
+        report.ignored.len(),
+        17,
+        "num_batches_tracked of 17 BatchNorms: {:?}",
+        report.ignored
+    );
     model
 }
 
@@ -136,22 +156,44 @@ fn seed_checkpoint_eval_outputs_match() {
 fn training_mode_outputs_statistics_and_gradients_match() {
     let io = Io::load();
     let model = seed_model::<AD>(&tiny_clip());
-    let out = model.forward(io.float::<AD, 4>("images"), io.int::<AD>("input_ids"), io.int::<AD>("attention_mask"));
+    let out = model.forward(
+        io.float::<AD, 4>("images"),
+        io.int::<AD>("input_ids"),
+        io.int::<AD>("attention_mask"),
+    );
     assert_close(&io, "train.image_embeddings", out.image_embeddings.clone().inner());
     assert_close(&io, "train.text_embeddings", out.text_embeddings.clone().inner());
     assert_close(&io, "train.loss", out.loss.clone().inner());
     let grads = out.loss.backward();
 
     let trunk = &model.image_encoder.model;
-    assert_close(&io, "train.after.image_encoder.model.bn1.running_mean", trunk.bn1.running_mean.value_sync().inner());
-    assert_close(&io, "train.after.image_encoder.model.bn1.running_var", trunk.bn1.running_var.value_sync().inner());
+    assert_close(
+        &io,
+        "train.after.image_encoder.model.bn1.running_mean",
+        trunk.bn1.running_mean.value_sync().inner(),
+    );
+    assert_close(
+        &io,
+        "train.after.image_encoder.model.bn1.running_var",
+        trunk.bn1.running_var.value_sync().inner(),
+    );
     let bn3 = trunk.layer4[0].bn3.as_ref().unwrap();
-    assert_close(&io, "train.after.image_encoder.model.layer4.0.bn3.running_var", bn3.running_var.value_sync().inner());
+    assert_close(
+        &io,
+        "train.after.image_encoder.model.layer4.0.bn3.running_var",
+        bn3.running_var.value_sync().inner(),
+    );
 
-    let g = |name: &str, t: Option<Tensor<B, 4>>| assert_close(&io, &format!("grad.{name}"), t.unwrap());
+    let g = |name: &str, t: Option<Tensor<B, 4>>| {
+        assert_close(&io, &format!("grad.{name}"), t.unwrap())
+    };
     g("image_encoder.model.conv1.weight", trunk.conv1.weight.grad(&grads));
     g("image_encoder.model.layer4.0.conv2.weight", trunk.layer4[0].conv2.weight.grad(&grads));
-    assert_close(&io, "grad.image_encoder.model.layer2.0.bn1.weight", trunk.layer2[0].bn1.weight.grad(&grads).unwrap());
+    assert_close(
+        &io,
+        "grad.image_encoder.model.layer2.0.bn1.weight",
+        trunk.layer2[0].bn1.weight.grad(&grads).unwrap(),
+    );
     // Burn stores Linear weights as [in, out]; PyTorch as [out, in].
     let fc = model.image_encoder.projection.fc.weight.grad(&grads).unwrap().transpose();
     assert_close(&io, "grad.image_encoder.projection.fc.weight", fc);
@@ -171,22 +213,50 @@ fn upstream_tower_files_match() {
     let images = io.float::<B, 4>("images");
     let (ids, mask) = (io.int::<B>("input_ids"), io.int::<B>("attention_mask"));
 
-    let (resnet, report) = import_resnet(tiny_resnet(BlockKind::Bottleneck).init::<B>(&device), &fixture("resnet_bottleneck.pth")).unwrap();
+    let (resnet, report) = import_resnet(
+        tiny_resnet(BlockKind::Bottleneck).init::<B>(&device),
+        &fixture("resnet_bottleneck.pth"),
+    )
+    .unwrap();
     assert!(report.unused.is_empty() && report.missing.is_empty());
     assert_close(&io, "eval.image_features", resnet.forward(images.clone(), Precision::Fp32));
-    let (basic, report) = import_resnet(tiny_resnet(BlockKind::Basic).init::<B>(&device), &fixture("resnet_basic.pth")).unwrap();
-    assert_eq!(report.unused, vec!["fc.bias".to_string(), "fc.weight".to_string()], "the classifier is reported, not loaded");
+    let (basic, report) = import_resnet(
+        tiny_resnet(BlockKind::Basic).init::<B>(&device),
+        &fixture("resnet_basic.pth"),
+    )
+    .unwrap();
+    assert_eq!(
+        report.unused,
+        vec!["fc.bias".to_string(), "fc.weight".to_string()],
+        "the classifier is reported, not loaded"
+    );
     assert_close(&io, "basic.eval.features", basic.forward(images, Precision::Fp32));
 
-    let (distil, report) =
-        import_text(tiny_distilbert().init::<B>(&device), &fixture("distilbert/model.safetensors"), TextNaming::DistilBert).unwrap();
+    let (distil, report) = import_text(
+        tiny_distilbert().init::<B>(&device),
+        &fixture("distilbert/model.safetensors"),
+        TextNaming::DistilBert,
+    )
+    .unwrap();
     assert!(report.unused.is_empty() && report.missing.is_empty(), "{report:?}");
-    assert_close(&io, "eval.text_features", distil.forward(ids.clone(), mask.clone(), Precision::Fp32));
+    assert_close(
+        &io,
+        "eval.text_features",
+        distil.forward(ids.clone(), mask.clone(), Precision::Fp32),
+    );
     // The same weights in the legacy `pytorch_model.bin` (pickle) format.
-    let (distil, report) =
-        import_text(tiny_distilbert().init::<B>(&device), &fixture("distilbert_bin/pytorch_model.bin"), TextNaming::DistilBert).unwrap();
+    let (distil, report) = import_text(
+        tiny_distilbert().init::<B>(&device),
+        &fixture("distilbert_bin/pytorch_model.bin"),
+        TextNaming::DistilBert,
+    )
+    .unwrap();
     assert!(report.unused.is_empty() && report.missing.is_empty(), "{report:?}");
-    assert_close(&io, "eval.text_features", distil.forward(ids.clone(), mask.clone(), Precision::Fp32));
+    assert_close(
+        &io,
+        "eval.text_features",
+        distil.forward(ids.clone(), mask.clone(), Precision::Fp32),
+    );
 
     let bert_cfg = |pooling| TextTransformerConfig {
         vocab_size: 100,
@@ -202,10 +272,27 @@ fn upstream_tower_files_match() {
         pooling,
         layer_norm_eps: 1e-12,
     };
-    let (bert, report) = import_text(bert_cfg(Pooling::Mean).init::<B>(&device), &fixture("bert/model.safetensors"), TextNaming::Bert).unwrap();
-    assert_eq!(report.unused, vec!["pooler.dense.bias".to_string(), "pooler.dense.weight".to_string()]);
-    assert_close(&io, "bert.mean_features", bert.forward(ids.clone(), mask.clone(), Precision::Fp32));
-    let (bert, _) = import_text(bert_cfg(Pooling::Cls).init::<B>(&device), &fixture("bert/model.safetensors"), TextNaming::Bert).unwrap();
+    let (bert, report) = import_text(
+        bert_cfg(Pooling::Mean).init::<B>(&device),
+        &fixture("bert/model.safetensors"),
+        TextNaming::Bert,
+    )
+    .unwrap();
+    assert_eq!(
+        report.unused,
+        vec!["pooler.dense.bias".to_string(), "pooler.dense.weight".to_string()]
+    );
+    assert_close(
+        &io,
+        "bert.mean_features",
+        bert.forward(ids.clone(), mask.clone(), Precision::Fp32),
+    );
+    let (bert, _) = import_text(
+        bert_cfg(Pooling::Cls).init::<B>(&device),
+        &fixture("bert/model.safetensors"),
+        TextNaming::Bert,
+    )
+    .unwrap();
     assert_close(&io, "bert.cls_features", bert.forward(ids, mask, Precision::Fp32));
 }
 
@@ -217,7 +304,8 @@ fn export_uses_the_seed_checkpoint_keys_and_round_trips() {
     let path = dir.path().join("clip.safetensors");
     export_clip(&model, &path).unwrap();
 
-    let mut ckpt = burn_store::PytorchStore::from_file(fixture("seed.ckpt")).with_top_level_key("state_dict");
+    let mut ckpt =
+        burn_store::PytorchStore::from_file(fixture("seed.ckpt")).with_top_level_key("state_dict");
     let mut want: Vec<String> = burn_store::ModuleStore::keys(&mut ckpt).unwrap();
     want.push("logit_scale".into());
     want.sort();
@@ -227,10 +315,17 @@ fn export_uses_the_seed_checkpoint_keys_and_round_trips() {
     got.sort();
     let only_ours: Vec<&String> = got.iter().filter(|k| !want.contains(k)).collect();
     let only_theirs: Vec<&String> = want.iter().filter(|k| !got.contains(k)).collect();
-    assert!(only_ours.is_empty() && only_theirs.is_empty(), "only exported: {only_ours:?}; only in the checkpoint: {only_theirs:?}");
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "only exported: {only_ours:?}; only in the checkpoint: {only_theirs:?}"
+    );
 
     let (back, _) = import_clip(tiny_clip().init::<B>(&Default::default()), &path).unwrap();
-    let out = back.forward(io.float::<B, 4>("images"), io.int::<B>("input_ids"), io.int::<B>("attention_mask"));
+    let out = back.forward(
+        io.float::<B, 4>("images"),
+        io.int::<B>("input_ids"),
+        io.int::<B>("attention_mask"),
+    );
     assert_close(&io, "eval.loss", out.loss);
     assert_close(&io, "eval.logits_per_text", out.logits_per_text);
 }
@@ -239,23 +334,40 @@ fn export_uses_the_seed_checkpoint_keys_and_round_trips() {
 fn bad_files_are_clear_errors() {
     let device = Default::default();
     let narrow = ResNetConfig { channels: [4, 8, 16, 16], ..tiny_resnet(BlockKind::Bottleneck) };
-    let err = import_resnet(narrow.init::<B>(&device), &fixture("resnet_bottleneck.pth")).unwrap_err();
+    let err =
+        import_resnet(narrow.init::<B>(&device), &fixture("resnet_bottleneck.pth")).unwrap_err();
     assert!(matches!(err, ImportError::Shape { .. }), "{err}");
     assert!(err.to_string().contains("layer4.0.conv1.weight"), "{err}");
 
-    let err = import_resnet(tiny_resnet(BlockKind::Bottleneck).init::<B>(&device), &fixture("resnet_basic.pth")).unwrap_err();
+    let err = import_resnet(
+        tiny_resnet(BlockKind::Bottleneck).init::<B>(&device),
+        &fixture("resnet_basic.pth"),
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, ImportError::Missing { .. }) || matches!(err, ImportError::Shape { .. }), "{msg}");
+    assert!(
+        matches!(err, ImportError::Missing { .. }) || matches!(err, ImportError::Shape { .. }),
+        "{msg}"
+    );
     assert!(msg.contains("resnet_basic.pth"), "{msg}");
 
-    let err = import_text(tiny_distilbert().init::<B>(&device), &fixture("nope.safetensors"), TextNaming::DistilBert).unwrap_err();
+    let err = import_text(
+        tiny_distilbert().init::<B>(&device),
+        &fixture("nope.safetensors"),
+        TextNaming::DistilBert,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.pth");
     std::fs::write(&junk, b"not a pickle").unwrap();
-    let err = import_resnet(tiny_resnet(BlockKind::Bottleneck).init::<B>(&device), &junk).unwrap_err();
-    assert!(matches!(err, ImportError::Read { .. }) && err.to_string().contains("junk.pth"), "{err}");
+    let err =
+        import_resnet(tiny_resnet(BlockKind::Bottleneck).init::<B>(&device), &junk).unwrap_err();
+    assert!(
+        matches!(err, ImportError::Read { .. }) && err.to_string().contains("junk.pth"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -266,9 +378,17 @@ fn frozen_towers_get_no_gradients_and_keep_their_statistics() {
     config.text_trainable = false;
     let model = seed_model::<AD>(&config);
     let before = model.image_encoder.model.bn1.running_mean.value_sync().inner().into_data();
-    let out = model.forward(io.float::<AD, 4>("images"), io.int::<AD>("input_ids"), io.int::<AD>("attention_mask"));
+    let out = model.forward(
+        io.float::<AD, 4>("images"),
+        io.int::<AD>("input_ids"),
+        io.int::<AD>("attention_mask"),
+    );
     // Frozen BatchNorm uses running statistics: the trunk computes exactly its eval output.
-    assert_close(&io, "eval.image_features", model.image_features(io.float::<AD, 4>("images")).inner());
+    assert_close(
+        &io,
+        "eval.image_features",
+        model.image_features(io.float::<AD, 4>("images")).inner(),
+    );
     let grads = out.loss.backward();
     assert!(model.image_encoder.model.conv1.weight.grad(&grads).is_none());
     assert!(model.text_encoder.model.embeddings.word_embeddings.weight.grad(&grads).is_none());
@@ -292,11 +412,16 @@ fn learnable_temperature_trains_and_is_clamped() {
     config.temperature = 0.07;
     let model = seed_model::<AD>(&config);
     assert!((model.temperature() - 0.07).abs() < 1e-6);
-    let out = model.forward(io.float::<AD, 4>("images"), io.int::<AD>("input_ids"), io.int::<AD>("attention_mask"));
+    let out = model.forward(
+        io.float::<AD, 4>("images"),
+        io.int::<AD>("input_ids"),
+        io.int::<AD>("attention_mask"),
+    );
     assert!(model.logit_scale.grad(&out.loss.backward()).is_some());
     let mut big = model;
     // As an optimizer update would leave it: a new leaf that requires grad.
-    big.logit_scale = big.logit_scale.map(|t| Tensor::from_inner(t.inner().add_scalar(10.0)).require_grad());
+    big.logit_scale =
+        big.logit_scale.map(|t| Tensor::from_inner(t.inner().add_scalar(10.0)).require_grad());
     let clamped = big.clamp_logit_scale();
     assert!((clamped.temperature() - 0.01).abs() < 1e-6, "scale clamped at 100");
     assert!(clamped.logit_scale.is_require_grad());
@@ -320,8 +445,11 @@ fn real_minilm_weights_match_transformers_when_present() {
         attention_mask: Vec<Vec<i64>>,
         mean_pooled: Vec<Vec<f32>>,
     }
-    let want: Expected = serde_json::from_str(&std::fs::read_to_string(fixture("minilm_expected.json")).unwrap()).unwrap();
-    let (mut config, naming) = clip_model::import::hf_text_config(&dir.join("config.json")).unwrap();
+    let want: Expected =
+        serde_json::from_str(&std::fs::read_to_string(fixture("minilm_expected.json")).unwrap())
+            .unwrap();
+    let (mut config, naming) =
+        clip_model::import::hf_text_config(&dir.join("config.json")).unwrap();
     assert_eq!(naming, TextNaming::Bert);
     config.pooling = Pooling::Mean;
     let device = Default::default();
@@ -329,8 +457,14 @@ fn real_minilm_weights_match_transformers_when_present() {
     assert!(report.missing.is_empty(), "{report:?}");
     assert_eq!(report.applied.len(), 101, "6 layers x 16 + 5 embedding tensors");
     let rows = want.input_ids.len();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(want.input_ids.concat(), [rows, want.input_ids[0].len()]), &device);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(want.attention_mask.concat(), [rows, want.attention_mask[0].len()]), &device);
+    let ids = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(want.input_ids.concat(), [rows, want.input_ids[0].len()]),
+        &device,
+    );
+    let mask = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(want.attention_mask.concat(), [rows, want.attention_mask[0].len()]),
+        &device,
+    );
     let ours: Vec<f32> = model.forward(ids, mask, Precision::Fp32).into_data().to_vec().unwrap();
     assert_rel("minilm mean pooled", &ours, &want.mean_pooled.concat());
 }
@@ -356,11 +490,22 @@ fn seed_notebook_lightning_checkpoints_import_past_everything_else_they_hold() {
     let (ids, mask) = (expected.int::<B>("input_ids"), expected.int::<B>("attention_mask"));
     let pixels = expected.float::<B, 4>("pixels");
     for (file, prefix) in [("seed_lightning2.ckpt", ""), ("seed_pl19.ckpt", "pl19.")] {
-        let (model, report) = import_clip(tiny_clip().init::<B>(&Default::default()), &fixture(&format!("seed_notebook/{file}"))).unwrap();
+        let (model, report) = import_clip(
+            tiny_clip().init::<B>(&Default::default()),
+            &fixture(&format!("seed_notebook/{file}")),
+        )
+        .unwrap();
         assert!(report.missing.is_empty() && report.unused.is_empty(), "{file}: {report:?}");
         assert_eq!(report.ignored.len(), 17, "{file}: num_batches_tracked of 17 BatchNorms");
         let skipped = report.skipped.join("\n");
-        for want in ["hyper_parameters: dict of 1; objects of __main__.Config, torch.device", "optimizer_states", "loops", "callbacks", "lr_schedulers", "epoch"] {
+        for want in [
+            "hyper_parameters: dict of 1; objects of __main__.Config, torch.device",
+            "optimizer_states",
+            "loops",
+            "callbacks",
+            "lr_schedulers",
+            "epoch",
+        ] {
             assert!(skipped.contains(want), "{file}: {want:?} not in\n{skipped}");
         }
         assert!(!skipped.contains("state_dict"), "{skipped}");

@@ -66,8 +66,15 @@ pub fn render_panels(panels: &[Panel], width: u32, height: u32) -> Result<Vec<u8
     encode_png(width, height, buf)
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, panel: &Panel) -> Result<(), String> {
-    let points = panel.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+) -> Result<(), String> {
+    let points = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         x0 = x0.min(x);
@@ -97,11 +104,14 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>
         .map_err(|e| e.to_string())?;
     for (i, s) in panel.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let pts: Vec<(f64, f64)> =
+            s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
         let pts = bin_means(pts, MAX_POINTS);
         let style = ShapeStyle::from(&color).stroke_width(2);
         if pts.len() == 1 {
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, style.filled()))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, style.filled())))
+                .map_err(|e| e.to_string())?;
         }
         chart
             .draw_series(LineSeries::new(pts, style))
@@ -127,7 +137,8 @@ mod tests {
 
     #[test]
     fn dense_series_are_averaged_in_bins() {
-        let pts: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64, if i % 2 == 0 { 0.0 } else { 1.0 })).collect();
+        let pts: Vec<(f64, f64)> =
+            (0..1000).map(|i| (i as f64, if i % 2 == 0 { 0.0 } else { 1.0 })).collect();
         let binned = bin_means(pts.clone(), 100);
         assert_eq!(binned.len(), 100);
         assert!(binned.iter().all(|&(_, y)| (y - 0.5).abs() < 1e-12));
@@ -137,17 +148,33 @@ mod tests {
 
     #[test]
     fn writes_a_png_with_ink_in_every_panel() {
-        let line = |name: &str, k: f64| Series { name: name.into(), points: (0..20).map(|i| (i as f64, k * (i as f64).sqrt())).collect() };
+        let line = |name: &str, k: f64| Series {
+            name: name.into(),
+            points: (0..20).map(|i| (i as f64, k * (i as f64).sqrt())).collect(),
+        };
         let panels = vec![
-            Panel { title: "loss".into(), x_label: "step".into(), series: vec![line("train", 1.0), line("val", 2.0)] },
-            Panel { title: "recall".into(), x_label: "epoch".into(), series: vec![line("r@1", 0.1)] },
+            Panel {
+                title: "loss".into(),
+                x_label: "step".into(),
+                series: vec![line("train", 1.0), line("val", 2.0)],
+            },
+            Panel {
+                title: "recall".into(),
+                x_label: "epoch".into(),
+                series: vec![line("r@1", 0.1)],
+            },
             Panel { title: "empty".into(), x_label: "step".into(), series: vec![] },
         ];
         let png = render_panels(&panels, 800, 600).unwrap();
         let img = image::load_from_memory(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (800, 600));
         // Non-white pixels in the top-left and top-right panels (axes, lines, text).
-        let ink = |x0: u32, x1: u32| (x0..x1).flat_map(|x| (0..300).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0 != [255, 255, 255]).count();
+        let ink = |x0: u32, x1: u32| {
+            (x0..x1)
+                .flat_map(|x| (0..300).map(move |y| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 != [255, 255, 255])
+                .count()
+        };
         assert!(ink(0, 400) > 2000 && ink(400, 800) > 1000);
     }
 }

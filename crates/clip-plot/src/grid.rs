@@ -19,12 +19,25 @@ const PAD: u32 = 6;
 
 /// Draws `tiles` in rows of `columns`, each picture fitted into a `cell` × `cell` square: a PNG.
 /// A picture that cannot be read becomes a grey square saying so.
-pub fn render_grid(title: &str, tiles: &[Tile], columns: usize, cell: u32) -> Result<Vec<u8>, PlotError> {
-    render_grid_with(title, tiles, columns, cell, &|path| image::open(path).ok().map(|i| i.to_rgb8()))
+pub fn render_grid(
+    title: &str,
+    tiles: &[Tile],
+    columns: usize,
+    cell: u32,
+) -> Result<Vec<u8>, PlotError> {
+    render_grid_with(title, tiles, columns, cell, &|path| {
+        image::open(path).ok().map(|i| i.to_rgb8())
+    })
 }
 
 /// [`render_grid`] with pictures read by `load` (e.g. from inside archives).
-pub fn render_grid_with(title: &str, tiles: &[Tile], columns: usize, cell: u32, load: &dyn Fn(&Path) -> Option<RgbImage>) -> Result<Vec<u8>, PlotError> {
+pub fn render_grid_with(
+    title: &str,
+    tiles: &[Tile],
+    columns: usize,
+    cell: u32,
+    load: &dyn Fn(&Path) -> Option<RgbImage>,
+) -> Result<Vec<u8>, PlotError> {
     ensure_font();
     let columns = columns.max(1) as u32;
     let rows = (tiles.len() as u32).div_ceil(columns).max(1);
@@ -33,13 +46,24 @@ pub fn render_grid_with(title: &str, tiles: &[Tile], columns: usize, cell: u32, 
     let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
     let mut failed = Vec::new();
     for (i, tile) in tiles.iter().enumerate() {
-        let (cx, cy) = (PAD + (i as u32 % columns) * (cell + PAD), title_h + PAD + (i as u32 / columns) * (cell + TEXT_HEIGHT + PAD));
+        let (cx, cy) = (
+            PAD + (i as u32 % columns) * (cell + PAD),
+            title_h + PAD + (i as u32 / columns) * (cell + TEXT_HEIGHT + PAD),
+        );
         match load(&tile.image) {
             Some(img) => {
                 let scale = cell as f32 / img.width().max(img.height()) as f32;
-                let (tw, th) = (((img.width() as f32 * scale).round() as u32).max(1), ((img.height() as f32 * scale).round() as u32).max(1));
+                let (tw, th) = (
+                    ((img.width() as f32 * scale).round() as u32).max(1),
+                    ((img.height() as f32 * scale).round() as u32).max(1),
+                );
                 let thumb = imageops::resize(&img, tw, th, imageops::FilterType::Triangle);
-                imageops::overlay(&mut canvas, &thumb, (cx + (cell - tw) / 2) as i64, (cy + (cell - th) / 2) as i64);
+                imageops::overlay(
+                    &mut canvas,
+                    &thumb,
+                    (cx + (cell - tw) / 2) as i64,
+                    (cy + (cell - th) / 2) as i64,
+                );
             }
             None => {
                 for y in cy..cy + cell {
@@ -57,20 +81,32 @@ pub fn render_grid_with(title: &str, tiles: &[Tile], columns: usize, cell: u32, 
         let err = PlotError;
         let font = ("sans-serif", 16).into_font().color(&BLACK);
         if !title.is_empty() {
-            root.draw(&Text::new(title.to_string(), (PAD as i32, (PAD + 2) as i32), ("sans-serif", 20).into_font().color(&BLACK)))
-                .map_err(|e| err(e.to_string()))?;
+            root.draw(&Text::new(
+                title.to_string(),
+                (PAD as i32, (PAD + 2) as i32),
+                ("sans-serif", 20).into_font().color(&BLACK),
+            ))
+            .map_err(|e| err(e.to_string()))?;
         }
         for (i, tile) in tiles.iter().enumerate() {
-            let (cx, cy) = (PAD + (i as u32 % columns) * (cell + PAD), title_h + PAD + (i as u32 / columns) * (cell + TEXT_HEIGHT + PAD));
+            let (cx, cy) = (
+                PAD + (i as u32 % columns) * (cell + PAD),
+                title_h + PAD + (i as u32 / columns) * (cell + TEXT_HEIGHT + PAD),
+            );
             let max_chars = (cell / 8).max(4) as usize;
             let mut text: String = tile.caption.chars().take(max_chars).collect();
             if tile.caption.chars().count() > max_chars {
                 text.push('…');
             }
-            root.draw(&Text::new(text, (cx as i32, (cy + cell + 4) as i32), font.clone())).map_err(|e| err(e.to_string()))?;
+            root.draw(&Text::new(text, (cx as i32, (cy + cell + 4) as i32), font.clone()))
+                .map_err(|e| err(e.to_string()))?;
             if failed.contains(&i) {
-                root.draw(&Text::new("unreadable".to_string(), ((cx + 8) as i32, (cy + cell / 2) as i32), font.clone()))
-                    .map_err(|e| err(e.to_string()))?;
+                root.draw(&Text::new(
+                    "unreadable".to_string(),
+                    ((cx + 8) as i32, (cy + cell / 2) as i32),
+                    font.clone(),
+                ))
+                .map_err(|e| err(e.to_string()))?;
             }
         }
         root.present().map_err(|e| err(e.to_string()))?;
@@ -102,7 +138,10 @@ mod tests {
         assert_eq!(img.get_pixel(6 + 50, title + 6 + 50).0, [255, 0, 0]);
         assert_eq!(img.get_pixel(112 + 10, title + 6 + 10).0, [200, 200, 200]);
         // Some caption ink under the first picture.
-        let ink = (6..106).flat_map(|x| (title + 110..title + 128).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0 != [255, 255, 255]).count();
+        let ink = (6..106)
+            .flat_map(|x| (title + 110..title + 128).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y).0 != [255, 255, 255])
+            .count();
         assert!(ink > 20, "{ink}");
     }
 }

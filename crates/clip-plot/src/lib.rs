@@ -20,7 +20,8 @@ static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 pub(crate) fn ensure_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
+        let _ =
+            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
     });
 }
 
@@ -30,7 +31,8 @@ const SOFTWARE_CHUNK: &[u8] = b"Software\0clip";
 
 /// Encodes an RGB buffer as PNG, marked as clip's ([`SOFTWARE_CHUNK`]).
 pub(crate) fn encode_png(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, PlotError> {
-    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| PlotError("buffer size does not match the figure".into()))?;
+    let img = image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| PlotError("buffer size does not match the figure".into()))?;
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| PlotError(e.to_string()))?;
@@ -49,7 +51,8 @@ const IHDR_END: usize = 33;
 /// Whether the PNG file at `path` is a figure clip drew (it carries clip's `Software` chunk).
 pub fn written_by_clip(path: &std::path::Path) -> bool {
     let mut head = [0u8; IHDR_END + 8 + SOFTWARE_CHUNK.len()];
-    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    let read =
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
     read.is_ok()
         && head.starts_with(b"\x89PNG\r\n\x1a\n")
         && head[IHDR_END + 4..IHDR_END + 8] == *b"tEXt"

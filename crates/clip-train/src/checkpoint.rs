@@ -42,7 +42,8 @@ impl RunDir {
     pub fn create_unique(runs_dir: &Path, name: &str) -> Result<Self> {
         std::fs::create_dir_all(runs_dir).map_err(|e| TrainError::io(runs_dir, e))?;
         for n in 1.. {
-            let candidate = if n == 1 { runs_dir.join(name) } else { runs_dir.join(format!("{name}-{n}")) };
+            let candidate =
+                if n == 1 { runs_dir.join(name) } else { runs_dir.join(format!("{name}-{n}")) };
             match std::fs::create_dir(&candidate) {
                 Ok(()) => return Ok(Self::new(candidate)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -201,7 +202,11 @@ pub fn save_checkpoint<B: AutodiffBackend>(
 }
 
 /// Saves the model as the best so far (`checkpoints/best`).
-pub fn save_best<B: AutodiffBackend>(run: &RunDir, model: &ClipModel<B>, state: &TrainState) -> Result<PathBuf> {
+pub fn save_best<B: AutodiffBackend>(
+    run: &RunDir,
+    model: &ClipModel<B>,
+    state: &TrainState,
+) -> Result<PathBuf> {
     let dir = run.best();
     write_dir_atomically(&dir, |tmp| {
         save_model(model, &tmp.join("model"))?;
@@ -228,12 +233,17 @@ fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join("state.json");
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
 }
 
 /// Loads the weights of a checkpoint directory into `model` (parameter ids included, so the
 /// optimizer state matches them).
-pub fn load_model<B: AutodiffBackend>(model: ClipModel<B>, dir: &Path, device: &B::Device) -> Result<ClipModel<B>> {
+pub fn load_model<B: AutodiffBackend>(
+    model: ClipModel<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<ClipModel<B>> {
     let path = dir.join("model.mpk");
     let settings = model.settings;
     model
@@ -253,16 +263,25 @@ mod tests {
     fn a_failed_write_leaves_the_old_directory_and_no_debris() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("checkpoints/best");
-        write_dir_atomically(&target, |tmp| std::fs::write(tmp.join("state.json"), b"1").map_err(|e| TrainError::io(tmp, e))).unwrap();
+        write_dir_atomically(&target, |tmp| {
+            std::fs::write(tmp.join("state.json"), b"1").map_err(|e| TrainError::io(tmp, e))
+        })
+        .unwrap();
         let failed = write_dir_atomically(&target, |tmp| {
             std::fs::write(tmp.join("state.json"), b"2").map_err(|e| TrainError::io(tmp, e))?;
             Err(TrainError::Other("disk full".into()))
         });
         assert!(failed.is_err());
         assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"1");
-        write_dir_atomically(&target, |tmp| std::fs::write(tmp.join("state.json"), b"3").map_err(|e| TrainError::io(tmp, e))).unwrap();
+        write_dir_atomically(&target, |tmp| {
+            std::fs::write(tmp.join("state.json"), b"3").map_err(|e| TrainError::io(tmp, e))
+        })
+        .unwrap();
         assert_eq!(std::fs::read(target.join("state.json")).unwrap(), b"3");
-        let names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, vec!["best".to_string()]);
     }
 
@@ -270,7 +289,9 @@ mod tests {
     fn only_complete_step_checkpoints_count() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        for (name, complete) in [("step-000010", true), ("step-000020", false), ("step-000005", true), ("best", true)] {
+        for (name, complete) in
+            [("step-000010", true), ("step-000020", false), ("step-000005", true), ("best", true)]
+        {
             let d = run.checkpoints().join(name);
             std::fs::create_dir_all(&d).unwrap();
             if complete {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use clip_data::config::join_clean;
 use clip_data::DataConfig;
 use clip_model::import::hf_text_config;
-use clip_model::{ClipConfig, ContrastiveLoss, Pooling, Precision, ResNetConfig, TextTransformerConfig};
+use clip_model::{
+    ClipConfig, ContrastiveLoss, Pooling, Precision, ResNetConfig, TextTransformerConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -364,14 +366,23 @@ impl ExperimentConfig {
             }
         };
         fix(&mut self.runs_dir);
-        for p in [&mut self.model.image_weights, &mut self.model.text_weights, &mut self.model.checkpoint, &mut self.eval.labels, &mut self.eval.templates]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.model.image_weights,
+            &mut self.model.text_weights,
+            &mut self.model.checkpoint,
+            &mut self.eval.labels,
+            &mut self.eval.templates,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }
-        if looks_like_path(&self.model.text_encoder) && Path::new(&self.model.text_encoder).is_relative() {
-            self.model.text_encoder = join_clean(base, Path::new(&self.model.text_encoder)).display().to_string();
+        if looks_like_path(&self.model.text_encoder)
+            && Path::new(&self.model.text_encoder).is_relative()
+        {
+            self.model.text_encoder =
+                join_clean(base, Path::new(&self.model.text_encoder)).display().to_string();
         }
     }
 
@@ -383,7 +394,12 @@ impl ExperimentConfig {
         if t.epochs == 0 && t.max_steps.is_none() {
             return bad("train.epochs must be at least 1".into());
         }
-        for (key, v) in [("train.lr", Some(t.lr)), ("train.image_encoder_lr", t.image_encoder_lr), ("train.text_encoder_lr", t.text_encoder_lr), ("train.head_lr", t.head_lr)] {
+        for (key, v) in [
+            ("train.lr", Some(t.lr)),
+            ("train.image_encoder_lr", t.image_encoder_lr),
+            ("train.text_encoder_lr", t.text_encoder_lr),
+            ("train.head_lr", t.head_lr),
+        ] {
             if let Some(v) = v {
                 if !(v > 0.0 && v.is_finite()) {
                     return bad(format!("{key} must be a positive number, got {v}"));
@@ -396,14 +412,19 @@ impl ExperimentConfig {
             ("text_encoder_weight_decay", t.text_encoder_weight_decay),
             ("head_weight_decay", t.head_weight_decay),
         ];
-        if let Some((key, Some(v))) = decays.into_iter().find(|(_, v)| v.is_some_and(|v| !(v >= 0.0 && v.is_finite()))) {
+        if let Some((key, Some(v))) =
+            decays.into_iter().find(|(_, v)| v.is_some_and(|v| !(v >= 0.0 && v.is_finite())))
+        {
             return bad(format!("train.{key} must be a finite number >= 0, got {v}"));
         }
         if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
             return bad(format!("train.min_lr must be in [0, train.lr], got {}", t.min_lr));
         }
         if !(t.plateau_factor > 0.0 && t.plateau_factor < 1.0) {
-            return bad(format!("train.plateau_factor must be in (0, 1), got {}", t.plateau_factor));
+            return bad(format!(
+                "train.plateau_factor must be in (0, 1), got {}",
+                t.plateau_factor
+            ));
         }
         if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return bad(format!("train.betas must be in [0, 1), got {:?}", t.betas));
@@ -414,10 +435,15 @@ impl ExperimentConfig {
             }
         }
         if !(t.loss_scale >= 1.0) || t.loss_scale_growth_interval == 0 {
-            return bad("train.loss_scale must be >= 1 and train.loss_scale_growth_interval >= 1".into());
+            return bad(
+                "train.loss_scale must be >= 1 and train.loss_scale_growth_interval >= 1".into()
+            );
         }
         if self.eval.templates.is_some() && self.eval.labels.is_none() {
-            return bad("eval.templates needs eval.labels (the ground truth of the validation images)".into());
+            return bad(
+                "eval.templates needs eval.labels (the ground truth of the validation images)"
+                    .into(),
+            );
         }
         if t.micro_batches == 0 || t.micro_batches > self.data.batch_size {
             return bad(format!(
@@ -429,19 +455,26 @@ impl ExperimentConfig {
             return bad("train.early_stop_patience must be at least 1".into());
         }
         if self.checkpoint.best_by == BestBy::ZeroShot && self.eval.templates.is_none() {
-            return bad("checkpoint.best_by = \"zero_shot\" needs eval.labels and eval.templates".into());
+            return bad(
+                "checkpoint.best_by = \"zero_shot\" needs eval.labels and eval.templates".into()
+            );
         }
         if self.checkpoint.keep_last == 0 {
             return bad("checkpoint.keep_last must be at least 1".into());
         }
-        self.clip_config().map(|_| ()).map_err(|m| TrainError::Config { path: path.into(), message: m })
+        self.clip_config()
+            .map(|_| ())
+            .map_err(|m| TrainError::Config { path: path.into(), message: m })
     }
 
     /// The model architecture this config describes.
     pub fn clip_config(&self) -> std::result::Result<ClipConfig, String> {
         let m = &self.model;
         let image = match m.image_encoder.as_str() {
-            "custom" => m.image.clone().ok_or("model.image_encoder = \"custom\" needs a [model.image] table")?,
+            "custom" => m
+                .image
+                .clone()
+                .ok_or("model.image_encoder = \"custom\" needs a [model.image] table")?,
             name => {
                 if m.image.is_some() {
                     return Err(format!("[model.image] is only read when model.image_encoder = \"custom\" (it is {name:?})"));
@@ -474,12 +507,19 @@ impl ExperimentConfig {
         }
         if let Some(w) = m.image_embedding {
             if w != image.out_features() {
-                return Err(format!("model.image_embedding = {w} but {} gives {} features", m.image_encoder, image.out_features()));
+                return Err(format!(
+                    "model.image_embedding = {w} but {} gives {} features",
+                    m.image_encoder,
+                    image.out_features()
+                ));
             }
         }
         if let Some(w) = m.text_embedding {
             if w != text.hidden_size {
-                return Err(format!("model.text_embedding = {w} but {} gives {} features", m.text_encoder, text.hidden_size));
+                return Err(format!(
+                    "model.text_embedding = {w} but {} gives {} features",
+                    m.text_encoder, text.hidden_size
+                ));
             }
         }
         if m.pretrained && m.image_weights.is_none() && m.text_weights.is_none() {
@@ -555,7 +595,8 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Res
     }
     let mut t = table;
     for part in &parts[..parts.len() - 1] {
-        let entry = t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry =
+            t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         t = entry.as_table_mut().ok_or_else(|| format!("{part} is not a table"))?;
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
@@ -587,7 +628,11 @@ mod tests {
     #[test]
     fn overrides_apply_and_unknown_keys_are_named() {
         let (_d, p) = write(MINIMAL);
-        let c = ExperimentConfig::load(&p, &["train.lr=3e-4".into(), "model.image_encoder=resnet18".into()]).unwrap();
+        let c = ExperimentConfig::load(
+            &p,
+            &["train.lr=3e-4".into(), "model.image_encoder=resnet18".into()],
+        )
+        .unwrap();
         assert_eq!(c.train.lr, 3e-4);
         assert_eq!(c.clip_config().unwrap().image.out_features(), 512);
         let err = ExperimentConfig::load(&p, &["train.lrr=1".into()]).unwrap_err().to_string();
@@ -598,19 +643,30 @@ mod tests {
 
     #[test]
     fn none_removes_a_key_such_as_the_synthetic_table() {
-        let (_d, p) = write(&format!("{MINIMAL}[data.synthetic]\nimages = 10\n[train]\nlr = 3e-4\n"));
+        let (_d, p) =
+            write(&format!("{MINIMAL}[data.synthetic]\nimages = 10\n[train]\nlr = 3e-4\n"));
         assert!(ExperimentConfig::load(&p, &[]).unwrap().data.synthetic.is_some());
-        let c = ExperimentConfig::load(&p, &["data.synthetic=none".into(), "train.lr=none".into(), "eval.labels=none".into()]).unwrap();
+        let c = ExperimentConfig::load(
+            &p,
+            &["data.synthetic=none".into(), "train.lr=none".into(), "eval.labels=none".into()],
+        )
+        .unwrap();
         assert!(c.data.synthetic.is_none());
         assert_eq!(c.train.lr, 1e-3, "a removed key takes its default");
-        assert!(ExperimentConfig::load(&p, &["data.captions.x=none".into()]).unwrap_err().to_string().contains("not a table"));
+        assert!(ExperimentConfig::load(&p, &["data.captions.x=none".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("not a table"));
     }
 
     #[test]
     fn file_errors_name_key_line_and_file() {
         let (_d, p) = write(&format!("{MINIMAL}[train]\nepochz = 3\n"));
         let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
-        assert!(err.contains("exp.toml") && err.contains("epochz") && err.contains("line 5"), "{err}");
+        assert!(
+            err.contains("exp.toml") && err.contains("epochz") && err.contains("line 5"),
+            "{err}"
+        );
         let (_d, p) = write(&format!("{MINIMAL}[model]\nimage_encoder = \"resnet51\"\n"));
         let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
         assert!(err.contains("resnet51") && err.contains("model.image_encoder"), "{err}");
@@ -637,7 +693,8 @@ mod tests {
         std::fs::write(&p, format!("{MINIMAL}[eval]\nlabels = \"d/labels.csv\"\n")).unwrap();
         let relative = p.strip_prefix(std::env::current_dir().unwrap()).unwrap_or(&p).to_path_buf();
         let c = ExperimentConfig::load(&relative, &[]).unwrap();
-        for path in [&c.data.captions, &c.data.images, &c.runs_dir, c.eval.labels.as_ref().unwrap()] {
+        for path in [&c.data.captions, &c.data.images, &c.runs_dir, c.eval.labels.as_ref().unwrap()]
+        {
             assert!(path.is_absolute(), "{}", path.display());
         }
         assert_eq!(c.data.captions, std::path::absolute(dir.path().join("d/results.csv")).unwrap());
@@ -664,28 +721,48 @@ mod shipped_configs {
         assert!(seen >= 2);
         // The seed notebook, exactly: Adam(lr=1e-4, weight_decay=5e-4) on every parameter, no
         // schedule, batch 64, val_size 0.1 drawn as NumPy does, fp16 AMP, everything trainable.
-        let seed = ExperimentConfig::load(&dir.join("flickr30k-rn50-distilbert.toml"), &[]).unwrap();
+        let seed =
+            ExperimentConfig::load(&dir.join("flickr30k-rn50-distilbert.toml"), &[]).unwrap();
         let mut want = ClipConfig::seed();
         want.image_trainable = true;
         assert_eq!(seed.clip_config().unwrap(), want);
-        assert_eq!((seed.data.batch_size, seed.data.image_size, seed.data.text_max_length), (64, 224, 200));
+        assert_eq!(
+            (seed.data.batch_size, seed.data.image_size, seed.data.text_max_length),
+            (64, 224, 200)
+        );
         assert_eq!((seed.data.val_size, seed.data.seed), (0.1, 42));
         assert_eq!(serde_json::to_value(seed.data.split).unwrap(), "numpy-legacy");
         let t = &seed.train;
-        assert_eq!((t.optimizer, t.lr, t.weight_decay, t.weight_decay_1d), (OptimizerKind::Adam, 1e-4, 5e-4, true));
+        assert_eq!(
+            (t.optimizer, t.lr, t.weight_decay, t.weight_decay_1d),
+            (OptimizerKind::Adam, 1e-4, 5e-4, true)
+        );
         assert_eq!((t.image_encoder_lr, t.text_encoder_lr, t.head_lr), (None, None, None));
-        assert_eq!((t.image_encoder_weight_decay, t.text_encoder_weight_decay, t.head_weight_decay), (None, None, None));
-        assert_eq!((t.schedule, t.warmup_steps, t.grad_clip_norm, t.epochs), (ScheduleKind::Constant, 0, None, 4));
+        assert_eq!(
+            (t.image_encoder_weight_decay, t.text_encoder_weight_decay, t.head_weight_decay),
+            (None, None, None)
+        );
+        assert_eq!(
+            (t.schedule, t.warmup_steps, t.grad_clip_norm, t.epochs),
+            (ScheduleKind::Constant, 0, None, 4)
+        );
         assert_eq!(t.precision, Precision::Fp16Mixed);
         assert_eq!(seed.checkpoint.best_by, BestBy::ValLoss);
 
         // The Simple-CLIP tutorial: AdamW per group, the plateau schedule, batch 32, 80/20.
-        let simple = ExperimentConfig::load(&dir.join("simple-clip-rn50-distilbert.toml"), &[]).unwrap();
+        let simple =
+            ExperimentConfig::load(&dir.join("simple-clip-rn50-distilbert.toml"), &[]).unwrap();
         assert_eq!(simple.clip_config().unwrap(), want);
         assert_eq!((simple.data.batch_size, simple.data.val_size), (32, 0.2));
         let t = &simple.train;
-        assert_eq!((t.optimizer, t.lr, t.image_encoder_lr, t.text_encoder_lr), (OptimizerKind::Adamw, 1e-3, Some(1e-4), Some(1e-5)));
+        assert_eq!(
+            (t.optimizer, t.lr, t.image_encoder_lr, t.text_encoder_lr),
+            (OptimizerKind::Adamw, 1e-3, Some(1e-4), Some(1e-5))
+        );
         // ReduceLROnPlateau(patience=1, factor=0.8) on the validation loss.
-        assert_eq!((t.schedule, t.plateau_patience, t.plateau_factor), (ScheduleKind::Plateau, 1, 0.8));
+        assert_eq!(
+            (t.schedule, t.plateau_patience, t.plateau_factor),
+            (ScheduleKind::Plateau, 1, 0.8)
+        );
     }
 }

@@ -7,13 +7,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use ratatui::crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use ratatui::crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
 use ratatui::crossterm::ExecutableCommand;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Block, Borders, Cell, Chart, Dataset, Gauge, GraphType, List, ListItem, Paragraph, Row, Table};
+use ratatui::widgets::{
+    Axis, Block, Borders, Cell, Chart, Dataset, Gauge, GraphType, List, ListItem, Paragraph, Row,
+    Table,
+};
 use ratatui::{Frame, Terminal};
 
 use crate::metrics::{EpochMetrics, StepMetrics};
@@ -59,7 +64,12 @@ pub fn render(frame: &mut Frame, state: &DashboardState) {
     let area = frame.area();
     let rows = Layout::default()
         .direction(Direction::Vertical)
-        .constraints([Constraint::Length(3), Constraint::Min(10), Constraint::Length(9), Constraint::Length(1)])
+        .constraints([
+            Constraint::Length(3),
+            Constraint::Min(10),
+            Constraint::Length(9),
+            Constraint::Length(1),
+        ])
         .split(area);
     render_progress(frame, rows[0], state);
     let middle = Layout::default()
@@ -81,7 +91,10 @@ pub fn render(frame: &mut Frame, state: &DashboardState) {
     } else {
         "q: stop (checkpoint, then exit)"
     };
-    frame.render_widget(Paragraph::new(Line::from(Span::styled(help, Style::default().fg(Color::DarkGray)))), rows[3]);
+    frame.render_widget(
+        Paragraph::new(Line::from(Span::styled(help, Style::default().fg(Color::DarkGray)))),
+        rows[3],
+    );
 }
 
 fn render_progress(frame: &mut Frame, area: Rect, state: &DashboardState) {
@@ -103,7 +116,9 @@ fn render_progress(frame: &mut Frame, area: Rect, state: &DashboardState) {
                 fmt_duration(m.eta_s)
             ),
         ),
-        (None, Some(i)) => (0.0, format!("starting: {} training pairs, {} steps", i.train_pairs, i.total_steps)),
+        (None, Some(i)) => {
+            (0.0, format!("starting: {} training pairs, {} steps", i.train_pairs, i.total_steps))
+        }
         (None, None) => (0.0, "starting".into()),
     };
     let gauge = Gauge::default()
@@ -159,8 +174,18 @@ fn render_loss(frame: &mut Frame, area: Rect, state: &DashboardState) {
     let val: Vec<(f64, f64)> = state.epochs.iter().map(|m| (m.step as f64, m.val_loss)).collect();
     let (xb, yb) = bounds(&[&train, &val]);
     let datasets = vec![
-        Dataset::default().name("train").marker(Marker::Braille).graph_type(GraphType::Line).style(Style::default().fg(Color::Cyan)).data(&train),
-        Dataset::default().name("val").marker(Marker::Dot).graph_type(GraphType::Line).style(Style::default().fg(Color::Yellow)).data(&val),
+        Dataset::default()
+            .name("train")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(Color::Cyan))
+            .data(&train),
+        Dataset::default()
+            .name("val")
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(Color::Yellow))
+            .data(&val),
     ];
     let chart = Chart::new(datasets)
         .block(Block::default().borders(Borders::ALL).title(" loss "))
@@ -192,11 +217,22 @@ fn render_recall(frame: &mut Frame, area: Rect, state: &DashboardState) {
             ])
         })
         .collect();
-    let widths = [Constraint::Length(7), Constraint::Length(8), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5), Constraint::Length(7), Constraint::Length(5), Constraint::Length(5)];
+    let widths = [
+        Constraint::Length(7),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(5),
+    ];
     let chance = state.info.as_ref().map(|i| 100.0 / i.val_images.max(1) as f64).unwrap_or(0.0);
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(Block::default().borders(Borders::ALL).title(format!(" validation recall@k, % (R@1 by chance {chance:.2}) ")));
+    let table = Table::new(rows, widths).header(header).block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(format!(" validation recall@k, % (R@1 by chance {chance:.2}) ")),
+    );
     frame.render_widget(table, area);
 }
 
@@ -204,7 +240,11 @@ fn render_stats(frame: &mut Frame, area: Rect, state: &DashboardState) {
     let mut lines = Vec::new();
     if let Some(m) = state.steps.last() {
         lines.push(Line::from(format!("loss         {:.4}", m.loss)));
-        lines.push(Line::from(format!("in-batch acc i→t {:.1}%  t→i {:.1}%", m.acc_i2t * 100.0, m.acc_t2i * 100.0)));
+        lines.push(Line::from(format!(
+            "in-batch acc i→t {:.1}%  t→i {:.1}%",
+            m.acc_i2t * 100.0,
+            m.acc_t2i * 100.0
+        )));
         lines.push(Line::from(format!("lr           {:.3e}", m.lr)));
         lines.push(Line::from(format!("temperature  {:.4}", m.temperature)));
         if let Some(g) = m.grad_norm {
@@ -224,18 +264,27 @@ fn render_stats(frame: &mut Frame, area: Rect, state: &DashboardState) {
             i.train_pairs
         )));
     }
-    frame.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" now ")), area);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" now ")),
+        area,
+    );
 }
 
 fn render_events(frame: &mut Frame, area: Rect, state: &DashboardState) {
     let mut items: Vec<ListItem> = Vec::new();
     if let Some(c) = &state.last_checkpoint {
-        items.push(ListItem::new(Line::from(Span::styled(format!("last checkpoint: {c}"), Style::default().fg(Color::Green)))));
+        items.push(ListItem::new(Line::from(Span::styled(
+            format!("last checkpoint: {c}"),
+            Style::default().fg(Color::Green),
+        ))));
     }
     let room = area.height.saturating_sub(2 + items.len() as u16) as usize;
     let start = state.events.len().saturating_sub(room);
     items.extend(state.events[start..].iter().map(|e| ListItem::new(e.as_str())));
-    frame.render_widget(List::new(items).block(Block::default().borders(Borders::ALL).title(" events ")), area);
+    frame.render_widget(
+        List::new(items).block(Block::default().borders(Borders::ALL).title(" events ")),
+        area,
+    );
 }
 
 impl DashboardState {
@@ -265,7 +314,11 @@ impl Dashboard {
             previous(info);
         }));
         let terminal = Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
-        Ok(Self { terminal, state: DashboardState::default(), last_draw: Instant::now() - Duration::from_secs(1) })
+        Ok(Self {
+            terminal,
+            state: DashboardState::default(),
+            last_draw: Instant::now() - Duration::from_secs(1),
+        })
     }
 
     fn draw(&mut self, force: bool) {
@@ -281,8 +334,11 @@ impl Dashboard {
     fn poll_keys(&mut self) {
         while event::poll(Duration::ZERO).unwrap_or(false) {
             if let Ok(Event::Key(k)) = event::read() {
-                let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
-                if k.kind == KeyEventKind::Press && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c) {
+                let ctrl_c =
+                    k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                if k.kind == KeyEventKind::Press
+                    && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c)
+                {
                     if !self.state.stopping {
                         self.state.event("stop requested: checkpointing after this step".into());
                     }
@@ -419,7 +475,8 @@ impl<W: Write> Observer for PlainProgress<W> {
             m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
             m.val_loss,
             m.retrieval,
-            m.zero_shot_top1.map_or(String::new(), |z| format!(" | zero-shot top-1 {:.1}%", z * 100.0))
+            m.zero_shot_top1
+                .map_or(String::new(), |z| format!(" | zero-shot top-1 {:.1}%", z * 100.0))
         );
     }
     fn on_checkpoint(&mut self, path: &Path, kind: &str) {
@@ -490,7 +547,9 @@ mod tests {
     fn text(backend: &TestBackend) -> String {
         let buf = backend.buffer();
         (0..buf.area.height)
-            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
+            .map(|y| {
+                (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -500,7 +559,17 @@ mod tests {
         let mut terminal = Terminal::new(TestBackend::new(120, 32)).unwrap();
         terminal.draw(|f| render(f, &state())).unwrap();
         let screen = text(terminal.backend());
-        for want in ["step 20/40", "123.4 samples/s", "ETA 2m10s", " loss ", "12.3", "45.6", "step-000010", "q: stop", "temperature  0.0700"] {
+        for want in [
+            "step 20/40",
+            "123.4 samples/s",
+            "ETA 2m10s",
+            " loss ",
+            "12.3",
+            "45.6",
+            "step-000010",
+            "q: stop",
+            "temperature  0.0700",
+        ] {
             assert!(screen.contains(want), "missing {want:?} in\n{screen}");
         }
         // The loss chart has plotted points (braille cells).
@@ -525,10 +594,16 @@ mod tests {
         (inside.step, inside.mid_epoch) = (15, true);
         p.on_epoch(&inside);
         let out = String::from_utf8(p.into_inner()).unwrap();
-        assert!(out.contains("epoch 1 done:") && out.contains("step 15 (epoch 1) validated:"), "{out}");
+        assert!(
+            out.contains("epoch 1 done:") && out.contains("step 15 (epoch 1) validated:"),
+            "{out}"
+        );
         assert_eq!(out.lines().filter(|l| l.contains("loss 3.0000")).count(), 1);
         assert!(!out.contains("loss 2.9000"), "throttled: {out}");
-        assert!(out.contains("text→image R@1 12.3%") && out.contains("checkpoint (epoch)"), "{out}");
+        assert!(
+            out.contains("text→image R@1 12.3%") && out.contains("checkpoint (epoch)"),
+            "{out}"
+        );
         assert!(out.contains("zero-shot top-1 87.5%"), "{out}");
     }
 }

@@ -57,14 +57,21 @@ impl<IB: Backend> GradOp<IB> for Scale<IB> {
 
 /// The sum of squares of all gradients of `module` in `grads` (a 1-element tensor), `None`
 /// when none of its parameters has a gradient.
-pub fn sum_squares<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams) -> Option<Tensor<B::InnerBackend, 1>> {
+pub fn sum_squares<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
     let mut op = SumSquares(None);
     for_each_grad(module, grads, &mut op);
     op.0
 }
 
 /// Multiplies every gradient of `module` in `grads` by `factor` (a 1-element tensor).
-pub fn scale<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams, factor: Tensor<B::InnerBackend, 1>) {
+pub fn scale<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+) {
     for_each_grad(module, grads, &mut Scale(factor));
 }
 
@@ -75,7 +82,12 @@ fn decays(dims: usize, decay_1d: bool) -> bool {
 
 /// Adds `wd · θ` to the gradient of every parameter of `module` in `grads` that decays (Adam's
 /// coupled L2 weight decay).
-pub fn add_decay<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &mut GradientsParams, wd: f64, decay_1d: bool) {
+pub fn add_decay<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    wd: f64,
+    decay_1d: bool,
+) {
     struct Visitor<'a> {
         grads: &'a mut GradientsParams,
         wd: f64,
@@ -114,7 +126,8 @@ pub fn decay_factors<B: AutodiffBackend, M: Module<B>>(
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Visitor<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if decays(D, self.decay_1d) && self.grads.get::<B::InnerBackend, D>(param.id).is_some() {
+            if decays(D, self.decay_1d) && self.grads.get::<B::InnerBackend, D>(param.id).is_some()
+            {
                 self.out.insert(param.id, self.factor);
             }
         }
@@ -125,12 +138,17 @@ pub fn decay_factors<B: AutodiffBackend, M: Module<B>>(
 }
 
 /// Multiplies each parameter named in `factors` by its factor (still a trainable leaf).
-pub fn shrink<B: AutodiffBackend, M: Module<B>>(module: M, factors: &std::collections::HashMap<ParamId, f64>) -> M {
+pub fn shrink<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    factors: &std::collections::HashMap<ParamId, f64>,
+) -> M {
     struct Mapper<'a>(&'a std::collections::HashMap<ParamId, f64>);
     impl<B: AutodiffBackend> ModuleMapper<B> for Mapper<'_> {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             match self.0.get(&param.id) {
-                Some(&f) => param.map(|t| Tensor::from_inner(t.inner().mul_scalar(f)).require_grad()),
+                Some(&f) => {
+                    param.map(|t| Tensor::from_inner(t.inner().mul_scalar(f)).require_grad())
+                }
                 None => param,
             }
         }

@@ -53,14 +53,27 @@ impl Observer for Messages {
 /// `model.pretrained`): `config.toml`, `model.json`, `model.safetensors`, `import.json`, and
 /// `split.json` when the config's captions file exists (the split it configures, so that
 /// `clip embed --split val` embeds the images the original run validated on).
-pub fn import_run<B: Backend>(config: &ExperimentConfig, out: &Path, device: &B::Device) -> Result<ImportedRun> {
+pub fn import_run<B: Backend>(
+    config: &ExperimentConfig,
+    out: &Path,
+    device: &B::Device,
+) -> Result<ImportedRun> {
     let m = &config.model;
     let bad = |message: String| TrainError::Config { path: out.into(), message };
-    if m.checkpoint.is_none() && !(m.pretrained && (m.image_weights.is_some() || m.text_weights.is_some())) {
-        return Err(bad("nothing to import: give a whole checkpoint (model.checkpoint) or tower weights".into()));
+    if m.checkpoint.is_none()
+        && !(m.pretrained && (m.image_weights.is_some() || m.text_weights.is_some()))
+    {
+        return Err(bad(
+            "nothing to import: give a whole checkpoint (model.checkpoint) or tower weights".into(),
+        ));
     }
     // A run directory is only ever made new: even an earlier import is not written over.
-    clip_data::fs::claim_dir(out, "an imported run", |_| false, "Give --out a new or empty folder.")?;
+    clip_data::fs::claim_dir(
+        out,
+        "an imported run",
+        |_| false,
+        "Give --out a new or empty folder.",
+    )?;
     let clip_config = config.clip_config().map_err(bad)?;
     // Weights first: a file that does not fit the architecture fails before anything is written.
     B::seed(device, config.train.seed);
@@ -78,7 +91,10 @@ pub fn import_run<B: Backend>(config: &ExperimentConfig, out: &Path, device: &B:
     let result = (|| -> Result<Option<(usize, usize)>> {
         clip_data::fs::write_atomic(&staging.config(), config.to_toml().as_bytes())?;
         let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
-        clip_data::fs::write_atomic(&staging.model_json(), &serde_json::to_vec_pretty(&card).expect("card serializes"))?;
+        clip_data::fs::write_atomic(
+            &staging.model_json(),
+            &serde_json::to_vec_pretty(&card).expect("card serializes"),
+        )?;
         clip_model::import::export_clip(&model, &staging.exported_model())?;
         let split = if config.data.captions.exists() {
             let dataset = CaptionDataset::load(&config.data)?;

@@ -21,6 +21,6 @@ pub mod trainer;
 
 pub use checkpoint::RunDir;
 pub use config::ExperimentConfig;
-pub use import_run::{import_run, ImportedRun};
 pub use error::{Result, TrainError};
+pub use import_run::{import_run, ImportedRun};
 pub use trainer::{train, Observer, RunInfo, Silent, TrainSummary};

@@ -114,7 +114,9 @@ impl EpochMetrics {
         let r = &self.retrieval;
         match metric {
             BestBy::ValLoss => Some(self.val_loss),
-            BestBy::Rsum => Some(100.0 * (r.t2i_r1 + r.t2i_r5 + r.t2i_r10 + r.i2t_r1 + r.i2t_r5 + r.i2t_r10)),
+            BestBy::Rsum => {
+                Some(100.0 * (r.t2i_r1 + r.t2i_r5 + r.t2i_r10 + r.i2t_r1 + r.i2t_r5 + r.i2t_r10))
+            }
             BestBy::ZeroShot => self.zero_shot_top1,
         }
     }
@@ -141,14 +143,21 @@ impl JsonlWriter {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
         Ok(Self { path: path.into(), file })
     }
 
     pub fn write<T: Serialize>(&mut self, row: &T) -> Result<()> {
         let mut line = serde_json::to_vec(row).expect("metrics serialize");
         line.push(b'\n');
-        self.file.write_all(&line).and_then(|_| self.file.flush()).map_err(|e| TrainError::io(&self.path, e))
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
     }
 }
 
@@ -194,20 +203,53 @@ mod tests {
         for step in 1..=5 {
             w.write(&serde_json::json!({ "step": step })).unwrap();
         }
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"step\": 6, \"lo").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"step\": 6, \"lo")
+            .unwrap();
         truncate_after(&p, 3).unwrap();
         let rows: Vec<serde_json::Value> = read_jsonl(&p);
-        assert_eq!(rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
     fn the_best_model_is_picked_in_the_metric_s_direction() {
         assert!(improves(BestBy::ValLoss, 1.0, None));
-        assert!(improves(BestBy::ValLoss, 0.9, Some(1.0)) && !improves(BestBy::ValLoss, 1.1, Some(1.0)));
-        assert!(improves(BestBy::Rsum, 310.0, Some(300.0)) && !improves(BestBy::Rsum, 290.0, Some(300.0)));
+        assert!(
+            improves(BestBy::ValLoss, 0.9, Some(1.0)) && !improves(BestBy::ValLoss, 1.1, Some(1.0))
+        );
+        assert!(
+            improves(BestBy::Rsum, 310.0, Some(300.0))
+                && !improves(BestBy::Rsum, 290.0, Some(300.0))
+        );
         assert!(!improves(BestBy::ZeroShot, f64::NAN, None), "NaN is never the best");
-        let r = RetrievalMetrics { t2i_r1: 0.1, t2i_r5: 0.2, t2i_r10: 0.3, i2t_r1: 0.4, i2t_r5: 0.5, i2t_r10: 0.6, ..Default::default() };
-        let m = EpochMetrics { epoch: 1, step: 1, mid_epoch: false, train_loss: None, val_loss: 2.0, val_acc_i2t: 0.0, val_acc_t2i: 0.0, retrieval: r, label_retrieval: None, zero_shot_top1: None, elapsed_s: 0.0 };
+        let r = RetrievalMetrics {
+            t2i_r1: 0.1,
+            t2i_r5: 0.2,
+            t2i_r10: 0.3,
+            i2t_r1: 0.4,
+            i2t_r5: 0.5,
+            i2t_r10: 0.6,
+            ..Default::default()
+        };
+        let m = EpochMetrics {
+            epoch: 1,
+            step: 1,
+            mid_epoch: false,
+            train_loss: None,
+            val_loss: 2.0,
+            val_acc_i2t: 0.0,
+            val_acc_t2i: 0.0,
+            retrieval: r,
+            label_retrieval: None,
+            zero_shot_top1: None,
+            elapsed_s: 0.0,
+        };
         assert!((m.score(BestBy::Rsum).unwrap() - 210.0).abs() < 1e-9);
         assert_eq!(m.score(BestBy::ValLoss), Some(2.0));
         assert_eq!(m.score(BestBy::ZeroShot), None);

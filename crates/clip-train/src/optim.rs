@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::module::AutodiffModule;
-use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{
+    Adam, AdamConfig, AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer,
+};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
@@ -32,9 +34,20 @@ impl<B: AutodiffBackend> AnyOptim<B> {
     fn new(spec: &TrainSpec) -> Self {
         let [b1, b2] = spec.betas.map(|b| b as f32);
         match spec.optimizer {
-            OptimizerKind::Adam => AnyOptim::Adam(AdamConfig::new().with_beta_1(b1).with_beta_2(b2).with_epsilon(spec.eps as f32).init()),
+            OptimizerKind::Adam => AnyOptim::Adam(
+                AdamConfig::new()
+                    .with_beta_1(b1)
+                    .with_beta_2(b2)
+                    .with_epsilon(spec.eps as f32)
+                    .init(),
+            ),
             OptimizerKind::Adamw => AnyOptim::AdamW(
-                AdamWConfig::new().with_beta_1(b1).with_beta_2(b2).with_epsilon(spec.eps as f32).with_weight_decay(0.0).init(),
+                AdamWConfig::new()
+                    .with_beta_1(b1)
+                    .with_beta_2(b2)
+                    .with_epsilon(spec.eps as f32)
+                    .with_weight_decay(0.0)
+                    .init(),
             ),
         }
     }
@@ -47,7 +60,10 @@ impl<B: AutodiffBackend> AnyOptim<B> {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        let err = |e: burn::record::RecorderError| TrainError::Checkpoint { path: path.into(), message: e.to_string() };
+        let err = |e: burn::record::RecorderError| TrainError::Checkpoint {
+            path: path.into(),
+            message: e.to_string(),
+        };
         match self {
             AnyOptim::Adam(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
             AnyOptim::AdamW(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
@@ -60,8 +76,12 @@ impl<B: AutodiffBackend> AnyOptim<B> {
             message: format!("cannot read optimizer state: {e}"),
         };
         Ok(match self {
-            AnyOptim::Adam(o) => AnyOptim::Adam(o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?)),
-            AnyOptim::AdamW(o) => AnyOptim::AdamW(o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?)),
+            AnyOptim::Adam(o) => AnyOptim::Adam(
+                o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?),
+            ),
+            AnyOptim::AdamW(o) => AnyOptim::AdamW(
+                o.load_record(recorder().load(path.to_path_buf(), device).map_err(err)?),
+            ),
         })
     }
 }
@@ -144,8 +164,13 @@ impl GroupGrads {
     }
 
     /// The gradient of one parameter, from whichever group holds it.
-    pub fn get<B: AutodiffBackend, const D: usize>(&self, id: burn::module::ParamId) -> Option<Tensor<B::InnerBackend, D>> {
-        [&self.image, &self.text, &self.heads].into_iter().find_map(|g| g.get::<B::InnerBackend, D>(id))
+    pub fn get<B: AutodiffBackend, const D: usize>(
+        &self,
+        id: burn::module::ParamId,
+    ) -> Option<Tensor<B::InnerBackend, D>> {
+        [&self.image, &self.text, &self.heads]
+            .into_iter()
+            .find_map(|g| g.get::<B::InnerBackend, D>(id))
     }
 
     /// All groups in one set, for a single optimizer over the whole model.
@@ -159,7 +184,11 @@ impl GroupGrads {
 
     /// The sum of two passes' gradients (a parameter missing from one counts as zero there).
     pub fn add<B: AutodiffBackend>(self, model: &ClipModel<B>, other: Self) -> Self {
-        fn sum<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, a: GradientsParams, b: GradientsParams) -> GradientsParams {
+        fn sum<B: AutodiffBackend, M: AutodiffModule<B>>(
+            module: &M,
+            a: GradientsParams,
+            b: GradientsParams,
+        ) -> GradientsParams {
             let mut acc = GradientsAccumulator::<M>::new();
             acc.accumulate(module, a);
             acc.accumulate(module, b);
@@ -268,15 +297,43 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
         let lrs = self.lrs.map(|lr| lr * lr_factor);
         match self.kind {
             OptimizerKind::Adam => {
-                grads::add_decay(&model.image_encoder.model, &mut image, self.decays[0], self.decay_1d);
-                grads::add_decay(&model.text_encoder.model, &mut text, self.decays[1], self.decay_1d);
+                grads::add_decay(
+                    &model.image_encoder.model,
+                    &mut image,
+                    self.decays[0],
+                    self.decay_1d,
+                );
+                grads::add_decay(
+                    &model.text_encoder.model,
+                    &mut text,
+                    self.decays[1],
+                    self.decay_1d,
+                );
                 grads::add_decay(&model, &mut heads, self.decays[2], self.decay_1d);
             }
             OptimizerKind::Adamw => {
                 let mut factors = std::collections::HashMap::new();
-                grads::decay_factors(&model.image_encoder.model, &image, 1.0 - lrs[0] * self.decays[0], self.decay_1d, &mut factors);
-                grads::decay_factors(&model.text_encoder.model, &text, 1.0 - lrs[1] * self.decays[1], self.decay_1d, &mut factors);
-                grads::decay_factors(&model, &heads, 1.0 - lrs[2] * self.decays[2], self.decay_1d, &mut factors);
+                grads::decay_factors(
+                    &model.image_encoder.model,
+                    &image,
+                    1.0 - lrs[0] * self.decays[0],
+                    self.decay_1d,
+                    &mut factors,
+                );
+                grads::decay_factors(
+                    &model.text_encoder.model,
+                    &text,
+                    1.0 - lrs[1] * self.decays[1],
+                    self.decay_1d,
+                    &mut factors,
+                );
+                grads::decay_factors(
+                    &model,
+                    &heads,
+                    1.0 - lrs[2] * self.decays[2],
+                    self.decay_1d,
+                    &mut factors,
+                );
                 model = grads::shrink(model, &factors);
             }
         }
@@ -319,9 +376,26 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn tiny() -> ClipModel<B> {
-        let image = ResNetConfig { block: BlockKind::Basic, layers: [1, 1, 1, 1], channels: [4, 4, 4, 4], stem_channels: 4, stem: Default::default(), zero_init_residual: false, pointwise_matmul: true };
-        let text = TextTransformerConfig { vocab_size: 50, hidden_size: 8, num_layers: 1, num_heads: 2, intermediate_size: 16, max_position_embeddings: 8, ..TextTransformerConfig::distilbert_base() };
-        ClipConfig { projection_dim: 4, dropout: 0.0, ..ClipConfig::new(image, text) }.init(&Default::default())
+        let image = ResNetConfig {
+            block: BlockKind::Basic,
+            layers: [1, 1, 1, 1],
+            channels: [4, 4, 4, 4],
+            stem_channels: 4,
+            stem: Default::default(),
+            zero_init_residual: false,
+            pointwise_matmul: true,
+        };
+        let text = TextTransformerConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_layers: 1,
+            num_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 8,
+            ..TextTransformerConfig::distilbert_base()
+        };
+        ClipConfig { projection_dim: 4, dropout: 0.0, ..ClipConfig::new(image, text) }
+            .init(&Default::default())
     }
 
     /// Sum of squared gradients over all parameters, the plain way.
@@ -341,8 +415,15 @@ mod tests {
 
     fn grads(model: &ClipModel<B>) -> <B as AutodiffBackend>::Gradients {
         let device = Default::default();
-        let images = Tensor::<B, 4>::random([3, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let ids = Tensor::<B, 2, burn::tensor::Int>::from_ints([[1, 5, 7], [1, 9, 2], [1, 3, 3]], &device);
+        let images = Tensor::<B, 4>::random(
+            [3, 3, 16, 16],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let ids = Tensor::<B, 2, burn::tensor::Int>::from_ints(
+            [[1, 5, 7], [1, 9, 2], [1, 3, 3]],
+            &device,
+        );
         let mask = Tensor::<B, 2, burn::tensor::Int>::ones([3, 3], &device);
         model.forward(images, ids, mask).loss.mul_scalar(100.0).backward()
     }
@@ -353,20 +434,38 @@ mod tests {
         let g = grads(&model);
         let want = manual_norm(&model, &g);
         assert!(want > 1.0, "{want}");
-        let spec = TrainSpec { grad_clip_norm: Some(0.5), optimizer: OptimizerKind::Adam, weight_decay: 0.0, ..TrainSpec::default() };
+        let spec = TrainSpec {
+            grad_clip_norm: Some(0.5),
+            optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            ..TrainSpec::default()
+        };
         let mut optim = ClipOptimizer::<B>::new(&spec);
         let (_, report) = optim.step(model.clone(), GroupGrads::split(&model, g), 1.0, true);
         assert!(report.applied);
-        assert!((report.grad_norm.unwrap() - want).abs() / want < 1e-4, "{:?} vs {want}", report.grad_norm);
+        assert!(
+            (report.grad_norm.unwrap() - want).abs() / want < 1e-4,
+            "{:?} vs {want}",
+            report.grad_norm
+        );
 
         // Scaling (what clipping and loss-scale removal do) multiplies every gradient: the sum of
         // squares scales by the factor squared.
         let mut g = grads(&model);
         let mut image = GradientsParams::from_module(&mut g, &model.image_encoder.model);
-        let s = grads::sum_squares(&model.image_encoder.model, &mut image).unwrap().into_scalar().elem::<f64>();
-        let f = Tensor::<<B as AutodiffBackend>::InnerBackend, 1>::from_floats([0.25], &Default::default());
+        let s = grads::sum_squares(&model.image_encoder.model, &mut image)
+            .unwrap()
+            .into_scalar()
+            .elem::<f64>();
+        let f = Tensor::<<B as AutodiffBackend>::InnerBackend, 1>::from_floats(
+            [0.25],
+            &Default::default(),
+        );
         grads::scale(&model.image_encoder.model, &mut image, f);
-        let scaled = grads::sum_squares(&model.image_encoder.model, &mut image).unwrap().into_scalar().elem::<f64>();
+        let scaled = grads::sum_squares(&model.image_encoder.model, &mut image)
+            .unwrap()
+            .into_scalar()
+            .elem::<f64>();
         assert!((scaled - s * 0.0625).abs() / s < 1e-5);
     }
 
@@ -390,7 +489,11 @@ mod tests {
     /// norms' running statistics: snapshot after it).
     fn zero_grads(model: &ClipModel<B>) -> <B as AutodiffBackend>::Gradients {
         let device = Default::default();
-        let images = Tensor::<B, 4>::random([2, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let images = Tensor::<B, 4>::random(
+            [2, 3, 16, 16],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let ids = Tensor::<B, 2, burn::tensor::Int>::from_ints([[1, 5, 7], [1, 9, 2]], &device);
         let mask = Tensor::<B, 2, burn::tensor::Int>::ones([2, 3], &device);
         model.forward(images, ids, mask).loss.mul_scalar(0.0).backward()
@@ -403,13 +506,21 @@ mod tests {
     }
 
     /// (parameters shrunk by `factor`, parameters unchanged), by rank: [1-D, ≥2-D].
-    fn decayed(before: &[(usize, Vec<f32>)], after: &[(usize, Vec<f32>)], factor: f32) -> [(usize, usize); 2] {
+    fn decayed(
+        before: &[(usize, Vec<f32>)],
+        after: &[(usize, Vec<f32>)],
+        factor: f32,
+    ) -> [(usize, usize); 2] {
         let mut counts = [(0, 0); 2];
         for ((d, a), (_, b)) in before.iter().zip(after) {
             let slot = &mut counts[usize::from(*d >= 2)];
             if a == b {
                 slot.1 += 1;
-            } else if a.iter().zip(b).all(|(x, y)| (x * factor - y).abs() <= 1e-6 * x.abs().max(1e-3)) {
+            } else if a
+                .iter()
+                .zip(b)
+                .all(|(x, y)| (x * factor - y).abs() <= 1e-6 * x.abs().max(1e-3))
+            {
                 slot.0 += 1;
             } else {
                 panic!("a parameter moved by something other than decay");
@@ -426,21 +537,30 @@ mod tests {
         let spec = TrainSpec { lr: 0.1, weight_decay: 0.5, ..TrainSpec::default() };
         // 1 − lr·wd = 0.95 for every matrix; biases and norm gains untouched.
         let [one_d, matrices] = decayed(&before, &snapshot(&zero_grad_step(&model, &spec)), 0.95);
-        assert!(one_d.0 == 0 && one_d.1 > 10 && matrices.0 > 10 && matrices.1 == 0, "{one_d:?} {matrices:?}");
+        assert!(
+            one_d.0 == 0 && one_d.1 > 10 && matrices.0 > 10 && matrices.1 == 0,
+            "{one_d:?} {matrices:?}"
+        );
         // weight_decay_1d: everything trainable shrinks, exactly as burn's own AdamW decay does.
         let all = zero_grad_step(&model, &TrainSpec { weight_decay_1d: true, ..spec.clone() });
         let [one_d, _] = decayed(&before, &snapshot(&all), 0.95);
         assert!(one_d.0 > 10, "gains shrink too (zero biases stay zero): {one_d:?}");
-        let mut burns: OptimizerAdaptor<AdamW, ClipModel<B>, B> = AdamWConfig::new().with_weight_decay(0.5).init();
+        let mut burns: OptimizerAdaptor<AdamW, ClipModel<B>, B> =
+            AdamWConfig::new().with_weight_decay(0.5).init();
         let g = zero_grads(&model);
         let reference = burns.step(0.1, model.clone(), GradientsParams::from_grads(g, &model));
         for ((_, a), (_, b)) in snapshot(&reference).iter().zip(snapshot(&all).iter()) {
             assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(1e-3)));
         }
         // Per group: no decay on the image trunk, the heads' matrices still decayed.
-        let per_group = zero_grad_step(&model, &TrainSpec { image_encoder_weight_decay: Some(0.0), ..spec });
+        let per_group =
+            zero_grad_step(&model, &TrainSpec { image_encoder_weight_decay: Some(0.0), ..spec });
         assert!(snapshot(&per_group.image_encoder.model) == snapshot(&model.image_encoder.model));
-        let [_, head_matrices] = decayed(&snapshot(&model.text_encoder.projection), &snapshot(&per_group.text_encoder.projection), 0.95);
+        let [_, head_matrices] = decayed(
+            &snapshot(&model.text_encoder.projection),
+            &snapshot(&per_group.text_encoder.projection),
+            0.95,
+        );
         assert!(head_matrices.0 > 0, "{head_matrices:?}");
     }
 
@@ -449,7 +569,12 @@ mod tests {
         let model = tiny();
         zero_grads(&model);
         let before = snapshot(&model);
-        let spec = TrainSpec { optimizer: OptimizerKind::Adam, lr: 0.01, weight_decay: 0.5, ..TrainSpec::default() };
+        let spec = TrainSpec {
+            optimizer: OptimizerKind::Adam,
+            lr: 0.01,
+            weight_decay: 0.5,
+            ..TrainSpec::default()
+        };
         let after = snapshot(&zero_grad_step(&model, &spec));
         let mut moved = [0, 0];
         for ((d, a), (_, b)) in before.iter().zip(&after) {
@@ -462,7 +587,13 @@ mod tests {
 
     #[test]
     fn loss_scale_grows_after_good_steps_and_halves_on_overflow() {
-        let mut s = LossScaler { enabled: true, scale: 1024.0, growth_interval: 2, good_steps: 0, skipped_steps: 0 };
+        let mut s = LossScaler {
+            enabled: true,
+            scale: 1024.0,
+            growth_interval: 2,
+            good_steps: 0,
+            skipped_steps: 0,
+        };
         s.update(true);
         s.update(true);
         assert_eq!(s.scale, 2048.0);

@@ -48,15 +48,15 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             x_label: "step".into(),
             series: vec![s("train (per step)", &|m| m.loss), e("validation", &|m| m.val_loss)],
         },
-        Panel {
-            title: recall_title.into(),
-            x_label: "step".into(),
-            series: recall,
-        },
+        Panel { title: recall_title.into(), x_label: "step".into(), series: recall },
         Panel {
             title: "in-batch accuracy".into(),
             x_label: "step".into(),
-            series: vec![s("train image→text", &|m| m.acc_i2t), s("train text→image", &|m| m.acc_t2i), e("val image→text", &|m| m.val_acc_i2t)],
+            series: vec![
+                s("train image→text", &|m| m.acc_i2t),
+                s("train text→image", &|m| m.acc_t2i),
+                e("val image→text", &|m| m.val_acc_i2t),
+            ],
         },
         Panel {
             title: "learning rate and temperature".into(),
@@ -64,7 +64,8 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             series: vec![s("lr × 1000", &|m| m.lr * 1e3), s("temperature", &|m| m.temperature)],
         },
     ];
-    let png = render_panels(&panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))?;
+    let png =
+        render_panels(&panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))?;
     clip_data::fs::write_atomic(&run.root.join("curves.png"), &png)?;
     Ok(())
 }

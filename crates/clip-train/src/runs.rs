@@ -41,9 +41,15 @@ impl RunOverview {
         let Ok(text) = std::fs::read_to_string(&config_path) else { return Ok(None) };
         // Through the config type when it parses, so that runs written by older versions show
         // today's defaults for keys they did not have, not a difference.
-        let value = match toml::from_str::<crate::ExperimentConfig>(&text).ok().and_then(|c| toml::Value::try_from(c).ok()) {
+        let value = match toml::from_str::<crate::ExperimentConfig>(&text)
+            .ok()
+            .and_then(|c| toml::Value::try_from(c).ok())
+        {
             Some(v) => v,
-            None => toml::Value::Table(toml::from_str(&text).map_err(|e| TrainError::Config { path: config_path.clone(), message: e.to_string() })?),
+            None => toml::Value::Table(toml::from_str(&text).map_err(|e| TrainError::Config {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?),
         };
         let mut config = BTreeMap::new();
         flatten("", &value, &mut config);
@@ -51,10 +57,14 @@ impl RunOverview {
             .get("checkpoint.best_by")
             .and_then(|v| serde_json::from_str(v).ok())
             .unwrap_or_default();
-        let summary: Option<TrainSummary> = std::fs::read(dir.join("summary.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let summary: Option<TrainSummary> = std::fs::read(dir.join("summary.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let validations: Vec<EpochMetrics> = read_jsonl(&run.metrics().join("epochs.jsonl"));
         let (status, steps, elapsed_s) = match &summary {
-            Some(s) if s.completed && s.early_stopped => ("early-stopped", s.steps, Some(s.elapsed_s)),
+            Some(s) if s.completed && s.early_stopped => {
+                ("early-stopped", s.steps, Some(s.elapsed_s))
+            }
             Some(s) if s.completed => ("finished", s.steps, Some(s.elapsed_s)),
             Some(s) => ("stopped", s.steps, Some(s.elapsed_s)),
             None if dir.join(crate::import_run::IMPORT_RECORD).is_file() => ("imported", 0, None),
@@ -94,7 +104,8 @@ impl RunOverview {
 /// The runs directly inside `runs_dir`, by name, each with the config values that set it apart.
 pub fn list_runs(runs_dir: &Path) -> Result<Vec<RunOverview>> {
     let entries = std::fs::read_dir(runs_dir).map_err(|e| TrainError::io(runs_dir, e))?;
-    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     dirs.sort();
     overview(&dirs)
 }
@@ -118,7 +129,8 @@ fn incidental(key: &str) -> bool {
 }
 
 fn mark_differences(runs: &mut [RunOverview]) {
-    let keys: std::collections::BTreeSet<String> = runs.iter().flat_map(|r| r.config.keys().cloned()).collect();
+    let keys: std::collections::BTreeSet<String> =
+        runs.iter().flat_map(|r| r.config.keys().cloned()).collect();
     for key in keys.into_iter().filter(|k| !incidental(k)) {
         let first = runs.first().and_then(|r| r.config.get(&key)).cloned();
         if runs.iter().all(|r| r.config.get(&key) == first.as_ref()) {
@@ -157,7 +169,10 @@ fn show(value: &toml::Value) -> String {
         toml::Value::Boolean(b) => b.to_string(),
         toml::Value::Datetime(d) => d.to_string(),
         toml::Value::Array(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(", ")),
-        toml::Value::Table(t) => format!("{{{}}}", t.iter().map(|(k, v)| format!("{k} = {}", show(v))).collect::<Vec<_>>().join(", ")),
+        toml::Value::Table(t) => format!(
+            "{{{}}}",
+            t.iter().map(|(k, v)| format!("{k} = {}", show(v))).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -179,10 +194,20 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("not-a-run")).unwrap();
         let runs = list_runs(dir.path()).unwrap();
         assert_eq!(runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let differs: Vec<(&str, &str)> = runs[1].differs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let differs: Vec<(&str, &str)> =
+            runs[1].differs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(differs, [("checkpoint.best_by", "\"rsum\""), ("train.lr", "0.0003")]);
-        assert_eq!(show(&toml::Value::Array(vec![toml::Value::Float(0.286f32 as f64), toml::Value::Float(0.1)])), "[0.286, 0.1]");
+        assert_eq!(
+            show(&toml::Value::Array(vec![
+                toml::Value::Float(0.286f32 as f64),
+                toml::Value::Float(0.1)
+            ])),
+            "[0.286, 0.1]"
+        );
         assert_eq!(runs[0].differs["checkpoint.best_by"], "(unset)");
-        assert_eq!((runs[0].status, runs[0].steps, runs[1].best_by.as_str()), ("interrupted", 0, "rsum"));
+        assert_eq!(
+            (runs[0].status, runs[0].steps, runs[1].best_by.as_str()),
+            ("interrupted", 0, "rsum")
+        );
     }
 }

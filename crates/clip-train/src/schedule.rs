@@ -13,7 +13,9 @@ pub fn lr_factor(spec: &TrainSpec, step: usize, total: usize, plateau: &Plateau)
     let ramp = if warmup > 0 && step < warmup { (step + 1) as f64 / warmup as f64 } else { 1.0 };
     match spec.schedule {
         ScheduleKind::Constant => ramp,
-        ScheduleKind::Plateau => ramp * spec.plateau_factor.powi(plateau.reductions as i32).max(spec.min_lr / spec.lr),
+        ScheduleKind::Plateau => {
+            ramp * spec.plateau_factor.powi(plateau.reductions as i32).max(spec.min_lr / spec.lr)
+        }
         ScheduleKind::Cosine if ramp < 1.0 => ramp,
         ScheduleKind::Cosine => {
             let floor = spec.min_lr / spec.lr;
@@ -102,10 +104,18 @@ mod tests {
 
         // Higher is better (rsum); patience 0 reduces on every validation without improvement.
         let mut p = Plateau::default();
-        let reduced: Vec<bool> = [100.0, 120.0, 119.0, 130.0, 130.0].iter().map(|&r| p.observe(r, false, 0)).collect();
+        let reduced: Vec<bool> =
+            [100.0, 120.0, 119.0, 130.0, 130.0].iter().map(|&r| p.observe(r, false, 0)).collect();
         assert_eq!(reduced, [false, false, true, false, true]);
 
-        let spec = TrainSpec { schedule: ScheduleKind::Plateau, plateau_factor: 0.5, lr: 1e-3, min_lr: 2e-4, warmup_steps: 4, ..TrainSpec::default() };
+        let spec = TrainSpec {
+            schedule: ScheduleKind::Plateau,
+            plateau_factor: 0.5,
+            lr: 1e-3,
+            min_lr: 2e-4,
+            warmup_steps: 4,
+            ..TrainSpec::default()
+        };
         let after = |reductions| Plateau { reductions, ..Plateau::default() };
         assert_eq!(lr_factor(&spec, 1, 100, &after(0)), 0.5); // warming up
         assert_eq!(lr_factor(&spec, 10, 100, &after(0)), 1.0);

@@ -44,8 +44,15 @@ pub struct StepInputs<B: Backend> {
 
 impl<B: Backend> StepInputs<B> {
     /// Pixels and tokens: both towers run.
-    pub fn tokens(images: Tensor<B, 4>, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Self {
-        Self { image: ImageInput::Pixels(images), text: TextInput::Tokens { input_ids, attention_mask } }
+    pub fn tokens(
+        images: Tensor<B, 4>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Self {
+        Self {
+            image: ImageInput::Pixels(images),
+            text: TextInput::Tokens { input_ids, attention_mask },
+        }
     }
 
     /// Image–caption pairs in the batch.
@@ -66,9 +73,10 @@ impl<B: Backend> StepInputs<B> {
             ImageInput::Features(t) => ImageInput::Features(t.clone().slice(r.clone())),
         };
         let text = match &self.text {
-            TextInput::Tokens { input_ids, attention_mask } => {
-                TextInput::Tokens { input_ids: input_ids.clone().slice(r.clone()), attention_mask: attention_mask.clone().slice(r) }
-            }
+            TextInput::Tokens { input_ids, attention_mask } => TextInput::Tokens {
+                input_ids: input_ids.clone().slice(r.clone()),
+                attention_mask: attention_mask.clone().slice(r),
+            },
             TextInput::Features(t) => TextInput::Features(t.clone().slice(r)),
         };
         Self { image, text }
@@ -81,7 +89,9 @@ impl<B: Backend> StepInputs<B> {
             ImageInput::Features(t) => model.encode_image_features(t.clone()),
         };
         let text = match &self.text {
-            TextInput::Tokens { input_ids, attention_mask } => model.encode_text(input_ids.clone(), attention_mask.clone()),
+            TextInput::Tokens { input_ids, attention_mask } => {
+                model.encode_text(input_ids.clone(), attention_mask.clone())
+            }
             TextInput::Features(t) => model.encode_text_features(t.clone()),
         };
         (image, text)
@@ -140,7 +150,8 @@ pub fn forward_backward<B: AutodiffBackend>(
     // kept; still in training mode (dropout, batch statistics), but batch norms leave their
     // running statistics alone: the second pass counts each micro-batch once.
     let (detached, trainable) = detach_trainable(model);
-    let (mut images, mut texts) = (Vec::with_capacity(ranges.len()), Vec::with_capacity(ranges.len()));
+    let (mut images, mut texts) =
+        (Vec::with_capacity(ranges.len()), Vec::with_capacity(ranges.len()));
     detached_training_pass(trainable, || {
         for (j, r) in ranges.iter().enumerate() {
             reseed(j);

@@ -23,8 +23,12 @@ impl EventWriter {
     pub fn create(dir: &Path, resumed_at: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let now = wall_time();
-        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty() && !h.contains('/')).unwrap_or_else(|| "localhost".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now as u64, std::process::id()));
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty() && !h.contains('/'))
+            .unwrap_or_else(|| "localhost".into());
+        let path =
+            dir.join(format!("events.out.tfevents.{}.{host}.{}", now as u64, std::process::id()));
         let out = BufWriter::new(File::create(&path).map_err(|e| TrainError::io(&path, e))?);
         let mut w = Self { path, out };
         w.record(&version_event(now))?;
@@ -144,9 +148,15 @@ mod tests {
         while at < bytes.len() {
             let len_bytes = &bytes[at..at + 8];
             let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
-            assert_eq!(u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()), masked_crc(len_bytes));
+            assert_eq!(
+                u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()),
+                masked_crc(len_bytes)
+            );
             let data = &bytes[at + 12..at + 12 + len];
-            assert_eq!(u32::from_le_bytes(bytes[at + 12 + len..at + 16 + len].try_into().unwrap()), masked_crc(data));
+            assert_eq!(
+                u32::from_le_bytes(bytes[at + 12 + len..at + 16 + len].try_into().unwrap()),
+                masked_crc(data)
+            );
             out.push(data.to_vec());
             at += 16 + len;
         }
@@ -156,7 +166,11 @@ mod tests {
     #[test]
     fn events_match_tensorboard_s_own_encoding_byte_for_byte() {
         // tests/fixtures/tensorboard_events.py wrote these with tensorboard's protos and writer.
-        let want = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tensorboard_events.bin")).unwrap();
+        let want = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tensorboard_events.bin"
+        ))
+        .unwrap();
         let mut got = framed(&version_event(1.5));
         got.extend(framed(&session_start_event(1.5, 8)));
         got.extend(framed(&scalars_event(2.25, 9, &[("train/loss", 2.5), ("val/rsum", 123.25)])));
@@ -167,7 +181,10 @@ mod tests {
     fn crc32c_and_its_mask_match_tensorflow() {
         // CRC-32C of "123456789" is 0xe3069283 (the standard check value).
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
-        assert_eq!(masked_crc(b"123456789"), 0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+        assert_eq!(
+            masked_crc(b"123456789"),
+            0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8)
+        );
     }
 
     #[test]

@@ -11,16 +11,18 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
-use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_infer::zeroshot::parse_templates;
 use clip_infer::{EvalExtras, ImageLabels, ModelCard, ZeroShotClassifier};
+use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_model::{ClipConfig, ClipModel, ImageFeatureCache, TextFeatureCache};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
 use crate::config::{BestBy, ExperimentConfig, ScheduleKind};
 use crate::error::{Result, TrainError};
-use crate::metrics::{improves, read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics};
+use crate::metrics::{
+    improves, read_jsonl, truncate_after, EpochMetrics, JsonlWriter, StepMetrics,
+};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, materialize, ImageInput, StepInputs, TextInput};
@@ -129,17 +131,27 @@ pub fn train<B: AutodiffBackend>(
     if split.train.len() < 2 {
         return Err(TrainError::Config {
             path: run.config(),
-            message: format!("the training split has {} caption(s); contrastive training needs at least 2", split.train.len()),
+            message: format!(
+                "the training split has {} caption(s); contrastive training needs at least 2",
+                split.train.len()
+            ),
         });
     }
     let mut train_cfg = config.data.loader(true);
     train_cfg.drop_last = t.drop_last && split.train.len() > config.data.batch_size;
-    let train_pairs = split.train.clone().with_sampling(config.data.caption_sampling, config.data.seed);
-    let train_loader = ClipLoader::new(train_pairs, ExamplePipeline::train(&config.data)?, train_cfg);
-    let val_loader = ClipLoader::new(split.val.clone(), ExamplePipeline::eval(&config.data)?, config.data.loader(false));
+    let train_pairs =
+        split.train.clone().with_sampling(config.data.caption_sampling, config.data.seed);
+    let train_loader =
+        ClipLoader::new(train_pairs, ExamplePipeline::train(&config.data)?, train_cfg);
+    let val_loader = ClipLoader::new(
+        split.val.clone(),
+        ExamplePipeline::eval(&config.data)?,
+        config.data.loader(false),
+    );
 
     // Model and optimizer, fresh or from the latest checkpoint.
-    let clip_config = config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
+    let clip_config =
+        config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
     B::seed(device, t.seed);
     // Every parameter drawn now, while the generator holds the init seed.
     let mut model = clip_config.init::<B>(device);
@@ -159,21 +171,29 @@ pub fn train<B: AutodiffBackend>(
         truncate_after(&run.metrics().join("epochs.jsonl"), state.step)?;
         observer.on_message(&format!("resumed from {} (step {})", dir.display(), state.step));
     } else {
-        std::fs::write(run.config(), config.to_toml()).map_err(|e| TrainError::io(run.config(), e))?;
+        std::fs::write(run.config(), config.to_toml())
+            .map_err(|e| TrainError::io(run.config(), e))?;
         let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
-        clip_data::fs::write_atomic(&run.model_json(), &serde_json::to_vec_pretty(&card).expect("card serializes"))?;
+        clip_data::fs::write_atomic(
+            &run.model_json(),
+            &serde_json::to_vec_pretty(&card).expect("card serializes"),
+        )?;
         model = initial_weights(model, config, &clip_config, observer)?;
     }
     let model_precision = t.precision;
     let mut model = model.with_precision(model_precision);
     // A frozen text tower gives each caption the same features all run long: compute them once.
-    let mut text_cache = (t.cache_frozen_text && !clip_config.text_trainable).then(|| TextFeatureCache::new(TEXT_CACHE_ROWS));
+    let mut text_cache = (t.cache_frozen_text && !clip_config.text_trainable)
+        .then(|| TextFeatureCache::new(TEXT_CACHE_ROWS));
     // A frozen image tower gives an image the same features every epoch unless augmentation
     // changes the image.
     let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
-    let mut image_cache = (frozen_image && config.data.augment.is_identity()).then(|| ImageFeatureCache::new(IMAGE_CACHE_ROWS));
+    let mut image_cache = (frozen_image && config.data.augment.is_identity())
+        .then(|| ImageFeatureCache::new(IMAGE_CACHE_ROWS));
     if frozen_image && image_cache.is_none() {
-        observer.on_message("image features not cached: augmentation changes the frozen tower's input every epoch");
+        observer.on_message(
+            "image features not cached: augmentation changes the frozen tower's input every epoch",
+        );
     }
 
     let batches_per_epoch = train_loader.num_batches();
@@ -185,9 +205,18 @@ pub fn train<B: AutodiffBackend>(
     let mut logs = RunLogs {
         steps: JsonlWriter::open(&run.metrics().join("steps.jsonl"))?,
         validations: JsonlWriter::open(&run.metrics().join("epochs.jsonl"))?,
-        events: if t.tensorboard { Some(EventWriter::create(&run.tensorboard(), state.step)?) } else { None },
+        events: if t.tensorboard {
+            Some(EventWriter::create(&run.tensorboard(), state.step)?)
+        } else {
+            None
+        },
     };
-    let validator = Validator { labels: EvalLabels::prepare(config, &split.val)?, loader: &val_loader, run, config };
+    let validator = Validator {
+        labels: EvalLabels::prepare(config, &split.val)?,
+        loader: &val_loader,
+        run,
+        config,
+    };
     observer.on_start(&RunInfo {
         run_dir: run.root.display().to_string(),
         backend: backend_name.to_string(),
@@ -207,7 +236,9 @@ pub fn train<B: AutodiffBackend>(
     });
 
     if split.val.is_empty() {
-        observer.on_message("no validation images: no validation metrics, best model or early stopping in this run");
+        observer.on_message(
+            "no validation images: no validation metrics, best model or early stopping in this run",
+        );
         if t.schedule == ScheduleKind::Plateau {
             observer.on_message("train.schedule = \"plateau\" keeps the learning rates constant: it reduces them on validations");
         }
@@ -216,12 +247,15 @@ pub fn train<B: AutodiffBackend>(
         observer.on_message("train.schedule = \"plateau\" will not reduce: the run validates only at its end (set val_every_epochs or val_every_steps)");
     }
     if t.recompute_activations {
-        observer.on_message("activations are recomputed in the backward pass (train.recompute_activations)");
+        observer.on_message(
+            "activations are recomputed in the backward pass (train.recompute_activations)",
+        );
     }
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
     let session_start_step = state.step;
-    let mut last_epoch: Option<EpochMetrics> = read_jsonl::<EpochMetrics>(&run.metrics().join("epochs.jsonl")).pop();
+    let mut last_epoch: Option<EpochMetrics> =
+        read_jsonl::<EpochMetrics>(&run.metrics().join("epochs.jsonl")).pop();
     let mut stopped = None;
     let mut early_stopped = false;
     let mut skipped_images = 0usize;
@@ -237,7 +271,10 @@ pub fn train<B: AutodiffBackend>(
             let batch = batch?;
             for (path, reason) in &batch.skipped {
                 skipped_images += 1;
-                observer.on_message(&format!("skipped an unreadable image ({skipped_images} so far): {}: {reason}", path.display()));
+                observer.on_message(&format!(
+                    "skipped an unreadable image ({skipped_images} so far): {}: {reason}",
+                    path.display()
+                ));
             }
             let n = batch.len();
             let text = match text_cache.as_mut() {
@@ -250,29 +287,54 @@ pub fn train<B: AutodiffBackend>(
                         &batch.attention_mask,
                         batch.seq_len,
                     );
-                    TextInput::Features(Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device))
+                    TextInput::Features(Tensor::<B, 2>::from_data(
+                        TensorData::new(features, [n, cache.dim()]),
+                        device,
+                    ))
                 }
                 None => {
-                    let [ids, mask] = [&batch.input_ids, &batch.attention_mask]
-                        .map(|v| Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), [n, batch.seq_len]), device));
+                    let [ids, mask] = [&batch.input_ids, &batch.attention_mask].map(|v| {
+                        Tensor::<B, 2, Int>::from_data(
+                            TensorData::new(v.clone(), [n, batch.seq_len]),
+                            device,
+                        )
+                    });
                     TextInput::Tokens { input_ids: ids, attention_mask: mask }
                 }
             };
             let size = batch.image_size;
             let image = match image_cache.as_mut() {
                 Some(cache) => {
-                    let features =
-                        cache.features(|| model.image_encoder.model.valid(), model_precision, device, &batch.image_indices, &batch.images, size);
-                    ImageInput::Features(Tensor::<B, 2>::from_data(TensorData::new(features, [n, cache.dim()]), device))
+                    let features = cache.features(
+                        || model.image_encoder.model.valid(),
+                        model_precision,
+                        device,
+                        &batch.image_indices,
+                        &batch.images,
+                        size,
+                    );
+                    ImageInput::Features(Tensor::<B, 2>::from_data(
+                        TensorData::new(features, [n, cache.dim()]),
+                        device,
+                    ))
                 }
-                None => ImageInput::Pixels(Tensor::<B, 4>::from_data(TensorData::new(batch.images, [n, 3, size, size]), device)),
+                None => ImageInput::Pixels(Tensor::<B, 4>::from_data(
+                    TensorData::new(batch.images, [n, 3, size, size]),
+                    device,
+                )),
             };
             let inputs = StepInputs { image, text };
             // Dropout draws from the backend's generator: reseed it per step (and micro-batch) so
             // a resumed run draws what the uninterrupted one would have.
             let step = state.step;
             let mut reseed = |micro: usize| B::seed(device, dropout_seed(t.seed, step, micro));
-            let out = forward_backward(&model, &inputs, t.micro_batches, optim.scaler.factor(), &mut reseed);
+            let out = forward_backward(
+                &model,
+                &inputs,
+                t.micro_batches,
+                optim.scaler.factor(),
+                &mut reseed,
+            );
             drop(inputs);
             let loss_value = out.loss;
             if !loss_value.is_finite() && !optim.scaler.enabled {
@@ -323,21 +385,51 @@ pub fn train<B: AutodiffBackend>(
 
             // Inside an epoch (its end validates below): validation every `val_every_steps`.
             let mid_epoch = state.step < total_steps && state.batch < batches_per_epoch;
-            let validated = mid_epoch && t.val_every_steps > 0 && state.step % t.val_every_steps == 0 && !split.val.is_empty();
+            let validated = mid_epoch
+                && t.val_every_steps > 0
+                && state.step % t.val_every_steps == 0
+                && !split.val.is_empty();
             if validated {
-                let train_loss = (state.epoch_loss_count > 0).then(|| state.epoch_loss_sum / state.epoch_loss_count as f64);
+                let train_loss = (state.epoch_loss_count > 0)
+                    .then(|| state.epoch_loss_sum / state.epoch_loss_count as f64);
                 let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-                let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: true, elapsed_s: elapsed };
-                match validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point) {
+                let point = ValidationPoint {
+                    epoch: epoch + 1,
+                    train_loss,
+                    mid_epoch: true,
+                    elapsed_s: elapsed,
+                };
+                match validator.run(
+                    &model,
+                    text_cache.as_mut(),
+                    device,
+                    &mut state,
+                    &mut logs,
+                    observer,
+                    point,
+                ) {
                     Ok(m) => last_epoch = Some(m),
-                    Err(e) => return Err(keep_work_then_fail(run, &model, &optim, &state, config.checkpoint.keep_last, observer, e)),
+                    Err(e) => {
+                        return Err(keep_work_then_fail(
+                            run,
+                            &model,
+                            &optim,
+                            &state,
+                            config.checkpoint.keep_last,
+                            observer,
+                            e,
+                        ))
+                    }
                 }
             }
-            let patience_spent = validated && t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
+            let patience_spent = validated
+                && t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
             let stop = !patience_spent && observer.should_stop();
-            let periodic = config.checkpoint.every_steps > 0 && state.step % config.checkpoint.every_steps == 0;
+            let periodic = config.checkpoint.every_steps > 0
+                && state.step % config.checkpoint.every_steps == 0;
             if stop || validated || (periodic && mid_epoch) {
-                let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
+                let path =
+                    save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
                 let kind = if stop {
                     "stop"
                 } else if patience_spent {
@@ -378,15 +470,40 @@ pub fn train<B: AutodiffBackend>(
         let on_epoch_schedule = t.val_every_epochs > 0 && state.epoch % t.val_every_epochs == 0;
         let validate = run_done || (epoch_done && (on_epoch_schedule || on_step_schedule));
         if validate && !split.val.is_empty() {
-            let train_loss = (finished_epoch_loss.1 > 0).then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64);
+            let train_loss = (finished_epoch_loss.1 > 0)
+                .then(|| finished_epoch_loss.0 / finished_epoch_loss.1 as f64);
             let elapsed = elapsed_before + started.elapsed().as_secs_f64();
-            let point = ValidationPoint { epoch: epoch + 1, train_loss, mid_epoch: !epoch_done, elapsed_s: elapsed };
-            match validator.run(&model, text_cache.as_mut(), device, &mut state, &mut logs, observer, point) {
+            let point = ValidationPoint {
+                epoch: epoch + 1,
+                train_loss,
+                mid_epoch: !epoch_done,
+                elapsed_s: elapsed,
+            };
+            match validator.run(
+                &model,
+                text_cache.as_mut(),
+                device,
+                &mut state,
+                &mut logs,
+                observer,
+                point,
+            ) {
                 Ok(m) => last_epoch = Some(m),
-                Err(e) => return Err(keep_work_then_fail(run, &model, &optim, &state, config.checkpoint.keep_last, observer, e)),
+                Err(e) => {
+                    return Err(keep_work_then_fail(
+                        run,
+                        &model,
+                        &optim,
+                        &state,
+                        config.checkpoint.keep_last,
+                        observer,
+                        e,
+                    ))
+                }
             }
         }
-        let patience_spent = t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
+        let patience_spent =
+            t.early_stop_patience.is_some_and(|p| state.validations_since_best >= p);
         let path = save_checkpoint(run, &model, &optim, &state, config.checkpoint.keep_last)?;
         observer.on_checkpoint(&path, if run_done || patience_spent { "final" } else { "epoch" });
         if run_done {
@@ -422,7 +539,10 @@ pub fn train<B: AutodiffBackend>(
         skipped_images,
         elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
     };
-    clip_data::fs::write_atomic(&run.root.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
+    clip_data::fs::write_atomic(
+        &run.root.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary).expect("serializes"),
+    )?;
     crate::plots::write_curves(run)?;
     observer.on_finish(&summary);
     Ok(summary)
@@ -442,7 +562,8 @@ impl EvalLabels {
         let Some(path) = &e.labels else { return Ok(None) };
         let labels = ImageLabels::read(path, &e.label_column)?;
         let classes = e.classes.clone().unwrap_or_else(|| labels.classes());
-        let indices = labels.indices(val.images().iter().map(|i| i.name.as_str()), &classes, path)?;
+        let indices =
+            labels.indices(val.images().iter().map(|i| i.name.as_str()), &classes, path)?;
         let templates = match &e.templates {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|err| TrainError::io(p, err))?;
@@ -454,9 +575,19 @@ impl EvalLabels {
     }
 
     /// The zero-shot classifier of the model as it is now (None without templates).
-    fn classifier<B: burn::tensor::backend::Backend>(&self, model: &ClipModel<B>, device: &B::Device) -> Result<Option<ZeroShotClassifier>> {
+    fn classifier<B: burn::tensor::backend::Backend>(
+        &self,
+        model: &ClipModel<B>,
+        device: &B::Device,
+    ) -> Result<Option<ZeroShotClassifier>> {
         let Some(templates) = &self.templates else { return Ok(None) };
-        Ok(Some(ZeroShotClassifier::from_model(model, &self.tokenizer, &self.classes, templates, device)?))
+        Ok(Some(ZeroShotClassifier::from_model(
+            model,
+            &self.tokenizer,
+            &self.classes,
+            templates,
+            device,
+        )?))
     }
 }
 
@@ -496,17 +627,33 @@ impl Validator<'_> {
         observer: &mut dyn Observer,
         point: ValidationPoint,
     ) -> Result<EpochMetrics> {
-        let what = if point.mid_epoch { format!("step {} (epoch {})", state.step, point.epoch) } else { format!("epoch {}", point.epoch) };
-        observer.on_message(&format!("validating {what} on {} captions", self.loader.dataset().len()));
+        let what = if point.mid_epoch {
+            format!("step {} (epoch {})", state.step, point.epoch)
+        } else {
+            format!("epoch {}", point.epoch)
+        };
+        observer
+            .on_message(&format!("validating {what} on {} captions", self.loader.dataset().len()));
         let eval_model = model.valid();
         let classifier = match &self.labels {
             Some(l) => l.classifier(&eval_model, device)?,
             None => None,
         };
-        let extras = EvalExtras { image_labels: self.labels.as_ref().map(|l| l.indices.as_slice()), zero_shot: classifier.as_ref() };
+        let extras = EvalExtras {
+            image_labels: self.labels.as_ref().map(|l| l.indices.as_slice()),
+            zero_shot: classifier.as_ref(),
+        };
         let e = match text_cache {
-            Some(cache) => clip_infer::evaluate_with(&eval_model, self.loader, device, cache, extras)?,
-            None => clip_infer::evaluate_with(&eval_model, self.loader, device, &mut TextFeatureCache::new(usize::MAX), extras)?,
+            Some(cache) => {
+                clip_infer::evaluate_with(&eval_model, self.loader, device, cache, extras)?
+            }
+            None => clip_infer::evaluate_with(
+                &eval_model,
+                self.loader,
+                device,
+                &mut TextFeatureCache::new(usize::MAX),
+                extras,
+            )?,
         };
         let m = EpochMetrics {
             epoch: point.epoch,
@@ -528,7 +675,11 @@ impl Validator<'_> {
         }
         observer.on_epoch(&m);
         let best_by = self.config.checkpoint.best_by;
-        let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss { state.best_val_loss } else { None });
+        let best_so_far = state.best_score.or(if best_by == BestBy::ValLoss {
+            state.best_val_loss
+        } else {
+            None
+        });
         if let Some(score) = m.score(best_by).filter(|&s| improves(best_by, s, best_so_far)) {
             state.best_score = Some(score);
             state.best_val_loss = Some(m.val_loss);
@@ -542,9 +693,12 @@ impl Validator<'_> {
         let t = &self.config.train;
         if t.schedule == ScheduleKind::Plateau {
             let score = m.score(best_by).unwrap_or(f64::NAN);
-            let factor_at = |reductions: usize| t.plateau_factor.powi(reductions as i32).max(t.min_lr / t.lr);
+            let factor_at =
+                |reductions: usize| t.plateau_factor.powi(reductions as i32).max(t.min_lr / t.lr);
             let before = factor_at(state.plateau.reductions);
-            if state.plateau.observe(score, best_by.lower_is_better(), t.plateau_patience) && factor_at(state.plateau.reductions) < before {
+            if state.plateau.observe(score, best_by.lower_is_better(), t.plateau_patience)
+                && factor_at(state.plateau.reductions) < before
+            {
                 let factor = factor_at(state.plateau.reductions);
                 observer.on_message(&format!(
                     "{} has not improved for {} validations: learning rates reduced to {factor:.3e} × their base (train.schedule = \"plateau\")",
@@ -571,14 +725,22 @@ fn keep_work_then_fail<B: AutodiffBackend>(
     match save_checkpoint(run, model, optim, state, keep_last) {
         Ok(path) => {
             observer.on_checkpoint(&path, "before failing");
-            TrainError::Validation { step: state.step, checkpoint: path, message: error.to_string() }
+            TrainError::Validation {
+                step: state.step,
+                checkpoint: path,
+                message: error.to_string(),
+            }
         }
         Err(_) => error,
     }
 }
 
 fn early_stop_message(config: &ExperimentConfig, state: &TrainState) -> String {
-    format!("early stop: no better {} in {} validations", best_by_name(config.checkpoint.best_by), state.validations_since_best)
+    format!(
+        "early stop: no better {} in {} validations",
+        best_by_name(config.checkpoint.best_by),
+        state.validations_since_best
+    )
 }
 
 /// The metric's name as configs spell it.
@@ -608,7 +770,11 @@ pub(crate) fn initial_weights<B: burn::tensor::backend::Backend>(
     let m = &config.model;
     if let Some(path) = &m.checkpoint {
         let (loaded, report) = import_clip(model, path)?;
-        observer.on_message(&format!("{}: {} tensors loaded", path.display(), report.applied.len()));
+        observer.on_message(&format!(
+            "{}: {} tensors loaded",
+            path.display(),
+            report.applied.len()
+        ));
         for line in &report.skipped {
             observer.on_message(&format!("{}: skipped {line}", path.display()));
         }
@@ -617,14 +783,26 @@ pub(crate) fn initial_weights<B: burn::tensor::backend::Backend>(
     if m.pretrained {
         if let Some(path) = &m.image_weights {
             let (tower, report) = import_resnet(model.image_encoder.model, path)?;
-            observer.on_message(&format!("{}: {} tensors loaded, unused: {:?}", path.display(), report.applied.len(), report.unused));
+            observer.on_message(&format!(
+                "{}: {} tensors loaded, unused: {:?}",
+                path.display(),
+                report.applied.len(),
+                report.unused
+            ));
             model.image_encoder.model = tower;
         }
         if let Some(path) = &m.text_weights {
             let file = if path.is_dir() {
-                ["model.safetensors", "pytorch_model.bin"].iter().map(|f| path.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-                    TrainError::Config { path: path.clone(), message: "model.text_weights: no model.safetensors or pytorch_model.bin here".into() }
-                })?
+                ["model.safetensors", "pytorch_model.bin"]
+                    .iter()
+                    .map(|f| path.join(f))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| TrainError::Config {
+                        path: path.clone(),
+                        message:
+                            "model.text_weights: no model.safetensors or pytorch_model.bin here"
+                                .into(),
+                    })?
             } else {
                 path.clone()
             };
@@ -634,7 +812,12 @@ pub(crate) fn initial_weights<B: burn::tensor::backend::Backend>(
                 TextNaming::DistilBert
             };
             let (tower, report) = import_text(model.text_encoder.model, &file, naming)?;
-            observer.on_message(&format!("{}: {} tensors loaded, unused: {:?}", file.display(), report.applied.len(), report.unused));
+            observer.on_message(&format!(
+                "{}: {} tensors loaded, unused: {:?}",
+                file.display(),
+                report.applied.len(),
+                report.unused
+            ));
             model.text_encoder.model = tower;
         }
     }

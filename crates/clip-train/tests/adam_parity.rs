@@ -17,7 +17,9 @@ use clip_train::optim::{ClipOptimizer, GroupGrads};
 type B = Autodiff<Flex>;
 
 fn seed_fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clip-model/tests/fixtures/seed_notebook").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../clip-model/tests/fixtures/seed_notebook")
+        .join(name)
 }
 
 /// The architecture of the tiny seed checkpoint.
@@ -76,13 +78,24 @@ fn read_f32(bytes: &[u8], prefix: &str) -> BTreeMap<String, Vec<f32>> {
         .filter(|(_, t)| t.dtype() == safetensors::Dtype::F32)
         .filter_map(|(k, t)| {
             let k = k.strip_prefix(prefix)?.to_string();
-            Some((k, t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+            Some((
+                k,
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ))
         })
         .collect()
 }
 
 /// Each parameter's movement from `init` matches PyTorch's within 1e-3 of its size.
-fn assert_same_moves(phase: &str, init: &BTreeMap<String, Vec<f32>>, ours: &BTreeMap<String, Vec<f32>>, theirs: &BTreeMap<String, Vec<f32>>) {
+fn assert_same_moves(
+    phase: &str,
+    init: &BTreeMap<String, Vec<f32>>,
+    ours: &BTreeMap<String, Vec<f32>>,
+    theirs: &BTreeMap<String, Vec<f32>>,
+) {
     assert!(theirs.len() >= 90, "{phase}: {} tensors", theirs.len());
     let mut largest = 0f32;
     for (name, want) in theirs {
@@ -91,7 +104,10 @@ fn assert_same_moves(phase: &str, init: &BTreeMap<String, Vec<f32>>, ours: &BTre
         let (d_got, d_want) = (moved(got), moved(want));
         let scale = d_want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = d_got.iter().zip(&d_want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-3 * scale + 1e-9, "{phase} {name}: moved {err:.3e} away from PyTorch's move (largest {scale:.3e})");
+        assert!(
+            err <= 1e-3 * scale + 1e-9,
+            "{phase} {name}: moved {err:.3e} away from PyTorch's move (largest {scale:.3e})"
+        );
         largest = largest.max(scale);
     }
     // Coupled decay moves weights by about lr per step; decoupled decay would move them by
@@ -102,12 +118,23 @@ fn assert_same_moves(phase: &str, init: &BTreeMap<String, Vec<f32>>, ours: &BTre
 #[test]
 fn the_seed_notebooks_adam_matches_pytorch_step_for_step() {
     let device = Default::default();
-    let (model, _) = import_clip(tiny_seed_config().init::<B>(&device), &seed_fixture("seed_lightning2.ckpt")).unwrap();
+    let (model, _) =
+        import_clip(tiny_seed_config().init::<B>(&device), &seed_fixture("seed_lightning2.ckpt"))
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let init = exported(&model, dir.path(), "init.safetensors");
-    let expected = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adam_decay.safetensors")).unwrap();
+    let expected = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adam_decay.safetensors"),
+    )
+    .unwrap();
 
-    let spec = TrainSpec { optimizer: OptimizerKind::Adam, lr: 1e-4, weight_decay: 5e-4, weight_decay_1d: true, ..TrainSpec::default() };
+    let spec = TrainSpec {
+        optimizer: OptimizerKind::Adam,
+        lr: 1e-4,
+        weight_decay: 5e-4,
+        weight_decay_1d: true,
+        ..TrainSpec::default()
+    };
     let mut optim = ClipOptimizer::<B>::new(&spec);
     let mut model = model;
     for _ in 0..3 {

@@ -2,14 +2,12 @@
 //! its own so that no parallel test draws from the backend's global generator during its run,
 //! which keeps the result the same on every machine.
 
-
 use clip_train::metrics::{read_jsonl, EpochMetrics};
 use clip_train::{train, RunDir, Silent};
 
 mod common;
 
 use common::{config, steps, B};
-
 
 #[test]
 fn training_learns_far_above_chance() {
@@ -22,18 +20,35 @@ fn training_learns_far_above_chance() {
     assert_eq!(epochs.len(), 8);
     let last = epochs.last().unwrap();
     let chance = 1.0 / last.retrieval.images as f64;
-    eprintln!("val images {}, t2i R@1 {:.3}, i2t R@1 {:.3}, chance {chance:.3}", last.retrieval.images, last.retrieval.t2i_r1, last.retrieval.i2t_r1);
-    assert!(last.retrieval.t2i_r1 > 8.0 * chance, "text→image R@1 {} vs chance {chance}", last.retrieval.t2i_r1);
-    assert!(last.retrieval.i2t_r1 > 8.0 * chance, "image→text R@1 {} vs chance {chance}", last.retrieval.i2t_r1);
+    eprintln!(
+        "val images {}, t2i R@1 {:.3}, i2t R@1 {:.3}, chance {chance:.3}",
+        last.retrieval.images, last.retrieval.t2i_r1, last.retrieval.i2t_r1
+    );
+    assert!(
+        last.retrieval.t2i_r1 > 8.0 * chance,
+        "text→image R@1 {} vs chance {chance}",
+        last.retrieval.t2i_r1
+    );
+    assert!(
+        last.retrieval.i2t_r1 > 8.0 * chance,
+        "image→text R@1 {} vs chance {chance}",
+        last.retrieval.i2t_r1
+    );
     let s = steps(&run);
     let first: f64 = s[..5].iter().map(|m| m.loss).sum::<f64>() / 5.0;
     let end: f64 = s[s.len() - 5..].iter().map(|m| m.loss).sum::<f64>() / 5.0;
     assert!(end < first * 0.6, "loss {first} -> {end}");
     // The run directory holds everything inference and resumption need.
-    for f in ["config.toml", "model.json", "split.json", "model.safetensors", "curves.png", "summary.json"] {
+    for f in [
+        "config.toml",
+        "model.json",
+        "split.json",
+        "model.safetensors",
+        "curves.png",
+        "summary.json",
+    ] {
         assert!(run.root.join(f).is_file(), "missing {f}");
     }
     assert!(run.best().join("model.mpk").is_file());
     assert!(run.step_checkpoints().len() <= 2, "keep_last = 2");
 }
-

@@ -1,7 +1,6 @@
 //! Training on Flex with a tiny model on generated shapes: the mixed-precision modes train with
 //! f32 master weights, fp16 loss scaling skips overflowing steps, bad configs fail early.
 
-
 use std::path::PathBuf;
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -16,7 +15,6 @@ mod common;
 
 use common::{config, steps, B};
 
-
 /// Collects the dtypes of all float parameters.
 struct Dtypes(Vec<DType>);
 impl ModuleVisitor<B> for Dtypes {
@@ -30,17 +28,30 @@ fn mixed_precision_trains_with_f32_master_weights() {
     let _serial = common::serial();
     for precision in ["bf16-mixed", "fp16-mixed"] {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path(), 120, &[&format!("train.precision=\"{precision}\""), "train.epochs=3"]);
+        let c = config(
+            dir.path(),
+            120,
+            &[&format!("train.precision=\"{precision}\""), "train.epochs=3"],
+        );
         let run = RunDir::new(dir.path().join("run"));
         let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
         assert!(summary.completed, "{precision}");
         let s = steps(&run);
         let (first, end) = common::first_and_last_losses(&s);
         assert!(end < first * 0.85, "{precision}: loss {first} -> {end}");
-        let model = load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.latest().unwrap(), &Default::default()).unwrap();
+        let model = load_model(
+            c.clip_config().unwrap().init::<B>(&Default::default()),
+            &run.latest().unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
         let mut dtypes = Dtypes(vec![]);
         model.visit(&mut dtypes);
-        assert!(!dtypes.0.is_empty() && dtypes.0.iter().all(|d| *d == DType::F32), "{precision}: {:?}", dtypes.0);
+        assert!(
+            !dtypes.0.is_empty() && dtypes.0.iter().all(|d| *d == DType::F32),
+            "{precision}: {:?}",
+            dtypes.0
+        );
         if precision == "fp16-mixed" {
             assert!(s.iter().all(|m| m.loss_scale.is_some()));
         }
@@ -52,14 +63,22 @@ fn fp16_overflowing_steps_are_skipped_and_counted() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
     // A loss scale of 2^126 overflows f32 at once: the first steps' gradients are infinite.
-    let c = config(dir.path(), 60, &["train.precision=\"fp16-mixed\"", "train.loss_scale=8.5e37", "train.max_steps=4"]);
+    let c = config(
+        dir.path(),
+        60,
+        &["train.precision=\"fp16-mixed\"", "train.loss_scale=8.5e37", "train.max_steps=4"],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let before = c.clip_config().unwrap();
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     let s = steps(&run);
     assert!(summary.skipped_steps >= 1, "{summary:?}");
     assert_eq!(s[0].skipped_steps, 1);
-    assert!((s[0].loss_scale.unwrap() - 8.5e37 / 2.0).abs() < 1e30, "halved: {:?}", s[0].loss_scale);
+    assert!(
+        (s[0].loss_scale.unwrap() - 8.5e37 / 2.0).abs() < 1e30,
+        "halved: {:?}",
+        s[0].loss_scale
+    );
     assert!(s.iter().all(|m| m.loss.is_finite()));
     let _ = before;
 }
@@ -70,16 +89,25 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 20, &[]);
     let path: PathBuf = dir.path().join("exp.toml");
-    let err = ExperimentConfig::load(&path, &["train.optimizer=\"sgd\"".into()]).unwrap_err().to_string();
+    let err =
+        ExperimentConfig::load(&path, &["train.optimizer=\"sgd\"".into()]).unwrap_err().to_string();
     assert!(err.contains("sgd") && err.contains("exp.toml"), "{err}");
-    let err = ExperimentConfig::load(&path, &["model.image.layers=[1,1]".into()]).unwrap_err().to_string();
+    let err = ExperimentConfig::load(&path, &["model.image.layers=[1,1]".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("layers"), "{err}");
-    let err = ExperimentConfig::load(&path, &["eval.templates=\"prompts.txt\"".into()]).unwrap_err().to_string();
+    let err = ExperimentConfig::load(&path, &["eval.templates=\"prompts.txt\"".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("eval.templates needs eval.labels"), "{err}");
-    let err = ExperimentConfig::load(&path, &["checkpoint.best_by=\"zero_shot\"".into()]).unwrap_err().to_string();
+    let err = ExperimentConfig::load(&path, &["checkpoint.best_by=\"zero_shot\"".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checkpoint.best_by") && err.contains("eval.templates"), "{err}");
     for k in ["0", "33"] {
-        let err = ExperimentConfig::load(&path, &[format!("train.micro_batches={k}")]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&path, &[format!("train.micro_batches={k}")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("train.micro_batches") && err.contains("exp.toml"), "{err}");
     }
     // A missing dataset is named at the start, not after building a model.
@@ -87,7 +115,15 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     missing.data.synthetic = None;
     missing.data.captions = dir.path().join("nowhere/results.csv");
     missing.data.images = dir.path().join("nowhere/images");
-    let err = train::<B>(&missing, &RunDir::new(dir.path().join("r")), false, &Default::default(), "cpu", &mut Silent).unwrap_err();
+    let err = train::<B>(
+        &missing,
+        &RunDir::new(dir.path().join("r")),
+        false,
+        &Default::default(),
+        "cpu",
+        &mut Silent,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nowhere/images"), "{err}");
     assert!(!dir.path().join("r/checkpoints").exists());
 }
@@ -104,7 +140,13 @@ impl ModuleVisitor<B> for Values {
 fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
     let _serial = common::serial();
     // Text dropout off, so the cached (eval-mode) features equal the uncached ones.
-    let common = ["model.text_trainable=false", "model.text.dropout=0.0", "data.caption_sampling=\"one-per-image\"", "train.epochs=3", "checkpoint.keep_last=3"];
+    let common = [
+        "model.text_trainable=false",
+        "model.text.dropout=0.0",
+        "data.caption_sampling=\"one-per-image\"",
+        "train.epochs=3",
+        "checkpoint.keep_last=3",
+    ];
     let run_with = |cache: bool| {
         let dir = tempfile::tempdir().unwrap();
         let mut o: Vec<String> = common.iter().map(|s| s.to_string()).collect();
@@ -122,23 +164,45 @@ fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
     assert!(s[s.len() - 1].loss < s[0].loss, "{} -> {}", s[0].loss, s[s.len() - 1].loss);
 
     // The text tower is identical in every checkpoint; the image tower is not.
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.checkpoints()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.mpk").is_file() && p.file_name().unwrap().to_string_lossy().starts_with("step-")).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.checkpoints())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.join("model.mpk").is_file()
+                && p.file_name().unwrap().to_string_lossy().starts_with("step-")
+        })
+        .collect();
     dirs.sort();
     assert!(dirs.len() >= 2, "{dirs:?}");
-    let load = |d: &PathBuf| load_model(c.clip_config().unwrap().init::<B>(&Default::default()), d, &Default::default()).unwrap();
+    let load = |d: &PathBuf| {
+        load_model(c.clip_config().unwrap().init::<B>(&Default::default()), d, &Default::default())
+            .unwrap()
+    };
     let (a, b) = (load(&dirs[0]), load(&dirs[dirs.len() - 1]));
     let values = |m: &dyn Fn(&mut Values)| {
         let mut v = Values(vec![]);
         m(&mut v);
         v.0
     };
-    assert!(values(&|v| a.text_encoder.model.visit(v)) == values(&|v| b.text_encoder.model.visit(v)), "text tower changed");
-    assert!(values(&|v| a.image_encoder.model.visit(v)) != values(&|v| b.image_encoder.model.visit(v)), "image tower did not train");
+    assert!(
+        values(&|v| a.text_encoder.model.visit(v)) == values(&|v| b.text_encoder.model.visit(v)),
+        "text tower changed"
+    );
+    assert!(
+        values(&|v| a.image_encoder.model.visit(v)) != values(&|v| b.image_encoder.model.visit(v)),
+        "image tower did not train"
+    );
 
     // Without the cache, the same run gives the same losses.
     let (_d2, _, run2, _) = run_with(false);
     for (x, y) in s.iter().zip(steps(&run2)) {
-        assert!((x.loss - y.loss).abs() < 1e-3 * x.loss.abs().max(1.0), "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert!(
+            (x.loss - y.loss).abs() < 1e-3 * x.loss.abs().max(1.0),
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
     }
 }
 
@@ -146,7 +210,8 @@ fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
 fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prompts.txt"), "a picture of a {}\n# a comment\na {} shape\n").unwrap();
+    std::fs::write(dir.path().join("prompts.txt"), "a picture of a {}\n# a comment\na {} shape\n")
+        .unwrap();
     let c = config(
         dir.path(),
         100,
@@ -160,28 +225,57 @@ fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
     );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
-    let epochs: Vec<clip_train::metrics::EpochMetrics> = clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
+    let epochs: Vec<clip_train::metrics::EpochMetrics> =
+        clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
     assert_eq!(epochs.len(), 3);
     // The best model is the first epoch with the highest zero-shot accuracy.
     let top = epochs.iter().map(|m| m.zero_shot_top1.unwrap()).fold(f64::MIN, f64::max);
     let best = epochs.iter().find(|m| m.zero_shot_top1 == Some(top)).unwrap();
     assert_eq!((summary.best_step, summary.best_score), (Some(best.step), Some(top)), "{epochs:?}");
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.best().join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.best().join("state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["step"].as_u64(), Some(best.step as u64));
     for m in &epochs {
         let z = m.zero_shot_top1.expect("zero-shot accuracy each epoch");
         assert!((0.0..=1.0).contains(&z), "{z}");
         let class = m.label_retrieval.expect("class-level recall");
         // Any same-shape image counts, so class-level recall is at least the instance-level one.
-        assert!(class.t2i_r1 >= m.retrieval.t2i_r1 && class.i2t_r5 >= m.retrieval.i2t_r5, "{class:?} vs {:?}", m.retrieval);
+        assert!(
+            class.t2i_r1 >= m.retrieval.t2i_r1 && class.i2t_r5 >= m.retrieval.i2t_r5,
+            "{class:?} vs {:?}",
+            m.retrieval
+        );
     }
     // A missing labels file, or a label column missing from it, is named before training.
     let bad = config(dir.path(), 100, &["eval.labels=\"data/no-labels.csv\""]);
-    let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad0")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    let err = train::<B>(
+        &bad,
+        &RunDir::new(dir.path().join("bad0")),
+        false,
+        &Default::default(),
+        "cpu",
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("no-labels.csv"), "{err}");
     assert!(!dir.path().join("bad0/checkpoints").exists());
-    let bad = config(dir.path(), 100, &["eval.labels=\"data/labels.csv\"", "eval.label_column=\"flavour\""]);
-    let err = train::<B>(&bad, &RunDir::new(dir.path().join("bad")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    let bad = config(
+        dir.path(),
+        100,
+        &["eval.labels=\"data/labels.csv\"", "eval.label_column=\"flavour\""],
+    );
+    let err = train::<B>(
+        &bad,
+        &RunDir::new(dir.path().join("bad")),
+        false,
+        &Default::default(),
+        "cpu",
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 }
 
@@ -197,10 +291,15 @@ impl ModuleVisitor<B> for SameGrads<'_> {
         let (a, b) = (self.a.get::<B, D>(param.id), self.b.get::<B, D>(param.id));
         assert_eq!(a.is_some(), b.is_some(), "a gradient only one side has: {:?}", param.id);
         if let (Some(a), Some(b)) = (a, b) {
-            let (a, b) = (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
+            let (a, b) =
+                (a.into_data().to_vec::<f32>().unwrap(), b.into_data().to_vec::<f32>().unwrap());
             let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);
             for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() <= 2e-4 * scale, "{:?}: {x} vs {y} (largest {scale})", param.id);
+                assert!(
+                    (x - y).abs() <= 2e-4 * scale,
+                    "{:?}: {x} vs {y} (largest {scale})",
+                    param.id
+                );
             }
             self.largest = self.largest.max(scale);
             self.compared += 1;
@@ -214,7 +313,11 @@ fn micro_batches_give_the_whole_batch_gradient_and_count_each_batch_once_in_batc
     // Dropout on in the heads and the text tower: both passes must draw the same masks.
     micro_batch_gradients_match(&["model.dropout=0.2"]);
     // The sigmoid loss: its learned bias, like the temperature, gets its gradient once.
-    micro_batch_gradients_match(&["model.dropout=0.2", "model.loss=\"sigmoid\"", "model.temperature=0.1"]);
+    micro_batch_gradients_match(&[
+        "model.dropout=0.2",
+        "model.loss=\"sigmoid\"",
+        "model.temperature=0.1",
+    ]);
 }
 
 fn micro_batch_gradients_match(overrides: &[&str]) {
@@ -229,7 +332,8 @@ fn micro_batch_gradients_match(overrides: &[&str]) {
 
     let n = 7;
     let images = Tensor::<B, 4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let input_ids = Tensor::<B, 2, Int>::random([n, 9], Distribution::Uniform(1.0, 2000.0), &device);
+    let input_ids =
+        Tensor::<B, 2, Int>::random([n, 9], Distribution::Uniform(1.0, 2000.0), &device);
     let attention_mask = Tensor::<B, 2, Int>::ones([n, 9], &device);
     let seed = |j: usize| B::seed(&Default::default(), 1000 + j as u64);
 
@@ -239,7 +343,10 @@ fn micro_batch_gradients_match(overrides: &[&str]) {
     for (j, r) in ranges.iter().enumerate() {
         seed(j);
         im.push(reference.encode_image(images.clone().slice(r.clone())));
-        tx.push(reference.encode_text(input_ids.clone().slice(r.clone()), attention_mask.clone().slice(r.clone())));
+        tx.push(reference.encode_text(
+            input_ids.clone().slice(r.clone()),
+            attention_mask.clone().slice(r.clone()),
+        ));
     }
     let out = reference.contrast(Tensor::cat(im, 0), Tensor::cat(tx, 0));
     let want_loss: f64 = out.loss.clone().into_scalar().into();
@@ -250,11 +357,19 @@ fn micro_batch_gradients_match(overrides: &[&str]) {
     assert!((got.loss - want_loss).abs() < 1e-5 * want_loss.abs(), "{} vs {want_loss}", got.loss);
     let mut same = SameGrads { a: &want, b: &got.grads, compared: 0, largest: 0.0 };
     reference.visit(&mut same);
-    assert!(same.compared > 20 && same.largest > 1e-3, "{} gradients compared, largest {}", same.compared, same.largest);
+    assert!(
+        same.compared > 20 && same.largest > 1e-3,
+        "{} gradients compared, largest {}",
+        same.compared,
+        same.largest
+    );
     if let Some(bias) = &reference.logit_bias {
         let (a, b) = (want.get::<B, 1>(bias.id).unwrap(), got.grads.get::<B, 1>(bias.id).unwrap());
         let (a, b): (f32, f32) = (a.into_scalar(), b.into_scalar());
-        assert!(a.abs() > 1e-4 && (a - b).abs() <= 1e-4 * a.abs(), "logit bias gradient {a} vs {b}");
+        assert!(
+            a.abs() > 1e-4 && (a - b).abs() <= 1e-4 * a.abs(),
+            "logit bias gradient {a} vs {b}"
+        );
     }
 
     // Batch-norm running statistics (visited with the parameters) moved once per micro-batch, as
@@ -281,7 +396,16 @@ fn training_in_micro_batches_learns() {
 
     // With a frozen, cached text tower (features instead of tokens) and fp16 loss scaling.
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path(), 60, &["train.micro_batches=3", "model.text_trainable=false", "train.precision=\"fp16-mixed\"", "train.max_steps=3"]);
+    let c = config(
+        dir.path(),
+        60,
+        &[
+            "train.micro_batches=3",
+            "model.text_trainable=false",
+            "train.precision=\"fp16-mixed\"",
+            "train.max_steps=3",
+        ],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed && summary.steps == 3, "{summary:?}");
@@ -292,7 +416,16 @@ fn training_in_micro_batches_learns() {
 fn the_sigmoid_loss_learns_its_bias_and_the_task() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path(), 120, &["model.loss=\"siglip\"", "model.temperature=0.1", "model.logit_bias=-5.0", "train.epochs=8"]);
+    let c = config(
+        dir.path(),
+        120,
+        &[
+            "model.loss=\"siglip\"",
+            "model.temperature=0.1",
+            "model.logit_bias=-5.0",
+            "train.epochs=8",
+        ],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed);
@@ -303,10 +436,19 @@ fn the_sigmoid_loss_learns_its_bias_and_the_task() {
     let r = &summary.last_epoch.as_ref().unwrap().retrieval;
     assert!(r.t2i_r10 > 0.6 && r.t2i_mean_rank < 9.5, "{r:?}");
     // The bias moved from its start, and the exported model carries it.
-    let model = load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.best(), &Default::default()).unwrap();
+    let model = load_model(
+        c.clip_config().unwrap().init::<B>(&Default::default()),
+        &run.best(),
+        &Default::default(),
+    )
+    .unwrap();
     let bias: f32 = model.bias().unwrap().into_scalar();
     assert!((bias + 5.0).abs() > 1e-3, "bias {bias}");
-    let (imported, report) = clip_model::import::import_clip(c.clip_config().unwrap().init::<B>(&Default::default()), &run.exported_model()).unwrap();
+    let (imported, report) = clip_model::import::import_clip(
+        c.clip_config().unwrap().init::<B>(&Default::default()),
+        &run.exported_model(),
+    )
+    .unwrap();
     assert!(report.applied.iter().any(|k| k.contains("logit_bias")), "{:?}", report.applied);
     assert_eq!(imported.bias().unwrap().into_scalar(), bias);
 }
@@ -315,10 +457,26 @@ fn the_sigmoid_loss_learns_its_bias_and_the_task() {
 fn training_only_the_last_stage_leaves_the_earlier_ones_as_they_were() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path(), 60, &["model.image_trainable_stages=1", "train.max_steps=2", "checkpoint.every_steps=1", "checkpoint.keep_last=3"]);
+    let c = config(
+        dir.path(),
+        60,
+        &[
+            "model.image_trainable_stages=1",
+            "train.max_steps=2",
+            "checkpoint.every_steps=1",
+            "checkpoint.keep_last=3",
+        ],
+    );
     let run = RunDir::new(dir.path().join("run"));
     train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
-    let load = |step: &str| load_model(c.clip_config().unwrap().init::<B>(&Default::default()), &run.checkpoints().join(step), &Default::default()).unwrap();
+    let load = |step: &str| {
+        load_model(
+            c.clip_config().unwrap().init::<B>(&Default::default()),
+            &run.checkpoints().join(step),
+            &Default::default(),
+        )
+        .unwrap()
+    };
     let (a, b) = (load("step-000001"), load("step-000002"));
     let values = |m: &dyn Fn(&mut Values)| {
         let mut v = Values(vec![]);
@@ -326,9 +484,18 @@ fn training_only_the_last_stage_leaves_the_earlier_ones_as_they_were() {
         v.0
     };
     let (ra, rb) = (&a.image_encoder.model, &b.image_encoder.model);
-    assert!(values(&|v| ra.layer1.visit(v)) == values(&|v| rb.layer1.visit(v)), "a frozen stage changed");
-    assert!(values(&|v| ra.conv1.visit(v)) == values(&|v| rb.conv1.visit(v)), "the frozen stem changed");
-    assert!(values(&|v| ra.layer4.visit(v)) != values(&|v| rb.layer4.visit(v)), "the last stage did not train");
+    assert!(
+        values(&|v| ra.layer1.visit(v)) == values(&|v| rb.layer1.visit(v)),
+        "a frozen stage changed"
+    );
+    assert!(
+        values(&|v| ra.conv1.visit(v)) == values(&|v| rb.conv1.visit(v)),
+        "the frozen stem changed"
+    );
+    assert!(
+        values(&|v| ra.layer4.visit(v)) != values(&|v| rb.layer4.visit(v)),
+        "the last stage did not train"
+    );
 }
 
 #[test]
@@ -337,16 +504,31 @@ fn early_stopping_ends_the_run_after_its_patience_and_exports_the_best() {
     let dir = tempfile::tempdir().unwrap();
     // Frozen towers and a learning rate far below any weight's rounding: the validation loss
     // never improves after the first validation.
-    let c = config(dir.path(), 60, &["model.trainable=false", "train.lr=1e-30", "train.epochs=8", "train.early_stop_patience=2"]);
+    let c = config(
+        dir.path(),
+        60,
+        &[
+            "model.trainable=false",
+            "train.lr=1e-30",
+            "train.epochs=8",
+            "train.early_stop_patience=2",
+        ],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
-    let epochs: Vec<clip_train::metrics::EpochMetrics> = clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
+    let epochs: Vec<clip_train::metrics::EpochMetrics> =
+        clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
     assert_eq!(epochs.len(), 3, "{epochs:?}");
     assert!(epochs.iter().all(|m| m.val_loss == epochs[0].val_loss), "{epochs:?}");
     assert!(summary.completed && summary.early_stopped && summary.stopped.is_none(), "{summary:?}");
     assert_eq!(summary.best_step, Some(epochs[0].step));
     assert!(run.exported_model().is_file());
-    let err = ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.early_stop_patience=0".into()]).unwrap_err().to_string();
+    let err = ExperimentConfig::load(
+        &dir.path().join("exp.toml"),
+        &["train.early_stop_patience=0".into()],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("train.early_stop_patience"), "{err}");
 }
 
@@ -354,18 +536,25 @@ fn early_stopping_ends_the_run_after_its_patience_and_exports_the_best() {
 fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() {
     let _serial = common::serial();
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path(), 60, &["train.val_every_steps=3", "train.val_every_epochs=0", "checkpoint.keep_last=100"]);
+    let c = config(
+        dir.path(),
+        60,
+        &["train.val_every_steps=3", "train.val_every_epochs=0", "checkpoint.keep_last=100"],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     let per_epoch = common::steps(&run)[0].batches_per_epoch;
     assert!(per_epoch > 3, "the test needs epochs longer than the interval ({per_epoch})");
-    let validated: Vec<(usize, bool)> = clip_train::metrics::read_jsonl::<clip_train::metrics::EpochMetrics>(&run.metrics().join("epochs.jsonl"))
-        .iter()
-        .map(|m| (m.step, m.mid_epoch))
-        .collect();
+    let validated: Vec<(usize, bool)> = clip_train::metrics::read_jsonl::<
+        clip_train::metrics::EpochMetrics,
+    >(&run.metrics().join("epochs.jsonl"))
+    .iter()
+    .map(|m| (m.step, m.mid_epoch))
+    .collect();
     // Every third step, plus the run's last; none at the first epoch's end (val_every_epochs = 0)
     // unless it falls on the interval.
-    let mut want: Vec<(usize, bool)> = (1..=summary.steps).filter(|s| s % 3 == 0).map(|s| (s, s % per_epoch != 0)).collect();
+    let mut want: Vec<(usize, bool)> =
+        (1..=summary.steps).filter(|s| s % 3 == 0).map(|s| (s, s % per_epoch != 0)).collect();
     if summary.steps % 3 != 0 {
         want.push((summary.steps, false));
     }
@@ -378,7 +567,16 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
 
     // Early stopping counts these validations too: it can end the run inside its first epoch.
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path(), 60, &["model.trainable=false", "train.lr=1e-30", "train.val_every_steps=1", "train.early_stop_patience=2"]);
+    let c = config(
+        dir.path(),
+        60,
+        &[
+            "model.trainable=false",
+            "train.lr=1e-30",
+            "train.val_every_steps=1",
+            "train.early_stop_patience=2",
+        ],
+    );
     let run = RunDir::new(dir.path().join("run"));
     let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(summary.completed && summary.early_stopped, "{summary:?}");
@@ -394,8 +592,15 @@ fn the_plateau_schedule_reduces_the_learning_rate_when_validation_stalls_and_res
     let _serial = common::serial();
     // Frozen towers and a learning rate far below any weight's rounding: the validation loss
     // never improves after the first validation, which happens after every step.
-    let overrides =
-        ["model.trainable=false", "train.lr=1e-30", "train.val_every_steps=1", "train.max_steps=8", "train.schedule=\"plateau\"", "train.plateau_factor=0.5", "train.warmup_steps=0"];
+    let overrides = [
+        "model.trainable=false",
+        "train.lr=1e-30",
+        "train.val_every_steps=1",
+        "train.max_steps=8",
+        "train.schedule=\"plateau\"",
+        "train.plateau_factor=0.5",
+        "train.warmup_steps=0",
+    ];
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 60, &overrides);
     let run = RunDir::new(dir.path().join("run"));
@@ -404,7 +609,10 @@ fn the_plateau_schedule_reduces_the_learning_rate_when_validation_stalls_and_res
     // Patience 1: the validations after steps 1 (the best), 2, 3 (→ × 0.5), 4, 5 (→ × 0.25), ...
     let want = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125];
     let got = relative(&run);
-    assert!(got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9), "{got:?}");
+    assert!(
+        got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9),
+        "{got:?}"
+    );
 
     // Stopped after step 4 and resumed: the reductions so far come back with the checkpoint.
     struct StopAfter(usize, usize);
@@ -421,7 +629,10 @@ fn the_plateau_schedule_reduces_the_learning_rate_when_validation_stalls_and_res
     train::<B>(&c, &resumed, true, &Default::default(), "cpu", &mut Silent).unwrap();
     assert_eq!(relative(&resumed), got);
 
-    let err = ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.plateau_factor=1.5".into()]).unwrap_err().to_string();
+    let err =
+        ExperimentConfig::load(&dir.path().join("exp.toml"), &["train.plateau_factor=1.5".into()])
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("train.plateau_factor"), "{err}");
 }
 
@@ -434,19 +645,31 @@ fn recomputing_activations_trains_exactly_as_keeping_them() {
     for micro in ["1", "2"] {
         let dir = tempfile::tempdir().unwrap();
         // Dropout in both towers and gradient norms reported (clipping far above them).
-        let overrides = ["model.dropout=0.2", "train.grad_clip_norm=1e6", "train.recompute_activations=true"];
+        let overrides =
+            ["model.dropout=0.2", "train.grad_clip_norm=1e6", "train.recompute_activations=true"];
         let mut c = config(dir.path(), 40, &overrides);
         c.train.micro_batches = micro.parse().unwrap();
         let kept = RunDir::new(dir.path().join("kept"));
         let recomputed = RunDir::new(dir.path().join("recomputed"));
         train::<B>(&c, &kept, false, &Default::default(), "cpu", &mut Silent).unwrap();
-        train::<Recomputing>(&c, &recomputed, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        train::<Recomputing>(&c, &recomputed, false, &Default::default(), "cpu", &mut Silent)
+            .unwrap();
         let (a, b) = (steps(&kept), steps(&recomputed));
         assert!(a.len() >= 4 && a.len() == b.len(), "{} vs {} steps", a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             let (gx, gy) = (x.grad_norm.unwrap(), y.grad_norm.unwrap());
-            assert!((x.loss - y.loss).abs() <= 1e-5 * x.loss.abs(), "micro-batches {micro}, step {}: loss {} vs {}", x.step, x.loss, y.loss);
-            assert!((gx - gy).abs() <= 1e-4 * gx, "micro-batches {micro}, step {}: gradient norm {gx} vs {gy}", x.step);
+            assert!(
+                (x.loss - y.loss).abs() <= 1e-5 * x.loss.abs(),
+                "micro-batches {micro}, step {}: loss {} vs {}",
+                x.step,
+                x.loss,
+                y.loss
+            );
+            assert!(
+                (gx - gy).abs() <= 1e-4 * gx,
+                "micro-batches {micro}, step {}: gradient norm {gx} vs {gy}",
+                x.step
+            );
         }
     }
 }
@@ -457,16 +680,27 @@ fn a_frozen_image_tower_is_cached_and_trains_exactly_as_recomputing_it() {
     for micro in ["1", "2"] {
         let dir = tempfile::tempdir().unwrap();
         let micro = format!("train.micro_batches={micro}");
-        let cached = config(dir.path(), 60, &["model.image_trainable=false", "model.dropout=0.2", "train.epochs=2", &micro]);
+        let cached = config(
+            dir.path(),
+            60,
+            &["model.image_trainable=false", "model.dropout=0.2", "train.epochs=2", &micro],
+        );
         let mut plain = cached.clone();
         plain.train.cache_frozen_image = false;
-        let (a, b) = (RunDir::new(dir.path().join("cached")), RunDir::new(dir.path().join("plain")));
+        let (a, b) =
+            (RunDir::new(dir.path().join("cached")), RunDir::new(dir.path().join("plain")));
         train::<B>(&cached, &a, false, &Default::default(), "cpu", &mut Silent).unwrap();
         train::<B>(&plain, &b, false, &Default::default(), "cpu", &mut Silent).unwrap();
         let (x, y) = (steps(&a), steps(&b));
         assert!(x.len() >= 10 && x.len() == y.len(), "{} steps", x.len());
         for (p, q) in x.iter().zip(&y) {
-            assert!((p.loss - q.loss).abs() <= 1e-5 * q.loss.abs(), "{micro}, step {}: {} vs {}", p.step, p.loss, q.loss);
+            assert!(
+                (p.loss - q.loss).abs() <= 1e-5 * q.loss.abs(),
+                "{micro}, step {}: {} vs {}",
+                p.step,
+                p.loss,
+                q.loss
+            );
         }
     }
 }
@@ -488,13 +722,24 @@ fn an_unreadable_training_image_is_skipped_and_an_unreadable_validation_image_ke
     let s = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
     assert!(s.completed && s.skipped_images == 5, "{s:?}");
     let strict = config(dir.path(), 40, &["train.epochs=1", "data.skip_unreadable=false"]);
-    let err = train::<B>(&strict, &RunDir::new(dir.path().join("strict")), false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    let err = train::<B>(
+        &strict,
+        &RunDir::new(dir.path().join("strict")),
+        false,
+        &Default::default(),
+        "cpu",
+        &mut Silent,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(&split.train[0]), "{err}");
 
     // A broken validation image fails the validation, after the epoch's training is saved.
     std::fs::write(images.join(&split.val[0]), b"not a picture either").unwrap();
     let run = RunDir::new(dir.path().join("val"));
-    let err = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap_err().to_string();
+    let err = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&split.val[0]) && err.contains("saved in"), "{err}");
     let saved = clip_train::checkpoint::read_state(&run.latest().unwrap()).unwrap();
     assert_eq!(saved.step, s.steps);

@@ -74,7 +74,6 @@ pub fn steps(run: &RunDir) -> Vec<StepMetrics> {
     read_jsonl(&run.metrics().join("steps.jsonl"))
 }
 
-
 /// Serializes the tests of one test binary that train: the backend's random generator is
 /// process-wide, so concurrent runs would draw each other's initial weights and dropout masks.
 #[allow(dead_code)]
