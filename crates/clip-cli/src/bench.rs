@@ -1,16 +1,19 @@
 //! `clip bench step`: the model's forward and training-step throughput on synthetic batches,
 //! the Rust side of the comparisons in BENCHMARKS.md (peers: `crates/clip-model/benches/*.py`).
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
-use burn::optim::{decay::WeightDecayConfig, AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
 use clip_model::{ClipConfig, Precision};
+use clip_train::config::TrainSpec;
+use clip_train::optim::{ClipOptimizer, GroupGrads};
 use clip_train::step::{forward_backward, StepInputs};
+use clip_train::ExperimentConfig;
 use serde_json::{json, Value};
 
 use crate::backend::{dispatch_with, BackendChoice, BackendTask};
@@ -35,7 +38,9 @@ pub struct StepArgs {
     /// fp32, bf16-mixed or fp16-mixed.
     #[arg(long, default_value = "fp32")]
     pub precision: String,
-    /// `train` (forward + backward + Adam), `forward` (no grad, eval mode) or `both`.
+    /// `train` (forward + backward + the trainer's optimizer step: the seed's Adam, lr 1e-4,
+    /// coupled decay 5e-4 on every parameter, fp16 loss scaling under fp16-mixed), `forward`
+    /// (no grad, eval mode) or `both`.
     #[arg(long, default_value = "both")]
     pub mode: String,
     /// While the first step runs, say every this many seconds how many kernels have been
@@ -90,22 +95,23 @@ impl BackendTask for StepArgs {
         });
 
         if self.mode == "train" || self.mode == "both" {
-            let mut optim =
-                AdamConfig::new().with_weight_decay(Some(WeightDecayConfig::new(5e-4))).init();
+            // The optimizer step the trainer takes (per-group Adam, decay, fp16 loss scaling,
+            // temperature clamp), configured as the seed notebook's.
+            let mut optim = ClipOptimizer::<B>::new(&bench_spec(precision)?);
             let mut model = model.clone();
             let micro = self.micro_batches;
             let inputs = StepInputs::tokens(images.clone(), ids.clone(), mask.clone());
             let mut one_step = |model: clip_model::ClipModel<B>, phases: &mut [f64; 3]| {
+                let loss_factor = optim.scaler.factor();
                 if micro > 1 {
                     // Forward and backward passes interleave: phase 0 holds both.
                     let t = Instant::now();
-                    let out = forward_backward(&model, &inputs, micro, 1.0, &mut |_| {});
-                    let grads = out.grads.merged(&model);
+                    let out = forward_backward(&model, &inputs, micro, loss_factor, &mut |_| {});
                     B::sync(&device).ok();
                     phases[0] = t.elapsed().as_secs_f64();
                     phases[1] = 0.0;
                     let t = Instant::now();
-                    let model = optim.step(1e-4, model, grads);
+                    let (model, _) = optim.step(model, out.grads, 1.0, false);
                     B::sync(&device).ok();
                     phases[2] = t.elapsed().as_secs_f64();
                     return model;
@@ -115,12 +121,12 @@ impl BackendTask for StepArgs {
                 B::sync(&device).ok();
                 phases[0] = t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let grads = out.loss.backward();
+                let grads = out.loss.mul_scalar(loss_factor).backward();
                 B::sync(&device).ok();
                 phases[1] = t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                let grads = GradientsParams::from_grads(grads, &model);
-                let model = optim.step(1e-4, model, grads);
+                let grads = GroupGrads::split(&model, grads);
+                let (model, _) = optim.step(model, grads, 1.0, false);
                 B::sync(&device).ok();
                 phases[2] = t.elapsed().as_secs_f64();
                 model
@@ -239,6 +245,18 @@ impl BackendTask for StepArgs {
     }
 }
 
+/// The training settings of the benchmark's optimizer step: the seed notebook's experiment
+/// (`configs/flickr30k-rn50-distilbert.toml`, embedded: Adam, lr 1e-4, coupled weight decay 5e-4
+/// on every parameter, no clipping) at the benchmark's precision.
+fn bench_spec(precision: Precision) -> Result<TrainSpec> {
+    let seed = ExperimentConfig::parse(
+        crate::import::SEED_TOML,
+        Path::new(crate::import::SEED_PATH),
+        &[],
+    )?;
+    Ok(TrainSpec { precision, ..seed.train })
+}
+
 /// The process's peak resident memory (`VmHWM`), where the system reports it.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -269,5 +287,20 @@ fn gib(bytes: u64) -> f64 {
 fn extend(line: &mut Value, extra: &Value) {
     if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
         line.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clip_train::config::OptimizerKind;
+
+    #[test]
+    fn the_benchmarked_step_is_the_seed_notebooks_adam() {
+        let spec = bench_spec(Precision::Bf16Mixed).unwrap();
+        assert_eq!(spec.optimizer, OptimizerKind::Adam);
+        assert_eq!((spec.lr, spec.weight_decay, spec.weight_decay_1d), (1e-4, 5e-4, true));
+        assert_eq!(spec.grad_clip_norm, None);
+        assert_eq!(spec.precision, Precision::Bf16Mixed);
     }
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use clip_data::fashion_mnist::{self, FashionMnistConfig};
 use clip_data::inspect::{inspect, InspectReport};
 use clip_data::synth::{self, SynthConfig};
-use clip_data::{load_data_config, DataConfig};
+use clip_data::{load_data_config, CaptionDataset, DataConfig, SplitDataset};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -66,12 +66,16 @@ pub enum DataCommand {
     /// Write the synthetic shapes dataset (Flickr30k layout) into a missing or empty folder, or
     /// one it generated before.
     Synth {
+        /// Output folder: missing, empty, or one this generator wrote before.
         #[arg(long, default_value = "datasets/synthetic-shapes")]
         out: PathBuf,
+        /// Number of images (each gets 5 captions).
         #[arg(long, default_value_t = SynthConfig::default().images)]
         images: usize,
+        /// Side of the square images in pixels.
         #[arg(long, default_value_t = SynthConfig::default().image_size)]
         size: u32,
+        /// Seed of the shapes and captions.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -111,7 +115,8 @@ pub fn run(command: DataCommand) -> Result<()> {
                 clip_train::ExperimentConfig::load(&config, &overrides)?.data
             };
             clip_data::shards::claim_shards_dir(&out)?;
-            let dataset = clip_data::CaptionDataset::load(&data)?;
+            data.ensure_synthetic()?;
+            let dataset = CaptionDataset::load(&data.dataset_config()?)?;
             let s = clip_data::shards::write_shards(&dataset.images, &out, samples_per_shard)?;
             println!(
                 "wrote {} samples ({} captions) into {} shards in {}",
@@ -136,15 +141,9 @@ pub fn run(command: DataCommand) -> Result<()> {
             preview(&data, &out, samples, epoch)
         }
         DataCommand::Synth { out, images, size, seed } => {
-            let cfg = SynthConfig { images, image_size: size, seed, ..SynthConfig::default() };
-            let s = synth::generate(&out, &cfg)
+            let s = synth::generate_command(&out, images, size, seed)
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "wrote {} images and {} captions to {}",
-                s.images,
-                s.captions,
-                s.dir.display()
-            );
+            println!("{s}");
             Ok(())
         }
         DataCommand::FashionMnist { source, out, seed, limit } => {
@@ -164,7 +163,7 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn report(config_path: &Path, data: &DataConfig, batches: usize, json: bool) -> Result<()> {
-    let r = inspect(data, batches)
+    let r = inspect_data(data, batches)
         .with_context(|| format!("inspecting the dataset of {}", config_path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -172,6 +171,15 @@ fn report(config_path: &Path, data: &DataConfig, batches: usize, json: bool) -> 
         print_report(data, &r);
     }
     Ok(())
+}
+
+/// Generates the config's synthetic dataset if it has one and it is missing, then loads, splits
+/// and inspects the dataset, timing `batches` training batches.
+fn inspect_data(data: &DataConfig, batches: usize) -> clip_data::Result<InspectReport> {
+    data.ensure_synthetic()?;
+    let dataset = CaptionDataset::load(&data.dataset_config()?)?;
+    let split = SplitDataset::new(&dataset, &data.split_config())?;
+    inspect(&dataset, &split, &data.pipeline_config(), data.loader(true), batches)
 }
 
 fn print_report(data: &DataConfig, r: &InspectReport) {
@@ -222,9 +230,10 @@ fn preview(data: &DataConfig, out: &Path, samples: usize, epoch: usize) -> Resul
     if samples == 0 {
         anyhow::bail!("--samples must be at least 1");
     }
-    let dataset = clip_data::CaptionDataset::load(data)?;
-    let split = clip_data::SplitDataset::new(&dataset, data)?;
-    let pipeline = clip_data::ExamplePipeline::train(data)?;
+    data.ensure_synthetic()?;
+    let dataset = CaptionDataset::load(&data.dataset_config()?)?;
+    let split = SplitDataset::new(&dataset, &data.split_config())?;
+    let pipeline = data.train_pipeline()?;
     let loader =
         clip_data::ClipLoader::new(split.train.clone(), pipeline.clone(), data.loader(true));
     let (size, numel) = (pipeline.transform.size, pipeline.transform.numel());

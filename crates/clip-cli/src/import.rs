@@ -10,7 +10,9 @@ use clip_train::ExperimentConfig;
 
 /// The seed notebook's experiment, embedded: its architecture and preprocessing are what a seed
 /// checkpoint needs.
-const SEED_TOML: &str = include_str!("../../../configs/flickr30k-rn50-distilbert.toml");
+pub(crate) const SEED_TOML: &str = include_str!("../../../configs/flickr30k-rn50-distilbert.toml");
+/// Where [`SEED_TOML`] says it lives: its data paths are read relative to `./configs`.
+pub(crate) const SEED_PATH: &str = "configs/flickr30k-rn50-distilbert.toml";
 
 #[derive(Args, Debug, Clone)]
 pub struct ImportArgs {
@@ -46,11 +48,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 pub fn import(args: ImportArgs) -> Result<()> {
     let mut config = match &args.config {
         Some(path) => ExperimentConfig::load(path, &args.overrides)?,
-        None => ExperimentConfig::parse(
-            SEED_TOML,
-            Path::new("configs/flickr30k-rn50-distilbert.toml"),
-            &args.overrides,
-        )?,
+        None => ExperimentConfig::parse(SEED_TOML, Path::new(SEED_PATH), &args.overrides)?,
     };
     let source = match &args.checkpoint {
         Some(ckpt) => {
@@ -81,8 +79,10 @@ pub fn import(args: ImportArgs) -> Result<()> {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
         println!(
-            "  split.json: {train} training / {val} validation images ({how} split, val_size {}, seed {})",
-            config.data.val_size, config.data.seed
+            "  {}: {train} training / {val} validation images ({how} split, val_size {}, seed {})",
+            clip_infer::run_dir::SPLIT,
+            config.data.val_size,
+            config.data.seed
         );
     }
     let run = imported.run.root.display();

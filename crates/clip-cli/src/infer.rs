@@ -1,20 +1,21 @@
 //! `clip embed`, `clip search`, `clip zero-shot`, `clip eval`: using a trained model.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use clap::Args;
-use clip_data::{CaptionDataset, ClipLoader, ExamplePipeline, Split, SplitDataset};
+use clip_data::{CaptionDataset, ClipLoader, Split, SplitDataset};
 use clip_infer::embed::list_images;
-use clip_infer::index::{EmbeddingIndex, IndexEntry};
-use clip_infer::zeroshot::{parse_templates, DEFAULT_TEMPLATE};
-use clip_infer::{search, Confusion, ImageLabels, LoadedModel, SearchService, ZeroShotClassifier};
+use clip_infer::index::EmbeddingIndex;
+use clip_infer::zeroshot::{logit_scale_and_bias, parse_templates, true_label, DEFAULT_TEMPLATE};
+use clip_infer::{
+    search, Confusion, ImageLabels, LoadedModel, RunDir, SearchService, ZeroShotClassifier,
+};
 use clip_plot::{render_grid_with, Tile};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::backend::{dispatch_infer, BackendChoice, InferTask};
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     crate::backend::parse_backend(s)
@@ -184,7 +185,7 @@ pub(crate) fn split_images_of(
     card: &clip_infer::ModelCard,
     flag: &str,
 ) -> Result<Vec<PathBuf>> {
-    let s = Split::load(&run.join("split.json"))?;
+    let s = Split::load(&RunDir::new(run).split())?;
     let names = split_side_of(&s, split, run, flag)?;
     Ok(names.iter().map(|n| card.data.images.join(n)).collect())
 }
@@ -214,12 +215,12 @@ pub(crate) fn split_side_of<'a>(
     Ok(names)
 }
 
-impl BackendTask for EmbedArgs {
+impl InferTask for EmbedArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
         EmbeddingIndex::claim_dir(&self.out)?;
-        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let model = LoadedModel::<B>::from_run(&self.checkpoint, &device)?;
         let files = match (&self.images, &self.split) {
             (Some(dir), _) => {
                 list_images(dir).with_context(|| format!("listing {}", dir.display()))?
@@ -229,60 +230,26 @@ impl BackendTask for EmbedArgs {
         };
         let files: Vec<PathBuf> =
             files.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
-        let mut index = if EmbeddingIndex::exists(&self.out) {
-            let index = EmbeddingIndex::load(&self.out)?;
-            if !model.made(&index.meta.model_id) {
-                bail!(
-                    "{}: this index was built by another model ({} from {}); this is {} from {}. Use a new --out",
-                    self.out.display(),
-                    index.meta.model_id,
-                    index.meta.run_dir.display(),
-                    model.id,
-                    self.checkpoint.display()
-                );
-            }
-            index
-        } else {
-            EmbeddingIndex::new(
-                &model.id,
-                &std::fs::canonicalize(&self.checkpoint).unwrap_or(self.checkpoint.clone()),
-                model.card.clip.projection_dim,
-            )
-        };
         // Keep rows of files still there and unchanged; embed the new and the changed.
-        let wanted: HashSet<&PathBuf> = files.iter().collect();
-        // Saved under the model's current identity (an index with the legacy one is upgraded).
-        let mut kept = EmbeddingIndex::new(&model.id, &index.meta.run_dir, index.meta.dim);
-        kept.meta.embeddings = index.meta.embeddings.clone();
-        let mut have = HashSet::new();
-        for (i, e) in index.meta.entries.iter().enumerate() {
-            if wanted.contains(&e.path) && IndexEntry::of(&e.path).is_ok_and(|now| &now == e) {
-                kept.meta.entries.push(e.clone());
-                kept.rows.extend_from_slice(index.row(i));
-                have.insert(e.path.clone());
-            }
-        }
-        let todo: Vec<PathBuf> = files.iter().filter(|p| !have.contains(*p)).cloned().collect();
+        let mut refresh = EmbeddingIndex::open_for(&self.out, &model)?.refresh(&model.id, &files);
         println!(
             "{} images: {} already indexed, {} to embed, {} removed ({backend})",
             files.len(),
-            have.len(),
-            todo.len(),
-            index.len() - have.len()
+            refresh.unchanged,
+            refresh.todo.len(),
+            refresh.removed
         );
-        let bar = progress_bar(todo.len(), "embedding");
-        let emb = model.embed_images(&todo, self.batch, self.workers, &device, &mut |done, _| {
-            bar.set_position(done as u64)
-        });
+        let bar = progress_bar(refresh.todo.len(), "embedding");
+        let emb =
+            model.embed_images(&refresh.todo, self.batch, self.workers, &device, &mut |done, _| {
+                bar.set_position(done as u64)
+            });
         bar.finish_and_clear();
         for (p, reason) in &emb.skipped {
             eprintln!("skipped {}: {reason}", p.display());
         }
-        for (i, p) in emb.paths.iter().enumerate() {
-            kept.meta.entries.push(IndexEntry::of(p)?);
-            kept.rows.extend_from_slice(&emb.rows[i * emb.dim..(i + 1) * emb.dim]);
-        }
-        index = kept;
+        refresh.add(&emb)?;
+        let mut index = refresh.index;
         index.save(&self.out)?;
         println!(
             "index {}: {} images, {} dimensions ({} skipped as unreadable)",
@@ -295,16 +262,12 @@ impl BackendTask for EmbedArgs {
     }
 }
 
-impl BackendTask for SearchArgs {
+impl InferTask for SearchArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, _backend: &str) -> Result<()> {
         claim_output(&self.grid, self.overwrite, "--grid", Output::Png)?;
-        let service = SearchService::<B::InnerBackend>::open(
-            &self.index,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+        let service = SearchService::<B>::open(&self.index, self.checkpoint.as_deref(), &device)?;
         let mut captions = self.captions.clone();
         if let Some(f) = &self.captions_file {
             let text =
@@ -367,14 +330,14 @@ struct ZeroShotReport {
     skipped: Vec<String>,
 }
 
-impl BackendTask for ZeroShotArgs {
+impl InferTask for ZeroShotArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &str) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, _backend: &str) -> Result<()> {
         if let Some(path) = &self.json {
             claim_output(path, self.overwrite, "--json", Output::Json)?;
         }
-        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let model = LoadedModel::<B>::from_run(&self.checkpoint, &device)?;
         let labels: Vec<String> =
             self.labels.iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         let templates = match &self.templates {
@@ -402,46 +365,26 @@ impl BackendTask for ZeroShotArgs {
             Some(p) => Some(ImageLabels::read(p, &self.label_column)?),
             None => None,
         };
-        let label_of = |p: &Path| -> Option<usize> {
-            let name = match &truth_map {
-                Some(m) => m.get(p.file_name()?.to_str()?)?.to_string(),
-                None => p.parent()?.file_name()?.to_str()?.to_string(),
-            };
-            labels.iter().position(|l| *l == name)
-        };
-        let scale = model.model.scale().into_scalar();
-        let scale: f32 = burn::tensor::ElementConversion::elem(scale);
+        let (scale, bias) = logit_scale_and_bias(&model.model);
         // A model trained on the sigmoid loss gives each label its own probability.
-        let bias: Option<f32> =
-            model.model.bias().map(|b| burn::tensor::ElementConversion::elem(b.into_scalar()));
         if bias.is_some() {
             println!("sigmoid-loss model: each label's probability is independent (they need not sum to 100%)");
         }
-        let mut confusion = Confusion::new(&labels);
-        let mut predictions = Vec::new();
-        for (i, p) in emb.paths.iter().enumerate() {
-            let probs = classifier.probabilities_with(
-                &emb.rows[i * emb.dim..(i + 1) * emb.dim],
-                scale,
-                bias,
-            );
-            let mut order: Vec<usize> = (0..labels.len()).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let top: Vec<(String, f32)> =
-                order.iter().take(self.top).map(|&l| (labels[l].clone(), probs[l])).collect();
+        let scores = classifier
+            .classify(&emb, scale, bias, self.top, |p| true_label(p, &labels, truth_map.as_ref()));
+        for (i, p) in scores.predictions.iter().enumerate() {
             if self.all || i < 20 {
                 let shown: Vec<String> =
-                    top.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
-                println!("{}: {}", p.display(), shown.join(", "));
+                    p.top.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
+                println!("{}: {}", p.path.display(), shown.join(", "));
             }
-            if let Some(t) = label_of(p) {
-                confusion.add(t, order[0]);
-            }
-            predictions.push((p.display().to_string(), top));
         }
         if !self.all && emb.paths.len() > 20 {
             println!("... {} more (--all shows every image)", emb.paths.len() - 20);
         }
+        let predictions: Vec<(String, Vec<(String, f32)>)> =
+            scores.predictions.into_iter().map(|p| (p.path.display().to_string(), p.top)).collect();
+        let confusion = scores.confusion;
         let evaluated = confusion.total();
         let (accuracy, confusion) = if evaluated > 0 {
             println!(
@@ -470,18 +413,20 @@ impl BackendTask for ZeroShotArgs {
     }
 }
 
-impl BackendTask for EvalArgs {
+impl InferTask for EvalArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
         // The default, RUN/eval-<split>.json, is a file of the run's; a path given is checked.
         if let Some(path) = &self.json {
             claim_output(path, self.overwrite, "--json", Output::Json)?;
         }
-        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let model = LoadedModel::<B>::from_run(&self.checkpoint, &device)?;
         let data = &model.card.data;
-        let dataset = CaptionDataset::load(data)?;
-        let split_path = self.checkpoint.join("split.json");
+        data.ensure_synthetic()?;
+        let dataset = CaptionDataset::load(&data.dataset_config()?)?;
+        let run = RunDir::new(&self.checkpoint);
+        let split_path = run.split();
         let split = SplitDataset::from_split(&dataset, Split::load(&split_path)?, &split_path)?;
         split_side(&split.split, &self.split, &self.checkpoint)?;
         let pairs = match self.split.as_str() {
@@ -510,7 +455,7 @@ impl BackendTask for EvalArgs {
             }
             None => None,
         };
-        let loader = ClipLoader::new(pairs, ExamplePipeline::eval(data)?, data.loader(false));
+        let loader = ClipLoader::new(pairs, data.eval_pipeline()?, data.loader(false));
         let extras =
             clip_infer::EvalExtras { image_labels: image_labels.as_deref(), zero_shot: None };
         let e = clip_infer::evaluate_with(
@@ -570,10 +515,7 @@ impl BackendTask for EvalArgs {
                 l.i2t_median_rank
             );
         }
-        let path = self
-            .json
-            .clone()
-            .unwrap_or_else(|| self.checkpoint.join(format!("eval-{}.json", self.split)));
+        let path = self.json.clone().unwrap_or_else(|| run.eval_report(&self.split));
         clip_data::fs::write_atomic(&path, &clip_data::fs::tagged_json("eval", &e)?)?;
         println!("wrote {}", path.display());
         Ok(())
@@ -581,14 +523,14 @@ impl BackendTask for EvalArgs {
 }
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }
 pub fn search_cmd(args: SearchArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }
 pub fn zero_shot(args: ZeroShotArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }
 pub fn eval(args: EvalArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }

@@ -77,7 +77,7 @@ impl Observer for StopOnSignal<'_> {
     fn on_epoch(&mut self, m: &EpochMetrics) {
         self.inner.on_epoch(m);
     }
-    fn on_checkpoint(&mut self, path: &std::path::Path, kind: &str) {
+    fn on_checkpoint(&mut self, path: &std::path::Path, kind: clip_train::CheckpointKind) {
         self.inner.on_checkpoint(path, kind);
     }
     fn on_message(&mut self, msg: &str) {

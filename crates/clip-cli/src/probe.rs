@@ -4,15 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use clap::Args;
 use clip_infer::embed::list_images;
 use clip_infer::probe::{
     default_grid, fit_with_sweep, seeded_order, FitOptions, FitReport, Labelled, SweepPoint,
 };
-use clip_infer::{Confusion, ImageLabels, LoadedModel};
+use clip_infer::{Confusion, ImageLabels, LoadedModel, RunDir};
 
-use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::backend::{dispatch_infer, BackendChoice, InferTask};
 use crate::infer::{claim_output, progress_bar, split_images, split_images_of, Output};
 
 #[derive(Args, Debug, Clone)]
@@ -126,10 +126,10 @@ impl ProbeArgs {
     }
 }
 
-impl BackendTask for ProbeArgs {
+impl InferTask for ProbeArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
+    fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
         if let Some(l2) = self.l2.filter(|l| !(*l >= 0.0 && l.is_finite())) {
             bail!("--l2 must be a finite number >= 0, not {l2}");
         }
@@ -137,7 +137,7 @@ impl BackendTask for ProbeArgs {
         if let Some(path) = &self.json {
             claim_output(path, self.overwrite, "--json", Output::Json)?;
         }
-        let model = LoadedModel::<B::InnerBackend>::from_run(&self.checkpoint, &device)?;
+        let model = LoadedModel::<B>::from_run(&self.checkpoint, &device)?;
         let labels = ImageLabels::read(&self.labels, &self.label_column)?;
         let classes = labels.classes();
         if classes.len() < 2 {
@@ -230,7 +230,8 @@ impl BackendTask for ProbeArgs {
             confusion,
             skipped,
         };
-        let path = self.json.clone().unwrap_or_else(|| self.checkpoint.join("probe.json"));
+        let path =
+            self.json.clone().unwrap_or_else(|| RunDir::new(&self.checkpoint).probe_report());
         clip_data::fs::write_atomic(&path, &clip_data::fs::tagged_json("probe", &report)?)?;
         println!("wrote {}", path.display());
         Ok(())
@@ -238,5 +239,5 @@ impl BackendTask for ProbeArgs {
 }
 
 pub fn probe(args: ProbeArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::Backend;
 use clap::Args;
 use clip_infer::{Match, SearchService};
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::backend::parse_backend;
-use crate::backend::{dispatch, BackendChoice, BackendTask};
+use crate::backend::{dispatch_infer, BackendChoice, InferTask};
 
 /// Largest accepted upload (an image query).
 const MAX_UPLOAD: usize = 32 << 20;
@@ -40,7 +40,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
-    dispatch(args.backend, args)
+    dispatch_infer(args.backend, args)
 }
 
 /// What `/search` answers.
@@ -68,15 +68,11 @@ impl<T: std::fmt::Display> From<T> for Failure {
     }
 }
 
-impl BackendTask for ServeArgs {
+impl InferTask for ServeArgs {
     type Output = ();
 
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: &str) -> Result<()> {
-        let service = SearchService::<B::InnerBackend>::open(
-            &self.index,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+    fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
+        let service = SearchService::<B>::open(&self.index, self.checkpoint.as_deref(), &device)?;
         let server = Server::http((self.host.as_str(), self.port))
             .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port))?;
         let address = server.server_addr().to_ip().context("not an IP address")?;
@@ -111,10 +107,7 @@ impl BackendTask for ServeArgs {
 
 /// Answers one request; returns its status code. A panic while answering (a decoder's, say)
 /// becomes a 500 for that request, not the end of the server.
-fn answer<B: burn::tensor::backend::Backend>(
-    service: &SearchService<B>,
-    mut request: Request,
-) -> u16 {
+fn answer<B: Backend>(service: &SearchService<B>, mut request: Request) -> u16 {
     let reply =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply_to(service, &mut request)));
     let response = match reply {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use clip_train::dashboard::{Dashboard, PlainProgress};
+use clip_train::dashboard::Dashboard;
+use clip_train::progress::PlainProgress;
 use clip_train::{ExperimentConfig, Observer, RunDir, TrainSummary};
 
 use crate::backend::{dispatch_with, BackendChoice, BackendTask};
@@ -49,7 +50,11 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
             let run = RunDir::new(dir);
             let config =
                 ExperimentConfig::load(&run.config(), &args.overrides).with_context(|| {
-                    format!("{} is not a run directory (no readable config.toml)", dir.display())
+                    format!(
+                        "{} is not a run directory (no readable {})",
+                        dir.display(),
+                        clip_infer::run_dir::CONFIG
+                    )
                 })?;
             (config, run, true)
         }
@@ -58,7 +63,7 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
             let run = match &args.run_dir {
                 Some(dir) => {
                     anyhow::ensure!(
-                        !dir.join("config.toml").exists(),
+                        !RunDir::new(dir).config().exists(),
                         "{} already holds a run; use --resume {} to continue it",
                         dir.display(),
                         dir.display()
@@ -195,7 +200,7 @@ impl Observer for FirstCudaStep<'_> {
     fn on_epoch(&mut self, m: &clip_train::metrics::EpochMetrics) {
         self.inner.on_epoch(m);
     }
-    fn on_checkpoint(&mut self, path: &Path, kind: &str) {
+    fn on_checkpoint(&mut self, path: &Path, kind: clip_train::CheckpointKind) {
         self.inner.on_checkpoint(path, kind);
     }
     fn on_message(&mut self, msg: &str) {
@@ -233,7 +238,7 @@ fn print_summary(s: &TrainSummary) {
         println!("  {r}");
     }
     if let (Some(step), Some(score)) = (s.best_step, s.best_score) {
-        let by = clip_train::trainer::best_by_name(s.best_by);
+        let by = s.best_by.name();
         println!("  best model (checkpoint.best_by = {by}): step {step}, {score:.4}");
         if s.early_stopped {
             println!("  early stop: no better {by} since step {step} (train.early_stop_patience)");
@@ -243,7 +248,7 @@ fn print_summary(s: &TrainSummary) {
         println!("  {} fp16 steps skipped (non-finite gradients)", s.skipped_steps);
     }
     if s.completed {
-        println!("  curves: {}", Path::new(&s.run_dir).join("curves.png").display());
+        println!("  curves: {}", RunDir::new(&s.run_dir).curves().display());
     }
     let kernels = crate::kernels::counts();
     if kernels.any() {

@@ -114,8 +114,11 @@ fn flickr_like(files: &[PathBuf]) -> (PairDataset, DataConfig) {
 
 fn loader_throughput(files: &[PathBuf]) {
     let (pairs, config) = flickr_like(files);
-    let loader =
-        ClipLoader::new(pairs, ExamplePipeline::train(&config).unwrap(), config.loader(true));
+    let loader = ClipLoader::new(
+        pairs,
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
+        config.loader(true),
+    );
     // Warm up the page cache and thread-local resizers.
     for b in loader.epoch(0).take(2) {
         b.unwrap();
@@ -183,7 +186,7 @@ fn rss_mb() -> f64 {
 /// Peak resident memory while a consumer takes 100 ms per batch (a slow training step).
 fn memory(files: &[PathBuf], burn_loader: bool) {
     let (pairs, config) = flickr_like(files);
-    let pipeline = ExamplePipeline::train(&config).unwrap();
+    let pipeline = ExamplePipeline::train(&config.pipeline_config()).unwrap();
     let base = rss_mb();
     let mut peak = base;
     let mut n = 0;

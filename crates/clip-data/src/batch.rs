@@ -4,12 +4,25 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::augment::{swap_left_right, AugmentConfig};
-use crate::config::DataConfig;
 use crate::dataset::CaptionPair;
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::imaging::{decode_rgb, ImageTransform};
-use crate::tokenizer::CaptionTokenizer;
-use crate::DataError;
+use crate::tokenizer::{CaptionTokenizer, TokenizerConfig};
+
+/// What an [`ExamplePipeline`] is built from (`DataConfig::pipeline_config` builds it from
+/// `[data]`): the training settings; [`ExamplePipeline::eval`] drops the augmentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub transform: ImageTransform,
+    pub augment: AugmentConfig,
+    pub tokenizer: TokenizerConfig,
+    /// Seed of the augmentation.
+    pub seed: u64,
+    /// Batches are padded to their longest caption rounded up to a multiple of this.
+    pub pad_to_multiple_of: usize,
+    /// Leave an image that cannot be read or decoded out of its batch during training.
+    pub skip_unreadable: bool,
+}
 
 /// Turns one caption pair into model inputs: image floats and token ids.
 #[derive(Debug, Clone)]
@@ -26,20 +39,20 @@ pub struct ExamplePipeline {
 }
 
 impl ExamplePipeline {
-    /// The training pipeline of a data config (with its augmentation).
-    pub fn train(config: &DataConfig) -> Result<Self> {
+    /// The training pipeline (with its augmentation); loads the tokenizer.
+    pub fn train(config: &PipelineConfig) -> Result<Self> {
         Ok(Self {
-            transform: config.image_transform(),
+            transform: config.transform.clone(),
             augment: config.augment.clone(),
-            tokenizer: config.tokenizer()?,
+            tokenizer: CaptionTokenizer::from_config(&config.tokenizer)?,
             seed: config.seed,
             pad_to_multiple_of: config.pad_to_multiple_of,
             skip_unreadable: config.skip_unreadable,
         })
     }
 
-    /// The evaluation pipeline of a data config: the same transform, no augmentation.
-    pub fn eval(config: &DataConfig) -> Result<Self> {
+    /// The evaluation pipeline: the same transform, no augmentation, no image left out.
+    pub fn eval(config: &PipelineConfig) -> Result<Self> {
         Ok(Self { augment: AugmentConfig::none(), skip_unreadable: false, ..Self::train(config)? })
     }
 

@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::AugmentConfig;
-use crate::captions::CaptionFormat;
-use crate::dataset::CaptionSampling;
+use crate::batch::{ExamplePipeline, PipelineConfig};
+use crate::captions::{CaptionFormat, ColumnSpec};
+use crate::dataset::{CaptionSampling, DatasetConfig};
 use crate::error::{DataError, Result};
 use crate::imaging::{ImageTransform, ResizeFilter, ResizeMode, IMAGENET_MEAN, IMAGENET_STD};
 use crate::loader::LoaderConfig;
-use crate::split::SplitMethod;
+use crate::split::{SplitConfig, SplitMethod};
 use crate::synth::SynthConfig;
-use crate::tokenizer::{CaptionTokenizer, BERT_BASE_UNCASED};
+use crate::tokenizer::{CaptionTokenizer, TokenizerConfig, BERT_BASE_UNCASED};
+
+/// What to do when `[data.synthetic]` points at a folder the generator did not write.
+pub const SYNTHETIC_HINT: &str = "`[data.synthetic]` in the config generates the synthetic shapes dataset where `data.captions` \
+     points; if this folder holds your own dataset, remove the `[data.synthetic]` section from the config (or add \
+     `--set data.synthetic=none`). To generate the shapes, point `data.captions` at `DIR/results.csv` in a new or empty folder DIR.";
 
 /// The data section of an experiment config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,8 +98,9 @@ pub struct DataConfig {
     /// Batches decoded ahead of the consumer; with the workers' own, this bounds loader memory.
     #[serde(default = "default_prefetch")]
     pub prefetch_batches: usize,
-    /// Marks the dataset as the generated synthetic one: it is written (under the captions
-    /// file's directory) when missing, so the config works on a fresh machine. Only into a
+    /// Marks the dataset as the generated synthetic one: [`DataConfig::ensure_synthetic`] (which
+    /// training and the `clip data` commands call before loading) writes it under the captions
+    /// file's directory when missing, so the config works on a fresh machine. Only into a
     /// missing or empty folder or one it generated (`synth.json`): a folder of the user's is an
     /// error, never overwritten. `--set data.synthetic=none` removes it.
     #[serde(default)]
@@ -265,6 +272,46 @@ impl DataConfig {
         }
     }
 
+    /// Generates the synthetic dataset `[data.synthetic]` describes where `data.captions` points,
+    /// unless a complete one made with the same settings is there; returns whether it generated
+    /// (`false` without `[data.synthetic]`). Loading never generates: callers run this first.
+    /// Written only into a missing or empty folder, or one it generated before: never over a
+    /// dataset of the user's that a config adapted from the quickstart points at.
+    pub fn ensure_synthetic(&self) -> Result<bool> {
+        match &self.synthetic {
+            Some(synth) => {
+                let dir = self.captions.parent().unwrap_or(Path::new("."));
+                crate::synth::ensure_with(dir, synth, SYNTHETIC_HINT)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Where the dataset is and how its captions file reads, for [`crate::CaptionDataset::load`].
+    pub fn dataset_config(&self) -> Result<DatasetConfig> {
+        Ok(DatasetConfig {
+            format: self.format,
+            captions: self.captions.clone(),
+            images: self.images.clone(),
+            columns: ColumnSpec {
+                image: self.image_column.clone(),
+                caption: self.caption_column.clone(),
+                delimiter: self.delimiter_byte()?,
+            },
+            skip_missing: self.skip_missing,
+        })
+    }
+
+    /// How the dataset is split, for [`crate::SplitDataset::new`].
+    pub fn split_config(&self) -> SplitConfig {
+        SplitConfig {
+            method: self.split,
+            val_size: self.val_size,
+            seed: self.seed,
+            split_file: self.split_file.clone(),
+        }
+    }
+
     /// The deterministic image transform this config describes.
     pub fn image_transform(&self) -> ImageTransform {
         ImageTransform {
@@ -276,8 +323,35 @@ impl DataConfig {
         }
     }
 
+    /// The tokenizer `data.tokenizer` names, truncating at `data.text_max_length`.
+    pub fn tokenizer_config(&self) -> TokenizerConfig {
+        TokenizerConfig { spec: self.tokenizer.clone(), max_length: self.text_max_length }
+    }
+
     pub fn tokenizer(&self) -> Result<CaptionTokenizer> {
-        CaptionTokenizer::from_spec(&self.tokenizer, self.text_max_length)
+        CaptionTokenizer::from_config(&self.tokenizer_config())
+    }
+
+    /// Per-example preprocessing, for [`crate::ExamplePipeline::train`] (and `eval`).
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        PipelineConfig {
+            transform: self.image_transform(),
+            augment: self.augment.clone(),
+            tokenizer: self.tokenizer_config(),
+            seed: self.seed,
+            pad_to_multiple_of: self.pad_to_multiple_of,
+            skip_unreadable: self.skip_unreadable,
+        }
+    }
+
+    /// [`ExamplePipeline::train`] of [`Self::pipeline_config`]: with augmentation.
+    pub fn train_pipeline(&self) -> Result<ExamplePipeline> {
+        ExamplePipeline::train(&self.pipeline_config())
+    }
+
+    /// [`ExamplePipeline::eval`] of [`Self::pipeline_config`]: no augmentation.
+    pub fn eval_pipeline(&self) -> Result<ExamplePipeline> {
+        ExamplePipeline::eval(&self.pipeline_config())
     }
 
     /// Loader settings for training (shuffled) or evaluation (in order).

@@ -7,22 +7,26 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::captions::{read_captions, CaptionRecord, ColumnSpec, ParseReport, PredefinedSide};
-use crate::config::DataConfig;
+use crate::captions::{CaptionFormat, CaptionRecord, ColumnSpec, ParseReport, PredefinedSide};
 use crate::error::{DataError, Result};
+use crate::formats::read_captions;
 
-/// What to do when `[data.synthetic]` points at a folder the generator did not write.
-pub const SYNTHETIC_HINT: &str = "`[data.synthetic]` in the config generates the synthetic shapes dataset where `data.captions` \
-     points; if this folder holds your own dataset, remove the `[data.synthetic]` section from the config (or add \
-     `--set data.synthetic=none`). To generate the shapes, point `data.captions` at `DIR/results.csv` in a new or empty folder DIR.";
+pub use crate::captions::ImageCaptions;
 
-/// One image and every caption that describes it.
+/// Where a dataset is and how its captions file reads: what [`CaptionDataset::load`] needs
+/// (`DataConfig::dataset_config` builds it from `[data]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageCaptions {
-    /// The name used in the captions file (and in saved splits).
-    pub name: String,
-    pub path: PathBuf,
-    pub captions: Vec<String>,
+pub struct DatasetConfig {
+    /// Layout of the captions file.
+    pub format: CaptionFormat,
+    /// The captions file (or, for WebDataset, the shards' folder or one `.tar`).
+    pub captions: PathBuf,
+    /// The directory that holds the images named in the captions file.
+    pub images: PathBuf,
+    /// Column names and separator of the `csv` and `jsonl` formats.
+    pub columns: ColumnSpec,
+    /// Drop images that are named but absent instead of failing.
+    pub skip_missing: bool,
 }
 
 /// What loading a dataset found besides its images: damaged rows and missing images.
@@ -44,27 +48,17 @@ pub struct CaptionDataset {
 }
 
 impl CaptionDataset {
-    /// Loads the dataset a data config names: parses the captions, resolves image paths,
-    /// and checks that every image exists (or skips missing ones under `skip_missing`).
-    pub fn load(config: &DataConfig) -> Result<Self> {
-        let columns = ColumnSpec {
-            image: config.image_column.clone(),
-            caption: config.caption_column.clone(),
-            delimiter: config.delimiter_byte()?,
-        };
-        if let Some(synth) = &config.synthetic {
-            // Written only into a missing or empty folder, or one it generated before: never
-            // over a dataset of the user's that a config adapted from the quickstart points at.
-            let dir = config.captions.parent().unwrap_or(Path::new("."));
-            crate::synth::ensure_with(dir, synth, SYNTHETIC_HINT)?;
-        }
+    /// Loads the dataset `config` names: parses the captions, resolves image paths, and checks
+    /// that every image exists (or skips missing ones under `skip_missing`). It only reads: a
+    /// config's synthetic dataset is generated beforehand (`DataConfig::ensure_synthetic`).
+    pub fn load(config: &DatasetConfig) -> Result<Self> {
         if !config.images.is_dir() {
             return Err(DataError::Config {
                 path: config.images.clone(),
                 message: "`data.images` names no directory".into(),
             });
         }
-        let parsed = read_captions(&config.captions, config.format, &columns)?;
+        let parsed = read_captions(&config.captions, config.format, &config.columns)?;
         let mut dataset = Self::from_records(
             &parsed.path,
             parsed.records,

@@ -394,7 +394,7 @@ mod tests {
         // The captions parse with the Flickr30k reader, five per image, each naming its class.
         let config =
             crate::DataConfig::new(out.path().join("results.csv"), out.path().join("images"));
-        let ds = crate::CaptionDataset::load(&config).unwrap();
+        let ds = crate::CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
         assert_eq!(ds.images.len(), 17);
         for img in &ds.images {
             assert_eq!(img.captions.len(), 5);

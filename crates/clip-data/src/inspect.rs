@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::batch::ExamplePipeline;
+use crate::batch::{ExamplePipeline, PipelineConfig};
 use crate::captions::RowIssue;
-use crate::config::DataConfig;
-use crate::dataset::CaptionDataset;
+use crate::dataset::{CaptionDataset, PairDataset};
 use crate::error::Result;
-use crate::loader::ClipLoader;
-use crate::SplitDataset;
+use crate::loader::{ClipLoader, LoaderConfig};
+use crate::split::SplitDataset;
+use crate::tokenizer::{CaptionTokenizer, TokenizerConfig};
 
 /// The facts `clip data inspect` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -41,15 +41,18 @@ pub struct InspectReport {
     pub ms_per_batch: f64,
 }
 
-/// Loads, splits and tokenizes the dataset a config names, and times `timed_batches`
-/// training batches through the real loader.
-pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectReport> {
-    let dataset = CaptionDataset::load(config)?;
-    let split = SplitDataset::new(&dataset, config)?;
-
-    let mut untruncated = config.clone();
-    untruncated.text_max_length = 1 << 20;
-    let tokenizer = untruncated.tokenizer()?;
+/// Reports on a loaded and split dataset: tokenizes its captions with `pipeline`'s tokenizer and
+/// times `timed_batches` training batches through the real loader (`pipeline`, `loader`).
+pub fn inspect(
+    dataset: &CaptionDataset,
+    split: &SplitDataset,
+    pipeline: &PipelineConfig,
+    loader: LoaderConfig,
+    timed_batches: usize,
+) -> Result<InspectReport> {
+    let max_length = pipeline.tokenizer.max_length;
+    let untruncated = TokenizerConfig { max_length: 1 << 20, ..pipeline.tokenizer.clone() };
+    let tokenizer = CaptionTokenizer::from_config(&untruncated)?;
     let mut lengths = Vec::with_capacity(dataset.num_captions());
     for img in &dataset.images {
         for c in &img.captions {
@@ -57,10 +60,10 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
         }
     }
     lengths.sort_unstable();
-    let truncated = lengths.iter().filter(|&&l| l > config.text_max_length).count();
+    let truncated = lengths.iter().filter(|&&l| l > max_length).count();
 
-    let loader =
-        ClipLoader::new(split.train.clone(), ExamplePipeline::train(config)?, config.loader(true));
+    let (batch_size, num_workers) = (loader.batch_size, loader.num_workers);
+    let loader = ClipLoader::new(split.train.clone(), ExamplePipeline::train(pipeline)?, loader);
     let timed = timed_batches.min(loader.num_batches());
     let start = Instant::now();
     for batch in loader.epoch(0).take(timed) {
@@ -69,7 +72,7 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
     let ms_per_batch =
         if timed > 0 { start.elapsed().as_secs_f64() * 1e3 / timed as f64 } else { 0.0 };
 
-    let count = |p: &crate::PairDataset| (p.images().len(), p.len());
+    let count = |p: &PairDataset| (p.images().len(), p.len());
     let (train_images, train_captions) = count(&split.train);
     let (val_images, val_captions) = count(&split.val);
     let (test_images, test_captions) = count(&split.test);
@@ -90,8 +93,8 @@ pub fn inspect(config: &DataConfig, timed_batches: usize) -> Result<InspectRepor
         tokens_median: lengths.get(lengths.len() / 2).copied().unwrap_or(0),
         tokens_max: lengths.last().copied().unwrap_or(0),
         truncated,
-        batch_size: config.batch_size,
-        num_workers: config.num_workers,
+        batch_size,
+        num_workers,
         batches_timed: timed,
         ms_per_batch,
     })

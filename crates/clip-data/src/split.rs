@@ -3,7 +3,7 @@
 //! evaluation scores exactly the images training never saw.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::captions::PredefinedSide;
+use crate::dataset::{CaptionDataset, PairDataset};
 use crate::error::{DataError, Result};
 use crate::fs::write_atomic;
 use crate::numpy_rng::LegacyRandomState;
@@ -151,6 +152,73 @@ impl Split {
             }
         }
         Ok(split)
+    }
+}
+
+/// How a dataset is split (`DataConfig::split_config` builds it from `[data]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitConfig {
+    /// How a split is drawn when the dataset defines none and `split_file` is not there yet.
+    pub method: SplitMethod,
+    /// Fraction of images held out for validation.
+    pub val_size: f64,
+    pub seed: u64,
+    /// A saved split to reuse when it exists, or where to save the one drawn.
+    pub split_file: Option<PathBuf>,
+}
+
+/// The train and validation (and test) sides of a dataset, split by image.
+#[derive(Debug, Clone)]
+pub struct SplitDataset {
+    pub split: Split,
+    pub train: PairDataset,
+    pub val: PairDataset,
+    /// Empty unless the split has a test side (Karpathy's).
+    pub test: PairDataset,
+}
+
+impl SplitDataset {
+    /// Splits a loaded dataset as `config` says: reuses `config.split_file` when it exists,
+    /// otherwise takes the split the captions file defines (Karpathy's), otherwise splits by
+    /// image with `config.seed` / `config.val_size` as `config.method` says (and saves the split
+    /// to `config.split_file` when one is named).
+    pub fn new(dataset: &CaptionDataset, config: &SplitConfig) -> Result<Self> {
+        let split = match &config.split_file {
+            Some(path) if path.is_file() => Split::load(path)?,
+            other => {
+                let names: Vec<String> = dataset.images.iter().map(|i| i.name.clone()).collect();
+                let split = if !dataset.predefined_split.is_empty() {
+                    Split::predefined(&dataset.predefined_split, config.seed)
+                } else {
+                    match config.method {
+                        SplitMethod::Random => {
+                            Split::by_image(&names, config.val_size, config.seed)
+                        }
+                        // `dataset.images` is in captions-file order (first appearance).
+                        SplitMethod::NumpyLegacy => {
+                            Split::numpy_legacy(&names, config.val_size, config.seed)?
+                        }
+                    }
+                };
+                if let Some(path) = other {
+                    split.save(path)?;
+                }
+                split
+            }
+        };
+        Self::from_split(
+            dataset,
+            split,
+            config.split_file.as_deref().unwrap_or(Path::new("<split>")),
+        )
+    }
+
+    /// Applies a given split to a dataset; names the split file when an image is unknown.
+    pub fn from_split(dataset: &CaptionDataset, split: Split, split_path: &Path) -> Result<Self> {
+        let train = PairDataset::new(dataset.select(&split.train, split_path)?);
+        let val = PairDataset::new(dataset.select(&split.val, split_path)?);
+        let test = PairDataset::new(dataset.select(&split.test, split_path)?);
+        Ok(Self { split, train, val, test })
     }
 }
 

@@ -215,6 +215,18 @@ pub struct SynthSummary {
     pub captions: usize,
 }
 
+impl std::fmt::Display for SynthSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote {} images and {} captions to {}",
+            self.images,
+            self.captions,
+            self.dir.display()
+        )
+    }
+}
+
 /// The marker of a folder this generator wrote: the config it was (or is being) generated with.
 pub const MARKER: &str = "synth.json";
 
@@ -305,6 +317,13 @@ pub fn generate_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<Syn
     write_atomic(&dir.join("labels.csv"), labels.as_bytes())?;
     write_atomic(&results_path, results.as_bytes())?;
     Ok(SynthSummary { dir: dir.into(), images: config.images, captions: config.images * 5 })
+}
+
+/// The one synthetic-dataset command, `clip data synth --out OUT --images N --size S --seed K`
+/// (`cargo xtask synth-data` takes the same flags and runs this too): [`generate`] with the
+/// flags' settings and the default two-shape fraction.
+pub fn generate_command(out: &Path, images: usize, size: u32, seed: u64) -> Result<SynthSummary> {
+    generate(out, &SynthConfig { images, image_size: size, seed, ..SynthConfig::default() })
 }
 
 /// Generates the dataset unless a complete one made with the same config is already there.

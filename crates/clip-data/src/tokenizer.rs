@@ -21,6 +21,16 @@ pub const BERT_BASE_UNCASED_VOCAB: &str = include_str!("../assets/bert-base-unca
 /// The name that selects the embedded vocabulary in `data.tokenizer`.
 pub const BERT_BASE_UNCASED: &str = "bert-base-uncased";
 
+/// Which tokenizer to load and how long captions may be (`DataConfig::tokenizer_config`
+/// builds it from `data.tokenizer` and `data.text_max_length`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerConfig {
+    /// `bert-base-uncased` (embedded), or a path to a `vocab.txt` or an HF `tokenizer.json`.
+    pub spec: String,
+    /// Longest caption in tokens, `[CLS]` and `[SEP]` included.
+    pub max_length: usize,
+}
+
 /// Turns captions into token ids ready for a BERT-family text encoder.
 #[derive(Clone)]
 pub struct CaptionTokenizer {
@@ -42,6 +52,11 @@ impl CaptionTokenizer {
     /// The embedded bert-base-uncased tokenizer, truncating to `max_length` tokens (specials included).
     pub fn bert_base_uncased(max_length: usize) -> Result<Self> {
         Self::from_vocab_text(BERT_BASE_UNCASED_VOCAB, BERT_BASE_UNCASED, max_length)
+    }
+
+    /// The tokenizer a [`TokenizerConfig`] names (see [`Self::from_spec`]).
+    pub fn from_config(config: &TokenizerConfig) -> Result<Self> {
+        Self::from_spec(&config.spec, config.max_length)
     }
 
     /// Resolves `data.tokenizer`: `bert-base-uncased`, a `vocab.txt` path, or an HF `tokenizer.json` path.

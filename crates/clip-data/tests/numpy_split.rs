@@ -189,7 +189,7 @@ fn split_dataset_routes_numpy_legacy_over_captions_file_order() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = synth_config(dir.path(), 10);
-    let ds = CaptionDataset::load(&config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
     // CaptionDataset keeps the captions file's first-appearance order: check it against the file.
     let text = std::fs::read_to_string(&config.captions).unwrap();
     let mut file_order: Vec<String> = Vec::new();
@@ -202,7 +202,7 @@ fn split_dataset_routes_numpy_legacy_over_captions_file_order() {
     let names: Vec<String> = ds.images.iter().map(|i| i.name.clone()).collect();
     assert_eq!(names, file_order);
 
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let want_val: Vec<String> = want.iter().map(|&i| names[i].clone()).collect();
     assert_eq!(split.split.val, want_val);
     assert_eq!(split.val.len(), want_val.len() * 5, "five captions per synthetic image");
@@ -211,26 +211,29 @@ fn split_dataset_routes_numpy_legacy_over_captions_file_order() {
     // The default stays the ChaCha split.
     let mut random = config.clone();
     random.split = SplitMethod::Random;
-    assert_eq!(SplitDataset::new(&ds, &random).unwrap().split, Split::by_image(&names, 0.2, 42));
+    assert_eq!(
+        SplitDataset::new(&ds, &random.split_config()).unwrap().split,
+        Split::by_image(&names, 0.2, 42)
+    );
 }
 
 #[test]
 fn split_file_and_predefined_splits_keep_their_precedence() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = synth_config(dir.path(), 10);
-    let ds = CaptionDataset::load(&config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
     let names: Vec<String> = ds.images.iter().map(|i| i.name.clone()).collect();
 
     // A named split file that does not exist yet receives the numpy-legacy split...
     let path = dir.path().join("split.json");
     config.split_file = Some(path.clone());
-    let legacy = SplitDataset::new(&ds, &config).unwrap().split;
+    let legacy = SplitDataset::new(&ds, &config.split_config()).unwrap().split;
     assert_eq!(legacy, Split::numpy_legacy(&names, 0.2, 42).unwrap());
     assert_eq!(Split::load(&path).unwrap(), legacy);
     // ...and an existing one wins over it.
     let saved = Split::by_image(&names, 0.5, 9);
     saved.save(&path).unwrap();
-    assert_eq!(SplitDataset::new(&ds, &config).unwrap().split, saved);
+    assert_eq!(SplitDataset::new(&ds, &config.split_config()).unwrap().split, saved);
 
     // A split the captions file defines wins too.
     config.split_file = None;
@@ -251,7 +254,7 @@ fn split_file_and_predefined_splits_keep_their_precedence() {
             )
         })
         .collect();
-    let s = SplitDataset::new(&karpathy, &config).unwrap().split;
+    let s = SplitDataset::new(&karpathy, &config.split_config()).unwrap().split;
     assert_eq!(s, Split::predefined(&karpathy.predefined_split, 42));
     assert_eq!((s.train.len(), s.val.len(), s.test.len()), (6, 2, 2));
 }

@@ -25,12 +25,12 @@ fn make_data(dir: &Path, images: usize) -> DataConfig {
 fn batches_are_padded_to_their_longest_caption() {
     let dir = tempfile::tempdir().unwrap();
     let config = make_data(dir.path(), 20);
-    let ds = CaptionDataset::load(&config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
     assert_eq!((ds.images.len(), ds.num_captions()), (20, 100));
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::train(&config).unwrap(),
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
         config.loader(true),
     );
     let tok = CaptionTokenizer::bert_base_uncased(64).unwrap();
@@ -65,11 +65,11 @@ fn pad_to_multiple_of_rounds_every_batch_up_and_masks_the_extra_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = make_data(dir.path(), 20);
     config.pad_to_multiple_of = 8;
-    let ds = CaptionDataset::load(&config).unwrap();
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::train(&config).unwrap(),
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
         config.loader(true),
     );
     let tok = CaptionTokenizer::bert_base_uncased(64).unwrap();
@@ -100,8 +100,8 @@ fn split_keeps_all_captions_of_an_image_together() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = make_data(dir.path(), 30);
     config.split_file = Some(dir.path().join("split.json"));
-    let ds = CaptionDataset::load(&config).unwrap();
-    let a = SplitDataset::new(&ds, &config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    let a = SplitDataset::new(&ds, &config.split_config()).unwrap();
     assert!(dir.path().join("split.json").is_file());
     let train: HashSet<_> = a.train.images().iter().map(|i| i.name.clone()).collect();
     assert!(a.val.images().iter().all(|i| !train.contains(&i.name)));
@@ -109,7 +109,7 @@ fn split_keeps_all_captions_of_an_image_together() {
     assert_eq!(a.train.len() + a.val.len(), 150);
     // A changed seed does not matter once the split file exists: it is reused.
     config.seed = 7;
-    let b = SplitDataset::new(&ds, &config).unwrap();
+    let b = SplitDataset::new(&ds, &config.split_config()).unwrap();
     assert_eq!(a.split, b.split);
 }
 
@@ -119,13 +119,16 @@ fn order_is_reproducible_across_worker_counts_and_resumable() {
     let mut config = make_data(dir.path(), 12);
     config.augment.random_resized_crop = true;
     config.augment.horizontal_flip = true;
-    let ds = CaptionDataset::load(&config).unwrap();
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let run = |workers: usize, start: usize| {
         let mut c = config.loader(true);
         c.num_workers = workers;
-        let loader =
-            ClipLoader::new(split.train.clone(), ExamplePipeline::train(&config).unwrap(), c);
+        let loader = ClipLoader::new(
+            split.train.clone(),
+            ExamplePipeline::train(&config.pipeline_config()).unwrap(),
+            c,
+        );
         loader.epoch_from(1, start).map(|b| b.unwrap()).collect::<Vec<_>>()
     };
     let inline = run(0, 0);
@@ -133,7 +136,7 @@ fn order_is_reproducible_across_worker_counts_and_resumable() {
     assert_eq!(inline[2..], run(2, 2)[..]);
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::train(&config).unwrap(),
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
         config.loader(true),
     );
     assert_ne!(loader.order(0), loader.order(1));
@@ -147,11 +150,11 @@ fn loader_memory_is_bounded_by_prefetch_and_workers() {
     config.batch_size = 2;
     config.num_workers = 3;
     config.prefetch_batches = 2;
-    let ds = CaptionDataset::load(&config).unwrap();
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::train(&config).unwrap(),
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
         config.loader(false),
     );
     let mut epoch = loader.epoch(0);
@@ -173,14 +176,14 @@ fn loader_memory_is_bounded_by_prefetch_and_workers() {
 fn a_vanished_image_is_an_error_naming_it_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let config = make_data(dir.path(), 6);
-    let ds = CaptionDataset::load(&config).unwrap();
-    let split = SplitDataset::new(&ds, &config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    let split = SplitDataset::new(&ds, &config.split_config()).unwrap();
     let victim = split.train.images()[0].path.clone();
     std::fs::write(&victim, b"garbage").unwrap();
     // The evaluation pipeline (and training with skip_unreadable = false): an error naming it.
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::eval(&config).unwrap(),
+        ExamplePipeline::eval(&config.pipeline_config()).unwrap(),
         config.loader(false),
     );
     let results: Vec<_> = loader.epoch(0).collect();
@@ -189,7 +192,7 @@ fn a_vanished_image_is_an_error_naming_it_not_a_panic() {
     // Training: the image's rows are left out of their batches and reported.
     let loader = ClipLoader::new(
         split.train.clone(),
-        ExamplePipeline::train(&config).unwrap(),
+        ExamplePipeline::train(&config.pipeline_config()).unwrap(),
         config.loader(false),
     );
     let batches: Vec<_> = loader.epoch(0).map(|b| b.unwrap()).collect();
@@ -212,11 +215,11 @@ fn skip_missing_reports_how_many_were_skipped() {
     for name in ["00002.jpg", "00005.jpg"] {
         std::fs::remove_file(dir.path().join("images").join(name)).unwrap();
     }
-    let err = CaptionDataset::load(&config).unwrap_err();
+    let err = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap_err();
     assert!(matches!(err, DataError::MissingImages { count: 2, .. }), "{err}");
     assert!(err.to_string().contains("00002.jpg") && err.to_string().contains("skip_missing"));
     config.skip_missing = true;
-    let ds = CaptionDataset::load(&config).unwrap();
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
     assert_eq!(ds.images.len(), 8);
     assert_eq!(ds.report.missing_images.len(), 2);
 }
@@ -229,11 +232,13 @@ fn config_naming_missing_paths_is_a_clear_error() {
     std::fs::write(&cfg, "[data]\ncaptions = \"nowhere/results.csv\"\nimages = \"images\"\n")
         .unwrap();
     let config = load_data_config(&cfg).unwrap();
-    let err = CaptionDataset::load(&config).unwrap_err().to_string();
+    let err = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap_err().to_string();
     assert!(err.contains("nowhere/results.csv"), "{err}");
 
     std::fs::write(&cfg, "[data]\ncaptions = \"results.csv\"\nimages = \"no-images\"\n").unwrap();
-    let err = CaptionDataset::load(&load_data_config(&cfg).unwrap()).unwrap_err().to_string();
+    let err = CaptionDataset::load(&load_data_config(&cfg).unwrap().dataset_config().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-images") && err.contains("data.images"), "{err}");
 
     let err = load_data_config(&dir.path().join("absent.toml")).unwrap_err().to_string();
@@ -255,4 +260,30 @@ fn synthetic_generation_is_deterministic_and_idempotent() {
             "{f}"
         );
     }
+}
+
+#[test]
+fn loading_never_generates_and_ensure_synthetic_does_explicitly() {
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = dir.path().join("shapes");
+    let cfg = dir.path().join("exp.toml");
+    std::fs::write(
+        &cfg,
+        "[data]\ncaptions = \"shapes/results.csv\"\nimages = \"shapes/images\"\n\
+         [data.synthetic]\nimages = 4\nimage_size = 16\n",
+    )
+    .unwrap();
+    let config = load_data_config(&cfg).unwrap();
+    let err = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("data.images"), "{err}");
+    assert!(!shapes.exists(), "loading wrote nothing");
+
+    assert!(config.ensure_synthetic().unwrap(), "generated");
+    assert!(!config.ensure_synthetic().unwrap(), "already there");
+    let ds = CaptionDataset::load(&config.dataset_config().unwrap()).unwrap();
+    assert_eq!((ds.images.len(), ds.num_captions()), (4, 20));
+
+    let mut own = config.clone();
+    own.synthetic = None;
+    assert!(!own.ensure_synthetic().unwrap(), "nothing to generate without [data.synthetic]");
 }

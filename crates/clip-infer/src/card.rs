@@ -1,5 +1,5 @@
 //! A trained model as inference sees it: `model.json` (architecture and preprocessing) and the
-//! weights of a run directory, with an identity that indexes record.
+//! weights of a run directory ([`RunDir::weights`]), with an identity that indexes record.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use clip_model::{ClipConfig, ClipModel};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InferError, Result};
+use crate::run_dir::{RunDir, CHECKPOINTS, EXPORTED_MODEL, MODEL_CARD};
 
 /// Everything needed to rebuild a model and its preprocessing; written by training as `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,29 +75,6 @@ pub(crate) fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 
-/// The weights a run directory offers, best first: the exported best model, the best checkpoint,
-/// the latest step checkpoint.
-fn find_weights(run: &Path) -> Option<PathBuf> {
-    let exported = run.join("model.safetensors");
-    if exported.is_file() {
-        return Some(exported);
-    }
-    let best = run.join("checkpoints/best/model.mpk");
-    if best.is_file() {
-        return Some(best);
-    }
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-                && p.join("model.mpk").is_file()
-        })
-        .collect();
-    steps.sort();
-    steps.pop().map(|p| p.join("model.mpk"))
-}
-
 impl<B: Backend> LoadedModel<B> {
     /// Whether embeddings recorded under `model_id` (an index's) were made by this model.
     pub fn made(&self, model_id: &str) -> bool {
@@ -105,18 +83,19 @@ impl<B: Backend> LoadedModel<B> {
 
     /// Loads the model of a run directory (`model.json` + its best weights).
     pub fn from_run(run: &Path, device: &B::Device) -> Result<Self> {
-        let card_path = run.join("model.json");
+        let run_dir = RunDir::new(run);
+        let card_path = run_dir.model_json();
         let bytes = std::fs::read(&card_path).map_err(|e| InferError::Run {
             path: run.into(),
-            message: format!("not a run directory: cannot read model.json ({e})"),
+            message: format!("not a run directory: cannot read {MODEL_CARD} ({e})"),
         })?;
         let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| InferError::Run {
             path: card_path.clone(),
             message: format!("not a model card: {e}"),
         })?;
-        let weights = find_weights(run).ok_or_else(|| InferError::Run {
+        let weights = run_dir.weights().ok_or_else(|| InferError::Run {
             path: run.into(),
-            message: "no weights (model.safetensors or checkpoints/) in this run".into(),
+            message: format!("no weights ({EXPORTED_MODEL} or {CHECKPOINTS}/) in this run"),
         })?;
         let fresh = card.clip.init::<B>(device);
         let model = if weights.extension().is_some_and(|e| e == "safetensors") {

@@ -7,11 +7,15 @@
 //! An index is written only into a missing or empty folder or one that holds an index
 //! ([`EmbeddingIndex::claim_dir`]), and only matrices it named itself are ever removed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::card::LoadedModel;
+use crate::embed::ImageEmbeddings;
 use crate::error::{InferError, Result};
 
 /// One indexed file.
@@ -158,6 +162,93 @@ impl EmbeddingIndex {
     }
 }
 
+/// An index brought up to date with a list of files ([`EmbeddingIndex::refresh`]): the rows it
+/// keeps, and the files still to embed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refresh {
+    /// The index so far: the rows of files still listed and unchanged, then those [`add`]ed.
+    ///
+    /// [`add`]: Refresh::add
+    pub index: EmbeddingIndex,
+    /// Files still listed and unchanged since they were embedded (their rows are kept).
+    pub unchanged: usize,
+    /// Files to embed: new ones, and those changed since they were embedded.
+    pub todo: Vec<PathBuf>,
+    /// Entries dropped: files no longer listed, or changed (to be embedded again).
+    pub removed: usize,
+}
+
+impl Refresh {
+    /// Appends the rows of embedded files (some of [`todo`](Self::todo), as
+    /// [`LoadedModel::embed_images`](crate::LoadedModel::embed_images) returns them), each
+    /// recorded with its size and modification time now.
+    pub fn add(&mut self, embedded: &ImageEmbeddings) -> Result<()> {
+        if embedded.paths.is_empty() {
+            return Ok(());
+        }
+        let dim = self.index.meta.dim;
+        if embedded.dim != dim {
+            return Err(InferError::Input(format!(
+                "embeddings of {} dimensions for an index of {dim}",
+                embedded.dim
+            )));
+        }
+        for (i, p) in embedded.paths.iter().enumerate() {
+            self.index.meta.entries.push(IndexEntry::of(p)?);
+            self.index.rows.extend_from_slice(&embedded.rows[i * dim..(i + 1) * dim]);
+        }
+        Ok(())
+    }
+}
+
+impl EmbeddingIndex {
+    /// The index in `dir` to bring up to date with `model`'s embeddings, or a new, empty one for
+    /// it when `dir` holds none. An index another model made is an error: its rows and this
+    /// model's embeddings are not comparable.
+    pub fn open_for<B: Backend>(dir: &Path, model: &LoadedModel<B>) -> Result<Self> {
+        if !Self::exists(dir) {
+            let run_dir =
+                std::fs::canonicalize(&model.run_dir).unwrap_or_else(|_| model.run_dir.clone());
+            return Ok(Self::new(&model.id, &run_dir, model.card.clip.projection_dim));
+        }
+        let index = Self::load(dir)?;
+        if !model.made(&index.meta.model_id) {
+            return Err(InferError::Index {
+                path: dir.into(),
+                message: format!(
+                    "this index was built by another model ({} from {}); this is {} from {}. Use a new --out",
+                    index.meta.model_id,
+                    index.meta.run_dir.display(),
+                    model.id,
+                    model.run_dir.display()
+                ),
+            });
+        }
+        Ok(index)
+    }
+
+    /// What it takes to make this index hold exactly `files`: the rows of files still listed
+    /// whose size and modification time are those recorded are kept, in index order; new and
+    /// changed files are to embed, in `files`' order. The result is recorded under `model_id`
+    /// (an index made under a model's legacy identity is upgraded) and, saved, replaces this
+    /// index's matrix.
+    pub fn refresh(&self, model_id: &str, files: &[PathBuf]) -> Refresh {
+        let wanted: HashSet<&PathBuf> = files.iter().collect();
+        let mut kept = EmbeddingIndex::new(model_id, &self.meta.run_dir, self.meta.dim);
+        kept.meta.embeddings = self.meta.embeddings.clone();
+        let mut have = HashSet::new();
+        for (i, e) in self.meta.entries.iter().enumerate() {
+            if wanted.contains(&e.path) && IndexEntry::of(&e.path).is_ok_and(|now| &now == e) {
+                kept.meta.entries.push(e.clone());
+                kept.rows.extend_from_slice(self.row(i));
+                have.insert(e.path.clone());
+            }
+        }
+        let todo: Vec<PathBuf> = files.iter().filter(|p| !have.contains(*p)).cloned().collect();
+        Refresh { index: kept, unchanged: have.len(), todo, removed: self.len() - have.len() }
+    }
+}
+
 /// Whether `name` is one [`EmbeddingIndex::save`] gives a matrix: `embeddings-<hex>.npy`.
 fn is_matrix_name(name: &str) -> bool {
     name.strip_prefix("embeddings-")
@@ -274,6 +365,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no index here"));
+    }
+
+    #[test]
+    fn refresh_keeps_unchanged_rows_and_re_embeds_changed_and_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let (a, b, c) = (file("a.jpg", b"a"), file("b.jpg", b"b"), file("c.jpg", b"c"));
+        let mut idx = EmbeddingIndex::new("old-id", Path::new("/runs/x"), 2);
+        for (p, row) in [(&a, [1.0, 0.0]), (&b, [0.0, 1.0]), (&c, [0.6, 0.8])] {
+            idx.meta.entries.push(IndexEntry::of(p).unwrap());
+            idx.rows.extend(row);
+        }
+        idx.meta.embeddings = "embeddings-1.npy".into();
+        // b changes (another size), c is no longer listed, d is new.
+        std::fs::write(&b, b"b, edited").unwrap();
+        let d = file("d.jpg", b"d");
+        let mut r = idx.refresh("new-id", &[d.clone(), b.clone(), a.clone()]);
+        assert_eq!((r.unchanged, r.removed), (1, 2));
+        assert_eq!(r.todo, vec![d.clone(), b.clone()]);
+        assert_eq!(r.index.meta.model_id, "new-id");
+        assert_eq!(r.index.meta.run_dir, Path::new("/runs/x"));
+        assert_eq!(r.index.meta.embeddings, "embeddings-1.npy", "saving replaces the old matrix");
+        assert_eq!(r.index.meta.entries, vec![idx.meta.entries[0].clone()]);
+        assert_eq!(r.index.rows, [1.0, 0.0]);
+        let embedded = ImageEmbeddings {
+            paths: vec![d.clone(), b.clone()],
+            rows: vec![0.0, -1.0, -1.0, 0.0],
+            dim: 2,
+            skipped: vec![],
+        };
+        r.add(&embedded).unwrap();
+        let paths: Vec<&PathBuf> = r.index.meta.entries.iter().map(|e| &e.path).collect();
+        assert_eq!(paths, [&a, &d, &b]);
+        assert_eq!(r.index.row(2), [-1.0, 0.0]);
+        assert_eq!(r.index.meta.entries[2], IndexEntry::of(&b).unwrap(), "b's size now");
+        // Refreshed again with nothing changed: everything is kept, nothing to embed.
+        let again = r.index.refresh("new-id", &[a.clone(), b.clone(), d.clone()]);
+        assert_eq!((again.unchanged, again.removed, again.todo.len()), (3, 0, 0));
+        assert_eq!(again.index, r.index);
+        let wrong =
+            ImageEmbeddings { paths: vec![a.clone()], rows: vec![1.0; 3], dim: 3, ..embedded };
+        assert!(r.add(&wrong).unwrap_err().to_string().contains("3 dimensions"));
     }
 
     #[test]

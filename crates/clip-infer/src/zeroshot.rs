@@ -1,13 +1,18 @@
 //! Zero-shot classification: each label becomes the mean embedding of prompt templates filled
 //! with it ("a photo of a {}."), and an image takes the label whose embedding it is closest to.
 
+use std::path::{Path, PathBuf};
+
 use burn::tensor::backend::Backend;
+use burn::tensor::ElementConversion;
 
 use clip_data::CaptionTokenizer;
 use clip_model::ClipModel;
 
 use crate::card::LoadedModel;
+use crate::embed::ImageEmbeddings;
 use crate::error::{InferError, Result};
+use crate::labels::ImageLabels;
 
 /// The prompt used when no templates are given.
 pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
@@ -122,6 +127,90 @@ impl ZeroShotClassifier {
     }
 }
 
+/// A model's logit scale (the inverse temperature) and, for a model trained on the sigmoid loss,
+/// its logit bias: what [`ZeroShotClassifier::probabilities_with`] takes.
+pub fn logit_scale_and_bias<B: Backend>(model: &ClipModel<B>) -> (f32, Option<f32>) {
+    let scale: f32 = model.scale().into_scalar().elem();
+    let bias = model.bias().map(|b| b.into_scalar().elem::<f32>());
+    (scale, bias)
+}
+
+/// An image's true label as an index into `labels`: its label in `ground_truth` (by file name),
+/// or without ground truth the name of its folder; `None` when that is not one of the labels.
+pub fn true_label(
+    path: &Path,
+    labels: &[String],
+    ground_truth: Option<&ImageLabels>,
+) -> Option<usize> {
+    let name = match ground_truth {
+        Some(m) => m.get(path.file_name()?.to_str()?)?.to_string(),
+        None => path.parent()?.file_name()?.to_str()?.to_string(),
+    };
+    labels.iter().position(|l| *l == name)
+}
+
+/// One classified image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub path: PathBuf,
+    /// The most likely labels with their probabilities, most likely first.
+    pub top: Vec<(String, f32)>,
+    /// The most likely label (an index into the labels).
+    pub predicted: usize,
+    /// The true label, when known.
+    pub truth: Option<usize>,
+}
+
+/// Zero-shot classification of a set of images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZeroShotScores {
+    /// One per embedded image, in order.
+    pub predictions: Vec<Prediction>,
+    /// Of the images whose true label is known.
+    pub confusion: Confusion,
+}
+
+impl ZeroShotScores {
+    /// Top-1 accuracy over the images whose true label is known (`None` when there are none).
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.confusion.total() > 0).then(|| self.confusion.accuracy())
+    }
+}
+
+impl ZeroShotClassifier {
+    /// Classifies embedded images at logit `scale` (and `bias`, see
+    /// [`probabilities_with`](Self::probabilities_with)): each image's `top` labels, and the
+    /// confusion of the images `truth` knows the label of (see [`true_label`]). Equal
+    /// probabilities keep the labels' order.
+    pub fn classify(
+        &self,
+        images: &ImageEmbeddings,
+        scale: f32,
+        bias: Option<f32>,
+        top: usize,
+        truth: impl Fn(&Path) -> Option<usize>,
+    ) -> ZeroShotScores {
+        let mut confusion = Confusion::new(&self.labels);
+        let mut predictions = Vec::with_capacity(images.paths.len());
+        for (i, p) in images.paths.iter().enumerate() {
+            let probs = self.probabilities_with(
+                &images.rows[i * images.dim..(i + 1) * images.dim],
+                scale,
+                bias,
+            );
+            let mut order: Vec<usize> = (0..self.labels.len()).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let top = order.iter().take(top).map(|&l| (self.labels[l].clone(), probs[l])).collect();
+            let truth = truth(p);
+            if let Some(t) = truth {
+                confusion.add(t, order[0]);
+            }
+            predictions.push(Prediction { path: p.clone(), top, predicted: order[0], truth });
+        }
+        ZeroShotScores { predictions, confusion }
+    }
+}
+
 /// Counts of (true label, predicted label), with accuracy.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Confusion {
@@ -170,6 +259,44 @@ impl Confusion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classify_ranks_labels_and_counts_the_known_truths() {
+        let c = ZeroShotClassifier {
+            labels: vec!["cat".into(), "dog".into(), "fish".into()],
+            rows: vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0],
+            dim: 2,
+        };
+        let images = ImageEmbeddings {
+            paths: vec!["pets/cat/1.jpg".into(), "pets/dog/2.jpg".into(), "x/3.jpg".into()],
+            // Closest to cat; to dog; to fish.
+            rows: vec![0.8, 0.6, 0.6, 0.8, -0.9, 0.1],
+            dim: 2,
+            skipped: vec![],
+        };
+        let labels = c.labels.clone();
+        let scores = c.classify(&images, 10.0, None, 2, |p| true_label(p, &labels, None));
+        let predicted: Vec<usize> = scores.predictions.iter().map(|p| p.predicted).collect();
+        assert_eq!(predicted, [0, 1, 2]);
+        let truths: Vec<Option<usize>> = scores.predictions.iter().map(|p| p.truth).collect();
+        assert_eq!(truths, [Some(0), Some(1), None], "a folder that is no label is unknown");
+        let first = &scores.predictions[0];
+        assert_eq!(first.top.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(), ["cat", "dog"]);
+        let p = c.probabilities(&images.rows[..2], 10.0);
+        assert_eq!((first.top[0].1, first.top[1].1), (p[0], p[1]));
+        assert_eq!((scores.confusion.total(), scores.accuracy()), (2, Some(1.0)));
+        // Ground truth by file name; it says 1.jpg is a dog: one of two right.
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("truth.csv");
+        std::fs::write(&csv, "image,label\n1.jpg,dog\n2.jpg,dog\n3.jpg,bird\n").unwrap();
+        let truth = ImageLabels::read(&csv, "label").unwrap();
+        let scores = c.classify(&images, 10.0, None, 1, |p| true_label(p, &labels, Some(&truth)));
+        assert_eq!(scores.confusion.matrix[1], [1, 1, 0]);
+        assert_eq!(scores.accuracy(), Some(0.5));
+        assert_eq!(scores.predictions[2].top.len(), 1);
+        let none = c.classify(&images, 10.0, None, 1, |_| None);
+        assert_eq!(none.accuracy(), None);
+    }
 
     #[test]
     fn templates_need_a_slot() {

@@ -5,44 +5,17 @@
 //! batch norms use their running statistics and a ResNet has no dropout, so a cached row is
 //! exactly what the tower would compute again.
 
-use std::collections::HashMap;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::feature_rows::FeatureRows;
+use crate::feature_rows::FeatureCache;
 use crate::precision::Precision;
 use crate::resnet::ResNet;
 
 /// Cached features keyed by the image's index in its dataset.
-#[derive(Debug, Clone, Default)]
-pub struct ImageFeatureCache {
-    rows: FeatureRows<usize>,
-    /// Rows served from the cache and rows computed, since creation.
-    pub hits: u64,
-    pub misses: u64,
-}
+pub type ImageFeatureCache = FeatureCache<usize>;
 
 impl ImageFeatureCache {
-    /// A cache holding at most `max_rows` images (past that, new images are computed each time
-    /// they are seen, not stored).
-    pub fn new(max_rows: usize) -> Self {
-        Self { rows: FeatureRows::new(max_rows), ..Self::default() }
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.len() == 0
-    }
-
-    /// Width of the cached features (0 before the first batch).
-    pub fn dim(&self) -> usize {
-        self.rows.dim
-    }
-
     /// Features `[batch * out_features]` (row-major) of a batch: `keys` name each row's image,
     /// `pixels` are the rows `[batch, 3, size, size]` (host memory). `tower` is called only if
     /// some image is new; rows of the same image in one batch are computed once.
@@ -56,17 +29,7 @@ impl ImageFeatureCache {
         size: usize,
     ) -> Vec<f32> {
         let per_image = 3 * size * size;
-        let mut missing: Vec<(usize, usize)> = Vec::new(); // (key, first row)
-        for (row, &key) in keys.iter().enumerate() {
-            if !self.rows.contains(&key) && !missing.iter().any(|&(k, _)| k == key) {
-                missing.push((key, row));
-            }
-        }
-        let computed = keys.iter().filter(|k| missing.iter().any(|(m, _)| m == *k)).count();
-        self.hits += (keys.len() - computed) as u64;
-        self.misses += computed as u64;
-        let mut fresh: HashMap<usize, Vec<f32>> = HashMap::new();
-        if !missing.is_empty() {
+        self.serve(keys, |missing| {
             let data: Vec<f32> = missing
                 .iter()
                 .flat_map(|&(_, row)| {
@@ -77,18 +40,13 @@ impl ImageFeatureCache {
                 TensorData::new(data, [missing.len(), 3, size, size]),
                 device,
             );
-            let rows = tower()
+            tower()
                 .forward(images, precision)
                 .into_data()
                 .convert::<f32>()
                 .to_vec::<f32>()
-                .expect("f32 features");
-            self.rows.dim = rows.len() / missing.len();
-            for (&(key, _), row) in missing.iter().zip(rows.chunks(self.rows.dim)) {
-                fresh.insert(key, row.to_vec());
-            }
-        }
-        self.rows.assemble(keys, fresh)
+                .expect("f32 features")
+        })
     }
 }
 

@@ -43,7 +43,23 @@ pub enum ImportError {
     Missing { path: PathBuf, missing: Vec<String> },
     #[error("{path}: cannot write weights: {message}")]
     Write { path: PathBuf, message: String },
+    /// The file could not be read or parsed (the reader's own error is the source).
+    #[error("{path}: cannot read weights: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("{path}: cannot write weights: {source}")]
+    Unwritable {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
 }
+
+/// An underlying library's error, kept as the source of ours.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -190,6 +206,7 @@ struct WeightFile {
 /// skipped); only pre-1.6 legacy torch files go through burn-store's reader.
 fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
     let err = |message: String| ImportError::Read { path: path.into(), message };
+    let unreadable = |e: Cause| ImportError::Unreadable { path: path.into(), source: e };
     if !path.is_file() {
         return Err(err("no such file".into()));
     }
@@ -197,25 +214,28 @@ fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
     match ext.as_str() {
         "safetensors" => {
             let mut store = SafetensorsStore::from_file(path);
-            let tensors = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+            let tensors = store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
             Ok(WeightFile { tensors, skipped: Vec::new() })
         }
         "bin" | "pt" | "pth" | "ckpt" if crate::torch_file::is_zip(path) => {
             let file = crate::torch_file::read_torch_file(path, Some("state_dict")).map_err(
                 |e| match e {
                     crate::torch_file::TorchFileError::Format { message, .. } => err(message),
-                    crate::torch_file::TorchFileError::Io { source, .. } => err(source.to_string()),
+                    crate::torch_file::TorchFileError::Io { source, .. } => {
+                        unreadable(source.into())
+                    }
                 },
             )?;
             Ok(WeightFile { tensors: file.tensors, skipped: file.skipped })
         }
         "bin" | "pt" | "pth" | "ckpt" => {
             let mut store = PytorchStore::from_file(path);
-            let all = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+            let all = store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
             // Lightning checkpoints (and some torch.save dicts) nest the weights under `state_dict`.
             if all.keys().any(|k| k.starts_with("state_dict.")) {
                 let mut store = PytorchStore::from_file(path).with_top_level_key("state_dict");
-                let tensors = store.get_all_snapshots().cloned().map_err(|e| err(e.to_string()))?;
+                let tensors =
+                    store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
                 return Ok(WeightFile { tensors, skipped: Vec::new() });
             }
             Ok(WeightFile { tensors: all, skipped: Vec::new() })
@@ -320,8 +340,9 @@ fn apply<B: Backend, M: Module<B> + ModuleSnapshot<B>>(
 /// Pooling defaults to `[CLS]`; set `pooling` for sentence-embedding models such as MiniLM.
 pub fn hf_text_config(path: &Path) -> Result<(TextTransformerConfig, TextNaming), ImportError> {
     let err = |message: String| ImportError::Read { path: path.into(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let unreadable = |e: Cause| ImportError::Unreadable { path: path.into(), source: e };
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.into()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| unreadable(e.into()))?;
     let num = |key: &str| v.get(key).and_then(|x| x.as_f64());
     let int = |key: &str| {
         num(key)
@@ -469,7 +490,8 @@ pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), 
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     metadata.insert("producer".to_string(), "clip-model".to_string());
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| ImportError::Unwritable { path: path.into(), source: e.into() })?;
     write_atomically(path, &bytes)
 }
 
@@ -483,7 +505,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImportEr
     ));
     std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        ImportError::Write { path: path.into(), message: e.to_string() }
+        ImportError::Unwritable { path: path.into(), source: e.into() }
     })
 }
 

@@ -22,6 +22,7 @@ pub mod text_cache;
 pub mod torch_file;
 
 pub use clip::{ClipConfig, ClipModel, ClipOutput};
+pub use feature_rows::FeatureCache;
 pub use image_cache::ImageFeatureCache;
 pub use loss::ContrastiveLoss;
 pub use precision::Precision;

@@ -6,42 +6,20 @@
 //!
 //! The tower runs in evaluation mode (no dropout), as a locked tower should.
 
-use std::collections::HashMap;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::feature_rows::FeatureRows;
+use crate::feature_rows::FeatureCache;
 use crate::precision::Precision;
 use crate::text::TextTransformer;
 
 /// Cached features keyed by a caption's token ids (without padding).
-#[derive(Debug, Clone, Default)]
-pub struct TextFeatureCache {
-    rows: FeatureRows<Vec<i32>>,
-    /// Rows served from the cache and rows computed, since creation.
-    pub hits: u64,
-    pub misses: u64,
-}
+pub type TextFeatureCache = FeatureCache<Vec<i32>>;
 
 /// Distinct captions computed per tower call.
 const CHUNK: usize = 256;
 
 impl TextFeatureCache {
-    /// A cache holding at most `max_rows` captions (past that, new captions are computed each
-    /// time they are seen, not stored).
-    pub fn new(max_rows: usize) -> Self {
-        Self { rows: FeatureRows::new(max_rows), ..Self::default() }
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.len() == 0
-    }
-
     /// Features `[batch * hidden]` (row-major) for a batch of padded token ids and its mask
     /// (`[batch, seq_len]`, host memory). `tower` is called only if some caption is new.
     pub fn features<TB: Backend>(
@@ -61,29 +39,25 @@ impl TextFeatureCache {
                 ids.iter().zip(mask).filter(|(_, &m)| m != 0).map(|(&i, _)| i).collect()
             })
             .collect();
-        let mut missing: Vec<&Vec<i32>> = keys.iter().filter(|k| !self.rows.contains(k)).collect();
-        missing.sort();
-        missing.dedup();
-        let computed = keys.iter().filter(|k| missing.binary_search(k).is_ok()).count();
-        self.hits += (batch - computed) as u64;
-        self.misses += computed as u64;
-        let mut fresh: HashMap<Vec<i32>, Vec<f32>> = HashMap::new();
-        if !missing.is_empty() {
+        self.serve(&keys, |missing| {
+            // Computed in token order (captions of similar length padded together), chunk by
+            // chunk, then put back in the order asked.
+            let mut order: Vec<usize> = (0..missing.len()).collect();
+            order.sort_by_key(|&i| missing[i].0);
             let tower = tower();
-            for chunk in missing.chunks(CHUNK) {
-                let rows = compute(&tower, precision, device, chunk);
-                self.rows.dim = rows.len() / chunk.len();
-                for (key, row) in chunk.iter().zip(rows.chunks(self.rows.dim)) {
-                    fresh.insert((*key).clone(), row.to_vec());
-                }
+            let mut sorted_rows: Vec<Vec<f32>> = Vec::with_capacity(missing.len());
+            for chunk in order.chunks(CHUNK) {
+                let captions: Vec<&Vec<i32>> = chunk.iter().map(|&i| missing[i].0).collect();
+                let rows = compute(&tower, precision, device, &captions);
+                let dim = rows.len() / captions.len();
+                sorted_rows.extend(rows.chunks(dim).map(<[f32]>::to_vec));
             }
-        }
-        self.rows.assemble(&keys, fresh)
-    }
-
-    /// Width of the cached features (0 before the first batch).
-    pub fn dim(&self) -> usize {
-        self.rows.dim
+            let mut rows = vec![Vec::new(); missing.len()];
+            for (row, &i) in sorted_rows.into_iter().zip(&order) {
+                rows[i] = row;
+            }
+            rows.concat()
+        })
     }
 }
 

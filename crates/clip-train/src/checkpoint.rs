@@ -1,17 +1,7 @@
-//! The run directory and its checkpoints.
+//! Checkpoints of a run: what training saves and resumes from. The run directory's layout, the
+//! checkpoint folders' files and what makes a checkpoint complete are
+//! [`clip_infer::run_dir`]'s, which inference reads by too.
 //!
-//! ```text
-//! runs/<name>/
-//!   config.toml            the resolved experiment config (absolute paths)
-//!   model.json             architecture + preprocessing, all inference needs
-//!   split.json             the train/val split by image
-//!   metrics/steps.jsonl    one line per optimizer step
-//!   metrics/epochs.jsonl   one line per epoch (validation loss, accuracy, recall@k)
-//!   checkpoints/step-000120/  model.mpk, optim-*.mpk, state.json (every N steps, epoch ends)
-//!   checkpoints/best/         the lowest validation loss so far
-//!   model.safetensors      the best model, upstream key names (PyTorch-loadable)
-//!   curves.png, summary.json
-//! ```
 //! Every checkpoint is written into a temporary directory and renamed into place, so a crash never
 //! leaves a half-written one; `state.json` is written last inside it.
 
@@ -27,79 +17,8 @@ use crate::error::{Result, TrainError};
 use crate::optim::{ClipOptimizer, LossScaler};
 use crate::schedule::Plateau;
 
-/// Where a run lives.
-#[derive(Debug, Clone)]
-pub struct RunDir {
-    pub root: PathBuf,
-}
-
-impl RunDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// A fresh directory under `runs_dir` named `name`, or `name-2`, `name-3`... if taken.
-    pub fn create_unique(runs_dir: &Path, name: &str) -> Result<Self> {
-        std::fs::create_dir_all(runs_dir).map_err(|e| TrainError::io(runs_dir, e))?;
-        for n in 1.. {
-            let candidate =
-                if n == 1 { runs_dir.join(name) } else { runs_dir.join(format!("{name}-{n}")) };
-            match std::fs::create_dir(&candidate) {
-                Ok(()) => return Ok(Self::new(candidate)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(TrainError::io(&candidate, e)),
-            }
-        }
-        unreachable!()
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.root.join("config.toml")
-    }
-    pub fn model_json(&self) -> PathBuf {
-        self.root.join("model.json")
-    }
-    pub fn split(&self) -> PathBuf {
-        self.root.join("split.json")
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics")
-    }
-    /// TensorBoard event files (`tensorboard --logdir` on this or a parent directory).
-    pub fn tensorboard(&self) -> PathBuf {
-        self.root.join("tensorboard")
-    }
-    pub fn checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints")
-    }
-    pub fn best(&self) -> PathBuf {
-        self.checkpoints().join("best")
-    }
-    pub fn exported_model(&self) -> PathBuf {
-        self.root.join("model.safetensors")
-    }
-
-    /// Step checkpoints that are complete (have `state.json`), oldest first.
-    pub fn step_checkpoints(&self) -> Vec<(usize, PathBuf)> {
-        let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(self.checkpoints())
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let step = name.strip_prefix("step-")?.parse().ok()?;
-                e.path().join("state.json").is_file().then(|| (step, e.path()))
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// The newest complete checkpoint.
-    pub fn latest(&self) -> Option<PathBuf> {
-        self.step_checkpoints().pop().map(|(_, p)| p)
-    }
-}
+/// Where a run lives (the one owner of the layout is `clip_infer`).
+pub use clip_infer::run_dir::{CheckpointDir, RunDir};
 
 /// Everything besides weights and optimizer moments that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +65,19 @@ impl TrainState {
             elapsed_s: 0.0,
         }
     }
+
+    /// The mean training loss of the epoch's steps so far (none when no step of it ran here).
+    pub fn epoch_mean_loss(&self) -> Option<f64> {
+        (self.epoch_loss_count > 0).then(|| self.epoch_loss_sum / self.epoch_loss_count as f64)
+    }
+
+    /// Moves on to the next epoch's first batch.
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.batch = 0;
+        self.epoch_loss_sum = 0.0;
+        self.epoch_loss_count = 0;
+    }
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -188,9 +120,9 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     state: &TrainState,
     keep_last: usize,
 ) -> Result<PathBuf> {
-    let dir = run.checkpoints().join(format!("step-{:06}", state.step));
+    let dir = run.step_checkpoint(state.step);
     write_dir_atomically(&dir, |tmp| {
-        save_model(model, &tmp.join("model"))?;
+        save_model(model, &CheckpointDir::new(tmp).model_stem())?;
         optim.save(tmp)?;
         write_state(tmp, state)
     })?;
@@ -209,7 +141,7 @@ pub fn save_best<B: AutodiffBackend>(
 ) -> Result<PathBuf> {
     let dir = run.best();
     write_dir_atomically(&dir, |tmp| {
-        save_model(model, &tmp.join("model"))?;
+        save_model(model, &CheckpointDir::new(tmp).model_stem())?;
         write_state(tmp, state)
     })?;
     Ok(dir)
@@ -223,7 +155,7 @@ fn save_model<B: AutodiffBackend>(model: &ClipModel<B>, path: &Path) -> Result<(
 }
 
 fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
-    let path = dir.join("state.json");
+    let path = CheckpointDir::new(dir).state();
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
     clip_data::fs::write_atomic(&path, &json)?;
     Ok(())
@@ -231,7 +163,7 @@ fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
 
 /// Reads a checkpoint's `state.json`.
 pub fn read_state(dir: &Path) -> Result<TrainState> {
-    let path = dir.join("state.json");
+    let path = CheckpointDir::new(dir).state();
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
@@ -244,10 +176,11 @@ pub fn load_model<B: AutodiffBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<ClipModel<B>> {
-    let path = dir.join("model.mpk");
+    let files = CheckpointDir::new(dir);
+    let path = files.model();
     let settings = model.settings;
     model
-        .load_file(dir.join("model"), &recorder(), device)
+        .load_file(files.model_stem(), &recorder(), device)
         .map(|mut m| {
             m.settings = settings;
             m

@@ -328,6 +328,16 @@ impl BestBy {
     pub fn lower_is_better(self) -> bool {
         self == BestBy::ValLoss
     }
+
+    /// The metric's name as configs spell it (`val_loss`, `rsum`, `zero_shot`).
+    pub fn name(self) -> String {
+        config_name(self)
+    }
+}
+
+/// A unit enum's name as configs spell it (its serde name).
+pub fn config_name(value: impl Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 impl ExperimentConfig {

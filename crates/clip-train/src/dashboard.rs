@@ -1,8 +1,8 @@
 //! The live terminal dashboard (ratatui): loss curves, recall@k per epoch, learning rate and
 //! temperature, throughput, progress and ETA, the last checkpoint; `q` stops gracefully
-//! (checkpoint, then exit). When stdout is not a terminal, [`PlainProgress`] prints lines instead.
+//! (checkpoint, then exit). When stdout is not a terminal, [`crate::progress::PlainProgress`] prints
+//! lines instead.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,8 @@ use ratatui::widgets::{
 use ratatui::{Frame, Terminal};
 
 use crate::metrics::{EpochMetrics, StepMetrics};
-use crate::trainer::{Observer, RunInfo, TrainSummary};
+use crate::observer::{CheckpointKind, Observer, RunInfo, TrainSummary};
+use crate::progress::{fmt_duration, micro_batches_note};
 
 /// Everything the dashboard shows; updated by the observer callbacks, drawn by [`render`].
 #[derive(Debug, Clone, Default)]
@@ -42,20 +43,6 @@ impl DashboardState {
         if self.events.len() > 200 {
             self.events.drain(..100);
         }
-    }
-}
-
-fn fmt_duration(s: f64) -> String {
-    if !s.is_finite() {
-        return "--".into();
-    }
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
     }
 }
 
@@ -385,9 +372,9 @@ impl Observer for Dashboard {
         self.state.epochs.push(m.clone());
         self.draw(true);
     }
-    fn on_checkpoint(&mut self, path: &Path, kind: &str) {
+    fn on_checkpoint(&mut self, path: &Path, kind: CheckpointKind) {
         self.state.last_checkpoint = Some(format!("{kind}: {}", path.display()));
-        if kind == "best" {
+        if kind == CheckpointKind::Best {
             let step = self.state.steps.last().map_or(0, |m| m.step);
             self.state.event(format!("best model so far: step {step}"));
         }
@@ -407,138 +394,16 @@ impl Observer for Dashboard {
     }
 }
 
-/// Plain progress lines for logs, pipes and CI: one line at most every `interval`, plus every
-/// epoch and checkpoint.
-pub struct PlainProgress<W: Write> {
-    out: W,
-    interval: Duration,
-    last: Option<Instant>,
-    epochs: usize,
-}
-
-impl<W: Write> PlainProgress<W> {
-    pub fn new(out: W, interval: Duration) -> Self {
-        Self { out, interval, last: None, epochs: 0 }
-    }
-
-    pub fn into_inner(self) -> W {
-        self.out
-    }
-}
-
-impl<W: Write> Observer for PlainProgress<W> {
-    fn on_start(&mut self, i: &RunInfo) {
-        self.epochs = i.epochs;
-        let _ = writeln!(
-            self.out,
-            "run {} · {} · {} · {:.1}M params · batch {}{} · {} training pairs, {} validation pairs ({} images) · {} steps{}",
-            i.run_dir,
-            i.backend,
-            i.precision,
-            i.parameters as f64 / 1e6,
-            i.batch_size,
-            micro_batches_note(i),
-            i.train_pairs,
-            i.val_pairs,
-            i.val_images,
-            i.total_steps,
-            if i.start_step > 0 { format!(" (resuming at {})", i.start_step) } else { String::new() }
-        );
-    }
-    fn on_step(&mut self, m: &StepMetrics) {
-        let due = self.last.is_none_or(|t| t.elapsed() >= self.interval) || m.step == m.total_steps;
-        if due {
-            self.last = Some(Instant::now());
-            let _ = writeln!(
-                self.out,
-                "epoch {}/{} step {}/{} loss {:.4} acc i→t {:.0}% t→i {:.0}% lr {:.2e} temp {:.3} {:.1} samples/s ETA {}",
-                m.epoch + 1,
-                self.epochs,
-                m.step,
-                m.total_steps,
-                m.loss,
-                m.acc_i2t * 100.0,
-                m.acc_t2i * 100.0,
-                m.lr,
-                m.temperature,
-                m.samples_per_s,
-                fmt_duration(m.eta_s)
-            );
-        }
-    }
-    fn on_epoch(&mut self, m: &EpochMetrics) {
-        let _ = writeln!(
-            self.out,
-            "{} {}: train loss {} val loss {:.4} | {}{}",
-            m.label(),
-            if m.mid_epoch { "validated" } else { "done" },
-            m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
-            m.val_loss,
-            m.retrieval,
-            m.zero_shot_top1
-                .map_or(String::new(), |z| format!(" | zero-shot top-1 {:.1}%", z * 100.0))
-        );
-    }
-    fn on_checkpoint(&mut self, path: &Path, kind: &str) {
-        let _ = writeln!(self.out, "checkpoint ({kind}): {}", path.display());
-    }
-    fn on_message(&mut self, msg: &str) {
-        let _ = writeln!(self.out, "{msg}");
-    }
-}
-
-/// " in 4 micro-batches" when a batch's passes are split, else nothing.
-fn micro_batches_note(i: &RunInfo) -> String {
-    if i.micro_batches > 1 {
-        format!(" in {} micro-batches", i.micro_batches)
-    } else {
-        String::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clip_model::RetrievalMetrics;
+    use crate::metrics::test_metrics::{epoch, step};
     use ratatui::backend::TestBackend;
-
-    fn step(step: usize, loss: f64) -> StepMetrics {
-        StepMetrics {
-            step,
-            epoch: step / 10,
-            batch: step % 10,
-            batches_per_epoch: 10,
-            total_steps: 40,
-            loss,
-            acc_i2t: 0.25,
-            acc_t2i: 0.5,
-            lr: 1e-3,
-            temperature: 0.07,
-            samples_per_s: 123.4,
-            grad_norm: Some(1.5),
-            loss_scale: None,
-            skipped_steps: 0,
-            elapsed_s: 65.0,
-            eta_s: 130.0,
-        }
-    }
 
     fn state() -> DashboardState {
         let mut s = DashboardState::default();
         s.steps = (1..=20).map(|i| step(i, 4.0 - i as f64 * 0.1)).collect();
-        s.epochs.push(EpochMetrics {
-            epoch: 1,
-            step: 10,
-            mid_epoch: false,
-            train_loss: Some(3.5),
-            val_loss: 3.2,
-            val_acc_i2t: 0.3,
-            val_acc_t2i: 0.3,
-            retrieval: RetrievalMetrics { t2i_r1: 0.123, i2t_r1: 0.456, ..Default::default() },
-            label_retrieval: None,
-            zero_shot_top1: Some(0.875),
-            elapsed_s: 30.0,
-        });
+        s.epochs.push(epoch());
         s.last_checkpoint = Some("epoch: runs/x/checkpoints/step-000010".into());
         s.events.push("validating epoch 1".into());
         s
@@ -581,29 +446,5 @@ mod tests {
         let mut terminal = Terminal::new(TestBackend::new(30, 12)).unwrap();
         terminal.draw(|f| render(f, &state())).unwrap();
         terminal.draw(|f| render(f, &DashboardState::default())).unwrap();
-    }
-
-    #[test]
-    fn plain_progress_prints_epochs_and_checkpoints() {
-        let mut p = PlainProgress::new(Vec::new(), Duration::from_secs(3600));
-        p.on_step(&step(1, 3.0));
-        p.on_step(&step(2, 2.9));
-        p.on_epoch(&state().epochs[0]);
-        p.on_checkpoint(Path::new("runs/x/checkpoints/step-000010"), "epoch");
-        let mut inside = state().epochs[0].clone();
-        (inside.step, inside.mid_epoch) = (15, true);
-        p.on_epoch(&inside);
-        let out = String::from_utf8(p.into_inner()).unwrap();
-        assert!(
-            out.contains("epoch 1 done:") && out.contains("step 15 (epoch 1) validated:"),
-            "{out}"
-        );
-        assert_eq!(out.lines().filter(|l| l.contains("loss 3.0000")).count(), 1);
-        assert!(!out.contains("loss 2.9000"), "throttled: {out}");
-        assert!(
-            out.contains("text→image R@1 12.3%") && out.contains("checkpoint (epoch)"),
-            "{out}"
-        );
-        assert!(out.contains("zero-shot top-1 87.5%"), "{out}");
     }
 }

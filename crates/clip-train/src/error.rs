@@ -13,8 +13,13 @@ pub enum TrainError {
     },
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("validation failed after step {step}: {message}; the training so far is saved in {checkpoint} (fix the cause, then --resume)")]
-    Validation { step: usize, checkpoint: PathBuf, message: String },
+    #[error("validation failed after step {step}: {source}; the training so far is saved in {checkpoint} (fix the cause, then --resume)")]
+    Validation {
+        step: usize,
+        checkpoint: PathBuf,
+        #[source]
+        source: Box<TrainError>,
+    },
     #[error(transparent)]
     Data(#[from] clip_data::DataError),
     #[error(transparent)]

@@ -16,7 +16,8 @@ use serde::Serialize;
 use crate::checkpoint::RunDir;
 use crate::config::ExperimentConfig;
 use crate::error::{Result, TrainError};
-use crate::trainer::{initial_weights, Observer};
+use crate::observer::Observer;
+use crate::weights::initial_weights;
 
 /// What an import wrote.
 #[derive(Debug, Clone)]
@@ -28,8 +29,9 @@ pub struct ImportedRun {
     pub split: Option<(usize, usize)>,
 }
 
-/// The file that records an import's origin (and marks the run as imported, not trained).
-pub const IMPORT_RECORD: &str = "import.json";
+/// The file that records an import's origin (and marks the run as imported, not trained):
+/// [`RunDir::import_record`].
+pub use clip_infer::run_dir::IMPORT_RECORD;
 
 /// `import.json`: where the weights came from (the run's record of its origin).
 #[derive(Serialize)]
@@ -97,8 +99,9 @@ pub fn import_run<B: Backend>(
         )?;
         clip_model::import::export_clip(&model, &staging.exported_model())?;
         let split = if config.data.captions.exists() {
-            let dataset = CaptionDataset::load(&config.data)?;
-            let split = SplitDataset::new(&dataset, &config.data)?.split;
+            config.data.ensure_synthetic()?;
+            let dataset = CaptionDataset::load(&config.data.dataset_config()?)?;
+            let split = SplitDataset::new(&dataset, &config.data.split_config())?.split;
             split.save(&staging.split())?;
             Some((split.train.len(), split.val.len()))
         } else {
@@ -111,7 +114,7 @@ pub fn import_run<B: Backend>(
             messages: &log.0,
         };
         let json = serde_json::to_vec_pretty(&record).expect("record serializes");
-        clip_data::fs::write_atomic(&staging.root.join(IMPORT_RECORD), &json)?;
+        clip_data::fs::write_atomic(&staging.import_record(), &json)?;
         Ok(split)
     })();
     let split = match result {

@@ -6,8 +6,14 @@ use std::path::{Path, PathBuf};
 use clip_model::RetrievalMetrics;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::RunDir;
 use crate::config::BestBy;
 use crate::error::{Result, TrainError};
+use crate::tensorboard::EventWriter;
+
+/// The files in a run's `metrics/` folder: a line per step, and one per validation
+/// ([`RunDir::step_metrics`], [`RunDir::epoch_metrics`]).
+pub use clip_infer::run_dir::{EPOCH_METRICS, STEP_METRICS};
 
 /// One optimizer step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,6 +167,47 @@ impl JsonlWriter {
     }
 }
 
+/// Where a run's metrics go: JSON lines per step and per validation, TensorBoard events.
+pub(crate) struct RunLogs {
+    steps: JsonlWriter,
+    validations: JsonlWriter,
+    events: Option<EventWriter>,
+}
+
+impl RunLogs {
+    /// Appends to the run's metrics files; TensorBoard events (`tensorboard`) start a new file
+    /// at `step`.
+    pub fn open(run: &RunDir, tensorboard: bool, step: usize) -> Result<Self> {
+        Ok(Self {
+            steps: JsonlWriter::open(&run.metrics().join(STEP_METRICS))?,
+            validations: JsonlWriter::open(&run.metrics().join(EPOCH_METRICS))?,
+            events: if tensorboard {
+                Some(EventWriter::create(&run.tensorboard(), step)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
+        self.steps.write(m)?;
+        self.events(m.step, &m.scalars())
+    }
+
+    pub fn validation(&mut self, m: &EpochMetrics) -> Result<()> {
+        self.validations.write(m)?;
+        self.events(m.step, &m.scalars())
+    }
+
+    fn events(&mut self, step: usize, scalars: &[(&'static str, f64)]) -> Result<()> {
+        if let Some(events) = self.events.as_mut() {
+            events.scalars(step, scalars)?;
+            events.flush()?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads the rows of a JSONL file (a torn last line, from a crash, is ignored).
 pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path)
@@ -253,5 +300,49 @@ mod tests {
         assert!((m.score(BestBy::Rsum).unwrap() - 210.0).abs() < 1e-9);
         assert_eq!(m.score(BestBy::ValLoss), Some(2.0));
         assert_eq!(m.score(BestBy::ZeroShot), None);
+    }
+}
+
+/// Metrics as a run of 40 steps (10 per epoch) would report them, for the observers' tests.
+#[cfg(test)]
+pub(crate) mod test_metrics {
+    use super::*;
+    use clip_model::RetrievalMetrics;
+
+    pub fn step(step: usize, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            epoch: step / 10,
+            batch: step % 10,
+            batches_per_epoch: 10,
+            total_steps: 40,
+            loss,
+            acc_i2t: 0.25,
+            acc_t2i: 0.5,
+            lr: 1e-3,
+            temperature: 0.07,
+            samples_per_s: 123.4,
+            grad_norm: Some(1.5),
+            loss_scale: None,
+            skipped_steps: 0,
+            elapsed_s: 65.0,
+            eta_s: 130.0,
+        }
+    }
+
+    pub fn epoch() -> EpochMetrics {
+        EpochMetrics {
+            epoch: 1,
+            step: 10,
+            mid_epoch: false,
+            train_loss: Some(3.5),
+            val_loss: 3.2,
+            val_acc_i2t: 0.3,
+            val_acc_t2i: 0.3,
+            retrieval: RetrievalMetrics { t2i_r1: 0.123, i2t_r1: 0.456, ..Default::default() },
+            label_retrieval: None,
+            zero_shot_top1: Some(0.875),
+            elapsed_s: 30.0,
+        }
     }
 }

@@ -12,6 +12,7 @@ use burn::optim::{
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
+use clip_infer::CheckpointDir;
 use clip_model::ClipModel;
 use serde::{Deserialize, Serialize};
 
@@ -217,8 +218,6 @@ pub struct ClipOptimizer<B: AutodiffBackend> {
     pub scaler: LossScaler,
 }
 
-const GROUP_FILES: [&str; 3] = ["optim-image.mpk", "optim-text.mpk", "optim-heads.mpk"];
-
 impl<B: AutodiffBackend> ClipOptimizer<B> {
     pub fn new(spec: &TrainSpec) -> Self {
         Self {
@@ -349,19 +348,22 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
         (model.clamp_logit_scale(), StepReport { applied: true, grad_norm: norm })
     }
 
-    /// Writes the three optimizer states into `dir`.
+    /// Writes the three optimizer states into the checkpoint folder `dir`
+    /// ([`CheckpointDir::optimizer`]).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        for (optim, file) in [&self.image, &self.text, &self.heads].into_iter().zip(GROUP_FILES) {
-            optim.save(&dir.join(file))?;
+        let files = CheckpointDir::new(dir).optimizer();
+        for (optim, file) in [&self.image, &self.text, &self.heads].into_iter().zip(files) {
+            optim.save(&file)?;
         }
         Ok(())
     }
 
-    /// Restores the three optimizer states from `dir`.
+    /// Restores the three optimizer states from the checkpoint folder `dir`.
     pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
-        self.image = self.image.load(&dir.join(GROUP_FILES[0]), device)?;
-        self.text = self.text.load(&dir.join(GROUP_FILES[1]), device)?;
-        self.heads = self.heads.load(&dir.join(GROUP_FILES[2]), device)?;
+        let [image, text, heads] = CheckpointDir::new(dir).optimizer();
+        self.image = self.image.load(&image, device)?;
+        self.text = self.text.load(&text, device)?;
+        self.heads = self.heads.load(&heads, device)?;
         Ok(self)
     }
 }

@@ -8,8 +8,8 @@ use crate::metrics::{read_jsonl, EpochMetrics, StepMetrics};
 
 /// Draws loss, recall@k, learning rate and temperature/accuracy from `metrics/*.jsonl`.
 pub fn write_curves(run: &RunDir) -> Result<()> {
-    let steps: Vec<StepMetrics> = read_jsonl(&run.metrics().join("steps.jsonl"));
-    let epochs: Vec<EpochMetrics> = read_jsonl(&run.metrics().join("epochs.jsonl"));
+    let steps: Vec<StepMetrics> = read_jsonl(&run.step_metrics());
+    let epochs: Vec<EpochMetrics> = read_jsonl(&run.epoch_metrics());
     if steps.is_empty() {
         return Ok(());
     }
@@ -66,6 +66,6 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
     ];
     let png =
         render_panels(&panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))?;
-    clip_data::fs::write_atomic(&run.root.join("curves.png"), &png)?;
+    clip_data::fs::write_atomic(&run.curves(), &png)?;
     Ok(())
 }

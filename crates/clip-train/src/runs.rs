@@ -10,7 +10,7 @@ use crate::checkpoint::{read_state, RunDir};
 use crate::config::BestBy;
 use crate::error::{Result, TrainError};
 use crate::metrics::{read_jsonl, EpochMetrics};
-use crate::trainer::{best_by_name, TrainSummary};
+use crate::observer::TrainSummary;
 
 /// One run as the overview shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -57,17 +57,16 @@ impl RunOverview {
             .get("checkpoint.best_by")
             .and_then(|v| serde_json::from_str(v).ok())
             .unwrap_or_default();
-        let summary: Option<TrainSummary> = std::fs::read(dir.join("summary.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let validations: Vec<EpochMetrics> = read_jsonl(&run.metrics().join("epochs.jsonl"));
+        let summary: Option<TrainSummary> =
+            std::fs::read(run.summary()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let validations: Vec<EpochMetrics> = read_jsonl(&run.epoch_metrics());
         let (status, steps, elapsed_s) = match &summary {
             Some(s) if s.completed && s.early_stopped => {
                 ("early-stopped", s.steps, Some(s.elapsed_s))
             }
             Some(s) if s.completed => ("finished", s.steps, Some(s.elapsed_s)),
             Some(s) => ("stopped", s.steps, Some(s.elapsed_s)),
-            None if dir.join(crate::import_run::IMPORT_RECORD).is_file() => ("imported", 0, None),
+            None if run.import_record().is_file() => ("imported", 0, None),
             None => {
                 let state = run.latest().and_then(|p| read_state(&p).ok());
                 ("interrupted", state.as_ref().map_or(0, |s| s.step), state.map(|s| s.elapsed_s))
@@ -92,7 +91,7 @@ impl RunOverview {
             status,
             steps,
             elapsed_s,
-            best_by: best_by_name(best_by),
+            best_by: best_by.name(),
             best_score,
             best,
             differs: BTreeMap::new(),

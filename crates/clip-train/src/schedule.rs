@@ -13,9 +13,7 @@ pub fn lr_factor(spec: &TrainSpec, step: usize, total: usize, plateau: &Plateau)
     let ramp = if warmup > 0 && step < warmup { (step + 1) as f64 / warmup as f64 } else { 1.0 };
     match spec.schedule {
         ScheduleKind::Constant => ramp,
-        ScheduleKind::Plateau => {
-            ramp * spec.plateau_factor.powi(plateau.reductions as i32).max(spec.min_lr / spec.lr)
-        }
+        ScheduleKind::Plateau => ramp * plateau_factor(spec, plateau.reductions),
         ScheduleKind::Cosine if ramp < 1.0 => ramp,
         ScheduleKind::Cosine => {
             let floor = spec.min_lr / spec.lr;
@@ -24,6 +22,12 @@ pub fn lr_factor(spec: &TrainSpec, step: usize, total: usize, plateau: &Plateau)
             floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
         }
     }
+}
+
+/// The plateau schedule's multiplier after `reductions`: `plateau_factor` to that power, not
+/// below `min_lr / lr`.
+fn plateau_factor(spec: &TrainSpec, reductions: usize) -> f64 {
+    spec.plateau_factor.powi(reductions as i32).max(spec.min_lr / spec.lr)
 }
 
 /// Relative change a validation must make to count as an improvement (PyTorch's
@@ -62,6 +66,24 @@ impl Plateau {
             return true;
         }
         false
+    }
+
+    /// Counts a validation's `score` for the plateau schedule of `spec` (nothing for any other
+    /// schedule): the new multiplier when the learning rates go down (not when a reduction is
+    /// counted at the `min_lr` floor already reached).
+    pub fn after_validation(
+        &mut self,
+        spec: &TrainSpec,
+        score: f64,
+        lower_is_better: bool,
+    ) -> Option<f64> {
+        if spec.schedule != ScheduleKind::Plateau {
+            return None;
+        }
+        let before = plateau_factor(spec, self.reductions);
+        let reduced = self.observe(score, lower_is_better, spec.plateau_patience);
+        let after = plateau_factor(spec, self.reductions);
+        (reduced && after < before).then_some(after)
     }
 }
 
@@ -121,5 +143,15 @@ mod tests {
         assert_eq!(lr_factor(&spec, 10, 100, &after(0)), 1.0);
         assert_eq!(lr_factor(&spec, 10, 100, &after(2)), 0.25);
         assert!((lr_factor(&spec, 10, 100, &after(5)) - 0.2).abs() < 1e-12, "min_lr is the floor");
+
+        // Reported reductions: 0.5, 0.25, then the floor 0.2 once, then nothing more to report.
+        let spec = TrainSpec { plateau_patience: 0, ..spec };
+        let mut p = Plateau::default();
+        let reported: Vec<Option<f64>> =
+            [1.0, 2.0, 2.0, 2.0, 2.0].iter().map(|&l| p.after_validation(&spec, l, true)).collect();
+        assert_eq!(reported, [None, Some(0.5), Some(0.25), Some(0.2), None]);
+        assert_eq!(p.reductions, 4);
+        let cosine = TrainSpec { schedule: ScheduleKind::Cosine, ..spec };
+        assert_eq!(Plateau::default().after_validation(&cosine, f64::NAN, true), None);
     }
 }

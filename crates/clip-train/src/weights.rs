@@ -1,0 +1,79 @@
+//! A new run's first weights: a whole CLIP checkpoint (`model.checkpoint`, a seed Lightning
+//! file say) and/or pretrained towers (`model.image_weights`, `model.text_weights`), then the
+//! configured towers frozen.
+
+use burn::tensor::backend::Backend;
+use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
+use clip_model::{ClipConfig, ClipModel};
+
+use crate::config::ExperimentConfig;
+use crate::error::{Result, TrainError};
+use crate::observer::Observer;
+
+/// Loads the configured initial weights into a fresh model.
+pub(crate) fn initial_weights<B: Backend>(
+    mut model: ClipModel<B>,
+    config: &ExperimentConfig,
+    clip_config: &ClipConfig,
+    observer: &mut dyn Observer,
+) -> Result<ClipModel<B>> {
+    let m = &config.model;
+    if let Some(path) = &m.checkpoint {
+        let (loaded, report) = import_clip(model, path)?;
+        observer.on_message(&format!(
+            "{}: {} tensors loaded",
+            path.display(),
+            report.applied.len()
+        ));
+        for line in &report.skipped {
+            observer.on_message(&format!("{}: skipped {line}", path.display()));
+        }
+        model = loaded;
+    }
+    if m.pretrained {
+        if let Some(path) = &m.image_weights {
+            let (tower, report) = import_resnet(model.image_encoder.model, path)?;
+            observer.on_message(&format!(
+                "{}: {} tensors loaded, unused: {:?}",
+                path.display(),
+                report.applied.len(),
+                report.unused
+            ));
+            model.image_encoder.model = tower;
+        }
+        if let Some(path) = &m.text_weights {
+            let file = if path.is_dir() {
+                ["model.safetensors", "pytorch_model.bin"]
+                    .iter()
+                    .map(|f| path.join(f))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| TrainError::Config {
+                        path: path.clone(),
+                        message:
+                            "model.text_weights: no model.safetensors or pytorch_model.bin here"
+                                .into(),
+                    })?
+            } else {
+                path.clone()
+            };
+            let naming = if model.text_encoder.model.embeddings.token_type_embeddings.is_some() {
+                TextNaming::Bert
+            } else {
+                TextNaming::DistilBert
+            };
+            let (tower, report) = import_text(model.text_encoder.model, &file, naming)?;
+            observer.on_message(&format!(
+                "{}: {} tensors loaded, unused: {:?}",
+                file.display(),
+                report.applied.len(),
+                report.unused
+            ));
+            model.text_encoder.model = tower;
+        }
+    }
+    // Freezing applies to imported weights too.
+    let (image, text) = clip_config.freeze(model.image_encoder.model, model.text_encoder.model);
+    model.image_encoder.model = image;
+    model.text_encoder.model = text;
+    Ok(model)
+}
