@@ -382,8 +382,8 @@ pub fn parse_data_config(text: &str, path: &Path) -> Result<DataConfig> {
         #[serde(flatten)]
         _rest: toml::Table,
     }
-    let parsed: DataOnly = toml::from_str(text)
-        .map_err(|e| DataError::Config { path: path.into(), message: e.to_string() })?;
+    let parsed: DataOnly =
+        toml::from_str(text).map_err(|source| DataError::Toml { path: path.into(), source })?;
     let mut data = parsed.data;
     data.resolve_paths(path.parent().unwrap_or(Path::new(".")));
     data.validate(path)?;

@@ -49,6 +49,30 @@ pub enum DataError {
     #[error("tokenizer {source_name}: {message}")]
     Tokenizer { source_name: String, message: String },
 
+    /// The `tokenizers` library refused a file or a setting (`what`: what was being done).
+    #[error("tokenizer {source_name}: {what}: {source}")]
+    TokenizerLibrary {
+        source_name: String,
+        what: &'static str,
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+
+    #[error("{path}:{line}: {source}")]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: csv::Error,
+    },
+
     #[error("{path}: {message}")]
     Split { path: PathBuf, message: String },
 

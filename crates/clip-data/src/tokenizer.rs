@@ -67,10 +67,12 @@ impl CaptionTokenizer {
         let path = Path::new(spec);
         let read_err = |e: std::io::Error| DataError::io(path, e);
         if spec.ends_with(".json") {
-            let mut inner = Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer {
-                source_name: spec.into(),
-                message: e.to_string(),
-            })?;
+            let mut inner =
+                Tokenizer::from_file(path).map_err(|source| DataError::TokenizerLibrary {
+                    source_name: spec.into(),
+                    what: "cannot read the tokenizer file",
+                    source,
+                })?;
             // HF files carry their own padding/truncation settings: ours win.
             inner.with_padding(None);
             let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
@@ -102,7 +104,11 @@ impl CaptionTokenizer {
             .continuing_subword_prefix("##".into())
             .max_input_chars_per_word(100)
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| DataError::TokenizerLibrary {
+                source_name: source.into(),
+                what: "cannot build WordPiece from the vocabulary",
+                source: e,
+            })?;
         let mut inner = Tokenizer::new(model);
         inner
             .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
@@ -127,9 +133,10 @@ impl CaptionTokenizer {
         }
         self.inner
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-            .map_err(|e| DataError::Tokenizer {
+            .map_err(|source| DataError::TokenizerLibrary {
                 source_name: self.source.clone(),
-                message: e.to_string(),
+                what: "cannot set the truncation",
+                source,
             })?;
         Ok(())
     }
@@ -159,9 +166,10 @@ impl CaptionTokenizer {
     /// `[CLS]`/`[SEP]`, truncation): what serving an exported model needs, in any language the
     /// `tokenizers` library runs in.
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| DataError::Tokenizer {
+        self.inner.to_string(false).map_err(|source| DataError::TokenizerLibrary {
             source_name: self.source.clone(),
-            message: e.to_string(),
+            what: "cannot write tokenizer.json",
+            source,
         })
     }
 

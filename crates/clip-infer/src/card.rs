@@ -85,14 +85,11 @@ impl<B: Backend> LoadedModel<B> {
     pub fn from_run(run: &Path, device: &B::Device) -> Result<Self> {
         let run_dir = RunDir::new(run);
         let card_path = run_dir.model_json();
-        let bytes = std::fs::read(&card_path).map_err(|e| InferError::Run {
-            path: run.into(),
-            message: format!("not a run directory: cannot read {MODEL_CARD} ({e})"),
+        let bytes = std::fs::read(&card_path).map_err(|e| {
+            InferError::unreadable(run, format!("not a run directory: cannot read {MODEL_CARD}"), e)
         })?;
-        let card: ModelCard = serde_json::from_slice(&bytes).map_err(|e| InferError::Run {
-            path: card_path.clone(),
-            message: format!("not a model card: {e}"),
-        })?;
+        let card: ModelCard = serde_json::from_slice(&bytes)
+            .map_err(|e| InferError::unreadable(&card_path, "not a model card", e))?;
         let weights = run_dir.weights().ok_or_else(|| InferError::Run {
             path: run.into(),
             message: format!("no weights ({EXPORTED_MODEL} or {CHECKPOINTS}/) in this run"),
@@ -108,10 +105,7 @@ impl<B: Backend> LoadedModel<B> {
                     &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
                     device,
                 )
-                .map_err(|e| InferError::Run {
-                    path: weights.clone(),
-                    message: format!("cannot load weights: {e}"),
-                })?;
+                .map_err(|e| InferError::unreadable(&weights, "cannot load the weights", e))?;
             m.settings = settings;
             m
         };

@@ -13,6 +13,15 @@ pub enum InferError {
     },
     #[error("{path}: {message}")]
     Run { path: PathBuf, message: String },
+    /// A file of a run or an index that could not be read or made sense of: `what` says what
+    /// it was expected to be, `source` why it is not.
+    #[error("{path}: {what}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{path}: {message}")]
     Index { path: PathBuf, message: String },
     #[error(transparent)]
@@ -26,6 +35,14 @@ pub enum InferError {
 impl InferError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         InferError::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn unreadable(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        InferError::Unreadable { path: path.into(), what: what.into(), source: source.into() }
     }
 }
 

@@ -115,10 +115,11 @@ impl EmbeddingIndex {
     pub fn load(dir: &Path) -> Result<Self> {
         let json = dir.join("index.json");
         let bad = |message: String| InferError::Index { path: dir.into(), message };
-        let bytes = std::fs::read(&json)
-            .map_err(|e| bad(format!("no index here (cannot read index.json: {e})")))?;
+        let bytes = std::fs::read(&json).map_err(|e| {
+            InferError::unreadable(dir, "no index here (cannot read index.json)", e)
+        })?;
         let meta: IndexMeta = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(format!("index.json is not an index: {e}")))?;
+            .map_err(|e| InferError::unreadable(&json, "not an index", e))?;
         if meta.entries.is_empty() {
             return Ok(Self { meta, rows: Vec::new() });
         }

@@ -16,9 +16,10 @@ impl ImageLabels {
     /// Reads `path`; it must have an `image` column and `column`.
     pub fn read(path: &Path, column: &str) -> Result<Self> {
         let bad = |message: String| InferError::Run { path: path.into(), message };
+        let unreadable = |what: String, e: csv::Error| InferError::unreadable(path, what, e);
         let mut reader =
-            csv::Reader::from_path(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let headers = reader.headers().map_err(|e| bad(format!("no header: {e}")))?.clone();
+            csv::Reader::from_path(path).map_err(|e| unreadable("cannot read".into(), e))?;
+        let headers = reader.headers().map_err(|e| unreadable("no header".into(), e))?.clone();
         let find = |name: &str| headers.iter().position(|h| h.trim() == name);
         let (Some(ic), Some(lc)) = (find("image"), find(column)) else {
             return Err(bad(format!(
@@ -28,7 +29,7 @@ impl ImageLabels {
         };
         let mut by_image = HashMap::new();
         for (i, row) in reader.records().enumerate() {
-            let row = row.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
+            let row = row.map_err(|e| unreadable(format!("line {}", i + 2), e))?;
             if let (Some(img), Some(label)) = (row.get(ic), row.get(lc)) {
                 by_image.insert(img.trim().to_string(), label.trim().to_string());
             }

@@ -148,10 +148,11 @@ pub fn save_best<B: AutodiffBackend>(
 }
 
 fn save_model<B: AutodiffBackend>(model: &ClipModel<B>, path: &Path) -> Result<()> {
-    model
-        .clone()
-        .save_file(path.to_path_buf(), &recorder())
-        .map_err(|e| TrainError::Checkpoint { path: path.into(), message: e.to_string() })
+    model.clone().save_file(path.to_path_buf(), &recorder()).map_err(|source| TrainError::Record {
+        path: path.into(),
+        what: "cannot save the weights",
+        source,
+    })
 }
 
 fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
@@ -165,8 +166,7 @@ fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = CheckpointDir::new(dir).state();
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|source| TrainError::Json { path, source })
 }
 
 /// Loads the weights of a checkpoint directory into `model` (parameter ids included, so the
@@ -185,7 +185,7 @@ pub fn load_model<B: AutodiffBackend>(
             m.settings = settings;
             m
         })
-        .map_err(|e| TrainError::Checkpoint { path, message: format!("cannot load weights: {e}") })
+        .map_err(|source| TrainError::Record { path, what: "cannot load the weights", source })
 }
 
 #[cfg(test)]

@@ -351,9 +351,10 @@ impl ExperimentConfig {
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self> {
         let bad = |message: String| TrainError::Config { path: path.into(), message };
         // Parse strictly first so that errors in the file carry its line numbers.
-        let mut config: ExperimentConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let toml_err = |source| TrainError::Toml { path: path.into(), source };
+        let mut config: ExperimentConfig = toml::from_str(text).map_err(toml_err)?;
         if !overrides.is_empty() {
-            let mut table: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+            let mut table: toml::Table = toml::from_str(text).map_err(toml_err)?;
             for o in overrides {
                 apply_override(&mut table, o).map_err(|m| bad(format!("--set {o}: {m}")))?;
             }

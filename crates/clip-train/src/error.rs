@@ -28,6 +28,32 @@ pub enum TrainError {
     Infer(#[from] clip_infer::InferError),
     #[error("{path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// burn's recorder could not write or read a checkpoint's weights or optimizer state.
+    #[error("{path}: {what}: {source}")]
+    Record {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: burn::record::RecorderError,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {source}")]
+    Plot {
+        path: PathBuf,
+        #[source]
+        source: clip_plot::PlotError,
+    },
     #[error("training diverged at step {step}: the loss is {loss}")]
     Diverged { step: usize, loss: f64 },
     #[error("{0}")]

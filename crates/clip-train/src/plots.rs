@@ -64,8 +64,8 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             series: vec![s("lr × 1000", &|m| m.lr * 1e3), s("temperature", &|m| m.temperature)],
         },
     ];
-    let png =
-        render_panels(&panels, 1400, 900).map_err(|err| TrainError::Other(err.to_string()))?;
+    let png = render_panels(&panels, 1400, 900)
+        .map_err(|source| TrainError::Plot { path: run.curves(), source })?;
     clip_data::fs::write_atomic(&run.curves(), &png)?;
     Ok(())
 }

@@ -46,10 +46,10 @@ impl RunOverview {
             .and_then(|c| toml::Value::try_from(c).ok())
         {
             Some(v) => v,
-            None => toml::Value::Table(toml::from_str(&text).map_err(|e| TrainError::Config {
-                path: config_path.clone(),
-                message: e.to_string(),
-            })?),
+            None => toml::Value::Table(
+                toml::from_str(&text)
+                    .map_err(|source| TrainError::Toml { path: config_path.clone(), source })?,
+            ),
         };
         let mut config = BTreeMap::new();
         flatten("", &value, &mut config);

@@ -22,13 +22,7 @@ pub(super) fn parse_delimited(
     let mut rows = reader.records();
     let header = match rows.next() {
         Some(Ok(h)) => h,
-        Some(Err(e)) => {
-            return Err(DataError::CaptionsFormat {
-                path: path.into(),
-                line: 1,
-                message: e.to_string(),
-            })
-        }
+        Some(Err(source)) => return Err(DataError::Csv { path: path.into(), line: 1, source }),
         None => return Err(DataError::EmptyCaptions { path: path.into() }),
     };
     let names: Vec<&str> = header.iter().map(str::trim).collect();
