@@ -282,7 +282,7 @@ fn download(asset: &Asset, downloads: &Path) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?} (is it installed?)"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").to_string();
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
         bail!("{cmd:?} failed ({}): {last}", out.status);
     }
     Ok(())

@@ -261,8 +261,7 @@ mod tests {
 
     #[test]
     fn bad_ranges_name_the_key() {
-        let mut a = AugmentConfig::default();
-        a.crop_scale = [0.5, 1.5];
+        let a = AugmentConfig { crop_scale: [0.5, 1.5], ..AugmentConfig::default() };
         assert!(a.validate().unwrap_err().contains("crop_scale"));
         let a = AugmentConfig { color_jitter: [0.4, 0.4, 0.4, 0.7], ..AugmentConfig::default() };
         assert!(a.validate().unwrap_err().contains("color_jitter"));

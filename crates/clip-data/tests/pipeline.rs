@@ -159,7 +159,7 @@ fn loader_memory_is_bounded_by_prefetch_and_workers() {
     );
     let mut epoch = loader.epoch(0);
     let mut n = 0;
-    while let Some(b) = epoch.next() {
+    for b in epoch.by_ref() {
         b.unwrap();
         n += 1;
         // A slow consumer: the workers would run ahead if nothing held them back.

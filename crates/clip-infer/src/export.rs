@@ -175,12 +175,10 @@ pub struct OnnxExport {
 /// Writes `model`'s ONNX bundle into `out` (created if needed; see [`ExportDir::claim`] for
 /// which folders may be written into), each file atomically.
 pub fn export_onnx<B: Backend>(model: &LoadedModel<B>, out: &Path) -> Result<OnnxExport> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| InferError::Input(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| InferError::io(out, e))?;
     // The card as the run wrote it (its bytes are part of the model's identity).
     let card_path = RunDir::new(&model.run_dir).model_json();
-    let card = std::fs::read_to_string(&card_path)
-        .map_err(|e| InferError::Input(format!("reading {}: {e}", card_path.display())))?;
+    let card = std::fs::read_to_string(&card_path).map_err(|e| InferError::io(&card_path, e))?;
     // The preprocessing a server must reproduce, next to the weights that expect it.
     let metadata =
         OnnxMetadata::new(&model.card.data, model.card.clip.normalize_embeddings, card.clone());
@@ -198,7 +196,7 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
     use clip_model::onnx_proto::ModelProto;
-    use clip_model::{BlockKind, ClipConfig, ResNetConfig, TextTransformerConfig};
+    use clip_model::{ClipConfig, ResNetConfig, TextTransformerConfig};
     use prost::Message;
 
     fn data() -> DataConfig {
@@ -228,24 +226,9 @@ mod tests {
 
     #[test]
     fn the_bundle_holds_both_encoders_with_the_metadata_the_tokenizer_and_the_card() {
-        let image = ResNetConfig {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            channels: [4, 4, 4, 4],
-            stem_channels: 4,
-            stem: Default::default(),
-            zero_init_residual: false,
-            pointwise_matmul: true,
-        };
-        let text = TextTransformerConfig {
-            vocab_size: 30522,
-            hidden_size: 8,
-            num_layers: 1,
-            num_heads: 2,
-            intermediate_size: 16,
-            max_position_embeddings: 24,
-            ..TextTransformerConfig::distilbert_base()
-        };
+        let image = ResNetConfig::tiny(4);
+        let text =
+            TextTransformerConfig { max_position_embeddings: 24, ..TextTransformerConfig::tiny() };
         let clip = ClipConfig { projection_dim: 4, ..ClipConfig::new(image, text) };
         let root = tempfile::tempdir().unwrap();
         let run = RunDir::new(root.path().join("run"));

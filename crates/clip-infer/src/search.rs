@@ -59,7 +59,10 @@ pub fn top_k_of(scores: impl Iterator<Item = f32>, k: usize) -> Vec<Hit> {
 
 /// `out[n * q + j] = rows[n] · queries[j]` for `rows` `[n, dim]` and `queries` `[q, dim]`.
 pub fn scores(rows: &[f32], queries: &[f32], dim: usize, threads: usize) -> Vec<f32> {
-    assert!(dim > 0 && rows.len() % dim == 0 && queries.len() % dim == 0, "shapes");
+    assert!(
+        dim > 0 && rows.len().is_multiple_of(dim) && queries.len().is_multiple_of(dim),
+        "shapes"
+    );
     let (n, q) = (rows.len() / dim, queries.len() / dim);
     crate::matmul::matmul(View::rows(rows, dim), View::transposed(queries, dim), n, dim, q, threads)
 }

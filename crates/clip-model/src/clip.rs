@@ -165,7 +165,7 @@ impl ClipConfig {
             }
         }
         let t = &self.text;
-        if t.num_heads == 0 || t.hidden_size % t.num_heads != 0 {
+        if t.num_heads == 0 || !t.hidden_size.is_multiple_of(t.num_heads) {
             return Err(format!(
                 "model.text.hidden_size ({}) must be a multiple of model.text.num_heads ({})",
                 t.hidden_size, t.num_heads
@@ -421,7 +421,7 @@ pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resnet::{BlockKind, Stem};
+    use crate::resnet::Stem;
     use burn::backend::{Autodiff, Flex};
     use burn::module::ModuleVisitor;
 
@@ -449,23 +449,11 @@ mod tests {
     }
 
     fn tiny() -> ClipConfig {
-        let image = ResNetConfig {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            channels: [4, 4, 4, 4],
-            stem_channels: 4,
-            stem: Stem::Small,
-            zero_init_residual: false,
-            pointwise_matmul: true,
-        };
+        let image = ResNetConfig { stem: Stem::Small, ..ResNetConfig::tiny(4) };
         let text = TextTransformerConfig {
             vocab_size: 50,
-            hidden_size: 8,
             num_layers: 2,
-            num_heads: 2,
-            intermediate_size: 16,
-            max_position_embeddings: 8,
-            ..TextTransformerConfig::distilbert_base()
+            ..TextTransformerConfig::tiny()
         };
         ClipConfig { projection_dim: 4, ..ClipConfig::new(image, text) }
     }

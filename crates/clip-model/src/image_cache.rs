@@ -53,22 +53,14 @@ impl ImageFeatureCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resnet::{BlockKind, ResNetConfig};
+    use crate::resnet::ResNetConfig;
     use burn::backend::Flex;
     use burn::module::Module;
 
     #[test]
     fn each_image_runs_through_the_tower_once_and_rows_match_the_tower() {
         let device = Default::default();
-        let config = ResNetConfig {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            channels: [4, 4, 4, 4],
-            stem_channels: 4,
-            stem: Default::default(),
-            zero_init_residual: false,
-            pointwise_matmul: true,
-        };
+        let config = ResNetConfig::tiny(4);
         let tower = config.init::<Flex>(&device).no_grad();
         let size = 16;
         let pixels: Vec<f32> =

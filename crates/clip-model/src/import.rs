@@ -487,9 +487,10 @@ pub fn export_clip<B: Backend>(model: &ClipModel<B>, path: &Path) -> Result<(), 
                 .map_err(|e| err(format!("{n}: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    let mut metadata = std::collections::HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    metadata.insert("producer".to_string(), "clip-model".to_string());
+    // One entry only: safetensors writes its metadata map in hash order, so with two the same
+    // weights would give different bytes from run to run (and a model's identity is a hash of
+    // the file). `format = pt` is what PyTorch-side loaders look for.
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| ImportError::Unwritable { path: path.into(), source: e.into() })?;
     write_atomically(path, &bytes)

@@ -100,6 +100,20 @@ impl ResNetConfig {
         Self::depth(50).expect("50 is a known depth")
     }
 
+    /// One basic block per stage, `width` channels throughout, no zero-initialized branches: a
+    /// tower small enough for unit tests on the CPU.
+    pub fn tiny(width: usize) -> Self {
+        Self {
+            block: BlockKind::Basic,
+            layers: [1, 1, 1, 1],
+            channels: [width; 4],
+            stem_channels: width,
+            stem: Stem::default(),
+            zero_init_residual: false,
+            pointwise_matmul: true,
+        }
+    }
+
     /// Width of the pooled features (2048 for ResNet-50).
     pub fn out_features(&self) -> usize {
         self.channels[3] * self.block.expansion()

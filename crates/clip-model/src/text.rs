@@ -86,6 +86,19 @@ impl TextTransformerConfig {
         }
     }
 
+    /// One 8-wide layer, two heads, over BERT's vocabulary (DistilBERT's layout): a tower small
+    /// enough for unit tests on the CPU.
+    pub fn tiny() -> Self {
+        Self {
+            hidden_size: 8,
+            num_layers: 1,
+            num_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 8,
+            ..Self::distilbert_base()
+        }
+    }
+
     /// sentence-transformers/all-MiniLM-L6-v2: a 6-layer BERT, hidden 384, mean pooling.
     pub fn minilm_l6() -> Self {
         Self {
@@ -101,7 +114,7 @@ impl TextTransformerConfig {
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> TextTransformer<B> {
         assert!(
-            self.num_heads > 0 && self.hidden_size % self.num_heads == 0,
+            self.num_heads > 0 && self.hidden_size.is_multiple_of(self.num_heads),
             "hidden_size {} is not a multiple of num_heads {}",
             self.hidden_size,
             self.num_heads

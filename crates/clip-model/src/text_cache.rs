@@ -31,7 +31,7 @@ impl TextFeatureCache {
         attention_mask: &[i32],
         seq_len: usize,
     ) -> Vec<f32> {
-        let batch = if seq_len == 0 { 0 } else { input_ids.len() / seq_len };
+        let batch = input_ids.len().checked_div(seq_len).unwrap_or(0);
         let keys: Vec<Vec<i32>> = (0..batch)
             .map(|r| {
                 let ids = &input_ids[r * seq_len..(r + 1) * seq_len];

@@ -303,6 +303,12 @@ fn export_uses_the_seed_checkpoint_keys_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clip.safetensors");
     export_clip(&model, &path).unwrap();
+    // The same weights give the same bytes (a model's identity is a hash of the file).
+    let again = dir.path().join("again.safetensors");
+    for _ in 0..4 {
+        export_clip(&model, &again).unwrap();
+        assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&path).unwrap());
+    }
 
     let mut ckpt =
         burn_store::PytorchStore::from_file(fixture("seed.ckpt")).with_top_level_key("state_dict");

@@ -401,8 +401,10 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     fn state() -> DashboardState {
-        let mut s = DashboardState::default();
-        s.steps = (1..=20).map(|i| step(i, 4.0 - i as f64 * 0.1)).collect();
+        let mut s = DashboardState {
+            steps: (1..=20).map(|i| step(i, 4.0 - i as f64 * 0.1)).collect(),
+            ..Default::default()
+        };
         s.epochs.push(epoch());
         s.last_checkpoint = Some("epoch: runs/x/checkpoints/step-000010".into());
         s.events.push("validating epoch 1".into());

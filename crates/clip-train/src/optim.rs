@@ -61,9 +61,10 @@ impl<B: AutodiffBackend> AnyOptim<B> {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        let err = |e: burn::record::RecorderError| TrainError::Checkpoint {
+        let err = |source| TrainError::Record {
             path: path.into(),
-            message: e.to_string(),
+            what: "cannot save the optimizer state",
+            source,
         };
         match self {
             AnyOptim::Adam(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
@@ -72,9 +73,10 @@ impl<B: AutodiffBackend> AnyOptim<B> {
     }
 
     fn load(self, path: &Path, device: &B::Device) -> Result<Self> {
-        let err = |e: burn::record::RecorderError| TrainError::Checkpoint {
+        let err = |source| TrainError::Record {
             path: path.into(),
-            message: format!("cannot read optimizer state: {e}"),
+            what: "cannot read the optimizer state",
+            source,
         };
         Ok(match self {
             AnyOptim::Adam(o) => AnyOptim::Adam(
@@ -336,13 +338,13 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
                 model = grads::shrink(model, &factors);
             }
         }
-        if image.len() > 0 {
+        if !image.is_empty() {
             model = self.image.step(self.lrs[0] * lr_factor, model, image);
         }
-        if text.len() > 0 {
+        if !text.is_empty() {
             model = self.text.step(self.lrs[1] * lr_factor, model, text);
         }
-        if heads.len() > 0 {
+        if !heads.is_empty() {
             model = self.heads.step(self.lrs[2] * lr_factor, model, heads);
         }
         (model.clamp_logit_scale(), StepReport { applied: true, grad_norm: norm })
@@ -373,29 +375,13 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::{Module, ModuleVisitor, Param};
-    use clip_model::{BlockKind, ClipConfig, ResNetConfig, TextTransformerConfig};
+    use clip_model::{ClipConfig, ResNetConfig, TextTransformerConfig};
 
     type B = Autodiff<Flex>;
 
     fn tiny() -> ClipModel<B> {
-        let image = ResNetConfig {
-            block: BlockKind::Basic,
-            layers: [1, 1, 1, 1],
-            channels: [4, 4, 4, 4],
-            stem_channels: 4,
-            stem: Default::default(),
-            zero_init_residual: false,
-            pointwise_matmul: true,
-        };
-        let text = TextTransformerConfig {
-            vocab_size: 50,
-            hidden_size: 8,
-            num_layers: 1,
-            num_heads: 2,
-            intermediate_size: 16,
-            max_position_embeddings: 8,
-            ..TextTransformerConfig::distilbert_base()
-        };
+        let image = ResNetConfig::tiny(4);
+        let text = TextTransformerConfig { vocab_size: 50, ..TextTransformerConfig::tiny() };
         ClipConfig { projection_dim: 4, dropout: 0.0, ..ClipConfig::new(image, text) }
             .init(&Default::default())
     }

@@ -134,7 +134,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             self.state.next_epoch();
         }
         let on_epoch_schedule =
-            t.val_every_epochs > 0 && self.state.epoch % t.val_every_epochs == 0;
+            t.val_every_epochs > 0 && self.state.epoch.is_multiple_of(t.val_every_epochs);
         let due = run_done || (epoch_done && (on_epoch_schedule || self.due(t.val_every_steps)));
         if due && !self.validator.is_empty() {
             self.validate(epoch, train_loss, !epoch_done)?;
@@ -287,7 +287,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
 
     /// Whether `every` (steps, 0: never) divides the steps taken.
     fn due(&self, every: usize) -> bool {
-        every > 0 && self.state.step % every == 0
+        every > 0 && self.state.step.is_multiple_of(every)
     }
 
     /// Whether early stopping's patience is used up.

@@ -555,7 +555,7 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
     // unless it falls on the interval.
     let mut want: Vec<(usize, bool)> =
         (1..=summary.steps).filter(|s| s % 3 == 0).map(|s| (s, s % per_epoch != 0)).collect();
-    if summary.steps % 3 != 0 {
+    if !summary.steps.is_multiple_of(3) {
         want.push((summary.steps, false));
     }
     assert_eq!(validated, want);

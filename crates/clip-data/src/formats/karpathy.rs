@@ -7,12 +7,15 @@ use std::path::Path;
 use crate::captions::{CaptionRecord, ParseReport, PredefinedSide, RowIssue};
 use crate::error::{DataError, Result};
 
+/// Each image's side (train, val or test) as Karpathy's file assigns it.
+type Sides = Vec<(String, PredefinedSide)>;
+
 /// Parses Karpathy's split file. A record's `line` is the line its image's `"filename"` key is
 /// on (1 for the published one-line files).
 pub(super) fn parse_karpathy(
     path: &Path,
     text: &str,
-) -> Result<(Vec<CaptionRecord>, ParseReport, Vec<(String, PredefinedSide)>)> {
+) -> Result<(Vec<CaptionRecord>, ParseReport, Sides)> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| DataError::CaptionsFormat {
             path: path.into(),
