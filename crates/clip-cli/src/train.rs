@@ -140,32 +140,27 @@ impl BackendTask for Job {
         };
         crate::interrupt::install();
         let mut on_signal = StopOnSignal { inner: observer, announced: false };
-        let summary = if backend_name == "cuda" {
-            let mut watch = FirstCudaStep {
+        let mut watch;
+        let observer: &mut dyn Observer = if backend_name == "cuda" {
+            watch = FirstCudaStep {
                 inner: &mut on_signal,
                 heartbeat: None,
                 plain: !interactive,
                 first_done: false,
             };
-            clip_train::train::<B>(
-                &self.config,
-                &self.run,
-                self.resume,
-                &device,
-                backend_name,
-                &mut watch,
-            )?
+            &mut watch
         } else {
-            clip_train::train::<B>(
-                &self.config,
-                &self.run,
-                self.resume,
-                &device,
-                backend_name,
-                &mut on_signal,
-            )?
+            &mut on_signal
         };
-        Ok(summary)
+        clip_train::train::<B>(
+            &self.config,
+            &self.run,
+            self.resume,
+            &device,
+            backend_name,
+            observer,
+        )
+        .map_err(Into::into)
     }
 }
 

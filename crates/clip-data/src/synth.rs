@@ -201,7 +201,7 @@ fn inside(shape: usize, dx: f32, dy: f32) -> bool {
     match SHAPES[shape].0 {
         "circle" => dx * dx + dy * dy <= 1.0,
         "square" => dx.abs() <= 0.82 && dy.abs() <= 0.82,
-        "triangle" => dy <= 0.8 && dy >= -1.0 && dx.abs() <= (dy + 1.0) * 0.55,
+        "triangle" => (-1.0..=0.8).contains(&dy) && dx.abs() <= (dy + 1.0) * 0.55,
         "diamond" => dx.abs() + dy.abs() <= 1.0,
         _ => (dx.abs() <= 0.3 && dy.abs() <= 1.0) || (dy.abs() <= 0.3 && dx.abs() <= 1.0),
     }
@@ -319,9 +319,9 @@ pub fn generate_with(dir: &Path, config: &SynthConfig, hint: &str) -> Result<Syn
     Ok(SynthSummary { dir: dir.into(), images: config.images, captions: config.images * 5 })
 }
 
-/// The one synthetic-dataset command, `clip data synth --out OUT --images N --size S --seed K`
-/// (`cargo xtask synth-data` takes the same flags and runs this too): [`generate`] with the
-/// flags' settings and the default two-shape fraction.
+/// `clip data synth --out OUT --images N --size S --seed K`, the one command that writes the
+/// dataset (configs with `[data.synthetic]` call [`ensure`]): [`generate`] with the flags'
+/// settings and the default two-shape fraction.
 pub fn generate_command(out: &Path, images: usize, size: u32, seed: u64) -> Result<SynthSummary> {
     generate(out, &SynthConfig { images, image_size: size, seed, ..SynthConfig::default() })
 }
