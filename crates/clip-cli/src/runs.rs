@@ -52,9 +52,9 @@ pub fn print_overview(runs: &[RunOverview]) {
         let best = r.best_score.map_or("-".to_string(), |v| format!("{} {v:.4}", r.best_by));
         let (t2i, i2t, zs) = match &r.best {
             Some(m) => (
-                percent(Some(m.retrieval.t2i_r1)),
-                percent(Some(m.retrieval.i2t_r1)),
-                percent(m.zero_shot_top1),
+                percent(Some(m.val.retrieval.t2i_r1)),
+                percent(Some(m.val.retrieval.i2t_r1)),
+                percent(m.val.zero_shot_top1),
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };

@@ -222,13 +222,13 @@ fn print_summary(s: &TrainSummary) {
         println!("  {reason}; continue with: clip train --resume {}", s.run_dir);
     }
     if let Some(e) = &s.last_epoch {
-        let r = &e.retrieval;
+        let r = &e.val.retrieval;
         println!(
             "  validation ({}, {} images, {} captions): loss {:.4}",
             e.label(),
             r.images,
             r.captions,
-            e.val_loss
+            e.val.loss
         );
         println!("  {r}");
     }

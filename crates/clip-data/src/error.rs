@@ -46,6 +46,25 @@ pub enum DataError {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
+    /// A file that could not be read, parsed or written as it should (`what`), and why (`source`).
+    #[error("{path}: {what}: {source}")]
+    File {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Like [`DataError::File`], at a line of the file.
+    #[error("{path}:{line}: {what}: {source}")]
+    FileAtLine {
+        path: PathBuf,
+        line: usize,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("tokenizer {source_name}: {message}")]
     Tokenizer { source_name: String, message: String },
 

@@ -310,8 +310,10 @@ pub fn convert(dir: &Path, config: &FashionMnistConfig) -> Result<FashionMnistSu
             let img = image::GrayImage::from_raw(w as u32, h as u32, pixels)
                 .expect("pixel count matches");
             let path = folder.join(&file);
-            img.save_with_format(&path, image::ImageFormat::Png).map_err(|e| {
-                DataError::Config { path: path.clone(), message: format!("cannot write PNG: {e}") }
+            img.save_with_format(&path, image::ImageFormat::Png).map_err(|e| DataError::File {
+                path: path.clone(),
+                what: "cannot write PNG".into(),
+                source: e.into(),
             })?;
             let label = data.labels[i] as usize;
             for (k, caption) in

@@ -105,9 +105,10 @@ pub fn tagged_json<T: Serialize>(command: &str, report: &T) -> Result<Vec<u8>> {
         report: &'a T,
     }
     serde_json::to_vec_pretty(&Tagged { written_by: format!("clip {command}"), report }).map_err(
-        |e| DataError::Config {
+        |e| DataError::File {
             path: format!("<clip {command} report>").into(),
-            message: format!("the report does not serialize as a JSON object: {e}"),
+            what: "the report does not serialize as a JSON object".into(),
+            source: e.into(),
         },
     )
 }

@@ -135,9 +135,10 @@ impl Split {
     /// Reads a saved split and checks that no image is on both sides.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-        let split: Split = serde_json::from_slice(&bytes).map_err(|e| DataError::Split {
+        let split: Split = serde_json::from_slice(&bytes).map_err(|e| DataError::File {
             path: path.into(),
-            message: format!("not a split file: {e}"),
+            what: "not a split file".into(),
+            source: e.into(),
         })?;
         let sides = [("train", &split.train), ("val", &split.val), ("test", &split.test)];
         for (i, (a, names_a)) in sides.iter().enumerate() {

@@ -158,7 +158,7 @@ fn axis_labels(b: [f64; 2], digits: usize) -> Vec<Span<'static>> {
 fn render_loss(frame: &mut Frame, area: Rect, state: &DashboardState) {
     let width = (area.width as usize).max(10) * 2;
     let train = thin(state.steps.iter().map(|m| (m.step as f64, m.loss)).collect(), width);
-    let val: Vec<(f64, f64)> = state.epochs.iter().map(|m| (m.step as f64, m.val_loss)).collect();
+    let val: Vec<(f64, f64)> = state.epochs.iter().map(|m| (m.step as f64, m.val.loss)).collect();
     let (xb, yb) = bounds(&[&train, &val]);
     let datasets = vec![
         Dataset::default()
@@ -191,10 +191,10 @@ fn render_recall(frame: &mut Frame, area: Rect, state: &DashboardState) {
         .rev()
         .take(area.height.saturating_sub(3) as usize)
         .map(|m| {
-            let r = &m.retrieval;
+            let r = &m.val.retrieval;
             Row::new(vec![
                 Cell::from(m.step.to_string()),
-                Cell::from(format!("{:.3}", m.val_loss)),
+                Cell::from(format!("{:.3}", m.val.loss)),
                 Cell::from(pct(r.t2i_r1)),
                 Cell::from(pct(r.t2i_r5)),
                 Cell::from(pct(r.t2i_r10)),
@@ -364,10 +364,12 @@ impl Observer for Dashboard {
         self.state.event(format!(
             "{}: val loss {:.4}, t→i R@1 {:.1}%, i→t R@1 {:.1}%{}",
             m.label(),
-            m.val_loss,
-            m.retrieval.t2i_r1 * 100.0,
-            m.retrieval.i2t_r1 * 100.0,
-            m.zero_shot_top1.map_or(String::new(), |z| format!(", zero-shot {:.1}%", z * 100.0))
+            m.val.loss,
+            m.val.retrieval.t2i_r1 * 100.0,
+            m.val.retrieval.i2t_r1 * 100.0,
+            m.val
+                .zero_shot_top1
+                .map_or(String::new(), |z| format!(", zero-shot {:.1}%", z * 100.0))
         ));
         self.state.epochs.push(m.clone());
         self.draw(true);

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clip_model::RetrievalMetrics;
+use clip_infer::Evaluation;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::RunDir;
@@ -40,7 +40,7 @@ pub struct StepMetrics {
     pub eta_s: f64,
 }
 
-/// One validation pass.
+/// One validation pass: when it happened, and the evaluation of the validation split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// The epoch validated (1-based); with `mid_epoch`, the epoch in progress.
@@ -52,16 +52,49 @@ pub struct EpochMetrics {
     /// Mean training loss of the epoch, or of its steps so far (absent when no step of it ran in
     /// this process).
     pub train_loss: Option<f64>,
-    pub val_loss: f64,
-    pub val_acc_i2t: f64,
-    pub val_acc_t2i: f64,
-    pub retrieval: RetrievalMetrics,
-    /// Class-level retrieval and zero-shot top-1 (with `[eval]` labels and templates).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label_retrieval: Option<RetrievalMetrics>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zero_shot_top1: Option<f64>,
+    /// The validation split evaluated as `clip eval` evaluates it. Its fields sit beside the
+    /// others in the files, the loss and in-batch accuracies as `val_loss`, `val_acc_i2t`,
+    /// `val_acc_t2i` (so they are not taken for training figures).
+    #[serde(flatten, with = "val_prefixed")]
+    pub val: Evaluation,
     pub elapsed_s: f64,
+}
+
+/// [`EpochMetrics::val`] in the metrics files: [`Evaluation`]'s own fields, these renamed.
+mod val_prefixed {
+    use clip_infer::Evaluation;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::{Map, Value};
+
+    /// (name in [`Evaluation`], name in the files).
+    const RENAMED: [(&str, &str); 3] =
+        [("loss", "val_loss"), ("acc_i2t", "val_acc_i2t"), ("acc_t2i", "val_acc_t2i")];
+
+    fn rename(map: Map<String, Value>, to_file: bool) -> Map<String, Value> {
+        map.into_iter()
+            .map(|(key, value)| {
+                let key = RENAMED
+                    .iter()
+                    .find(|(ours, file)| key == if to_file { *ours } else { *file })
+                    .map_or(key, |(ours, file)| if to_file { *file } else { *ours }.to_string());
+                (key, value)
+            })
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(e: &Evaluation, serializer: S) -> Result<S::Ok, S::Error> {
+        match serde_json::to_value(e).map_err(S::Error::custom)? {
+            Value::Object(map) => rename(map, true).serialize(serializer),
+            _ => Err(S::Error::custom("an evaluation serializes as a JSON object")),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Evaluation, D::Error> {
+        let map = Map::<String, Value>::deserialize(deserializer)?;
+        serde_json::from_value(Value::Object(rename(map, false))).map_err(D::Error::custom)
+    }
 }
 
 impl StepMetrics {
@@ -84,9 +117,9 @@ impl StepMetrics {
 impl EpochMetrics {
     /// The validation's scalars under TensorBoard tags.
     pub fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let r = &self.retrieval;
+        let (v, r) = (&self.val, &self.val.retrieval);
         let mut s = vec![
-            ("val/loss", self.val_loss),
+            ("val/loss", v.loss),
             ("val/rsum", self.score(BestBy::Rsum).unwrap_or(f64::NAN)),
             ("val/t2i_r1", r.t2i_r1),
             ("val/t2i_r5", r.t2i_r5),
@@ -94,12 +127,12 @@ impl EpochMetrics {
             ("val/i2t_r1", r.i2t_r1),
             ("val/i2t_r5", r.i2t_r5),
             ("val/i2t_r10", r.i2t_r10),
-            ("val/acc_i2t", self.val_acc_i2t),
-            ("val/acc_t2i", self.val_acc_t2i),
+            ("val/acc_i2t", v.acc_i2t),
+            ("val/acc_t2i", v.acc_t2i),
         ];
         s.extend(self.train_loss.map(|l| ("train/epoch_loss", l)));
-        s.extend(self.zero_shot_top1.map(|z| ("val/zero_shot_top1", z)));
-        if let Some(c) = &self.label_retrieval {
+        s.extend(v.zero_shot_top1.map(|z| ("val/zero_shot_top1", z)));
+        if let Some(c) = &v.label_retrieval {
             s.extend([("val/class_t2i_r1", c.t2i_r1), ("val/class_i2t_r1", c.i2t_r1)]);
         }
         s
@@ -117,13 +150,13 @@ impl EpochMetrics {
     /// The value of `metric` for this validation (`None`: not measured, e.g. zero-shot without
     /// templates).
     pub fn score(&self, metric: BestBy) -> Option<f64> {
-        let r = &self.retrieval;
+        let r = &self.val.retrieval;
         match metric {
-            BestBy::ValLoss => Some(self.val_loss),
+            BestBy::ValLoss => Some(self.val.loss),
             BestBy::Rsum => {
                 Some(100.0 * (r.t2i_r1 + r.t2i_r5 + r.t2i_r10 + r.i2t_r1 + r.i2t_r5 + r.i2t_r10))
             }
-            BestBy::ZeroShot => self.zero_shot_top1,
+            BestBy::ZeroShot => self.val.zero_shot_top1,
         }
     }
 }
@@ -241,6 +274,37 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clip_model::RetrievalMetrics;
+
+    /// A line of `epochs.jsonl` as the quickstart wrote it before `EpochMetrics` held an
+    /// `Evaluation` (commit 308d84b).
+    const WRITTEN_BY_308D84B: &str = r#"{"epoch":1,"step":93,"train_loss":3.4457100411897064,"val_loss":2.3833114891052247,"val_acc_i2t":0.164,"val_acc_t2i":0.172,"retrieval":{"images":300,"captions":1500,"t2i_r1":0.07733333333333334,"t2i_r5":0.3933333333333333,"t2i_r10":0.6073333333333333,"i2t_r1":0.11,"i2t_r5":0.49333333333333335,"i2t_r10":0.6466666666666666,"t2i_mean_rank":12.354,"t2i_median_rank":7.0,"i2t_mean_rank":17.45,"i2t_median_rank":6.0},"elapsed_s":34.087383655}"#;
+
+    #[test]
+    fn validation_lines_keep_their_file_format() {
+        let old: EpochMetrics = serde_json::from_str(WRITTEN_BY_308D84B).unwrap();
+        assert_eq!((old.epoch, old.step, old.mid_epoch), (1, 93, false));
+        assert_eq!(
+            (old.val.loss, old.val.acc_i2t, old.val.acc_t2i),
+            (2.3833114891052247, 0.164, 0.172)
+        );
+        assert_eq!(
+            (old.val.retrieval.images, old.val.retrieval.t2i_r1),
+            (300, 0.07733333333333334)
+        );
+        assert_eq!((old.val.label_retrieval, old.val.zero_shot_top1), (None, None));
+        // Written again, the line has the same keys and values (key order aside).
+        let again: serde_json::Value = serde_json::to_value(&old).unwrap();
+        let want: serde_json::Value = serde_json::from_str(WRITTEN_BY_308D84B).unwrap();
+        assert_eq!(again, want);
+        // With the optional parts, and without `val_` names for anything that is not renamed.
+        let m = test_metrics::epoch();
+        let line = serde_json::to_value(&m).unwrap();
+        assert_eq!(line["val_loss"], 3.2);
+        assert_eq!(line["zero_shot_top1"], 0.875);
+        assert!(line.get("loss").is_none() && line.get("val").is_none(), "{line}");
+        assert_eq!(serde_json::from_value::<EpochMetrics>(line).unwrap(), m);
+    }
 
     #[test]
     fn truncation_keeps_earlier_steps_and_drops_torn_lines() {
@@ -289,12 +353,7 @@ mod tests {
             step: 1,
             mid_epoch: false,
             train_loss: None,
-            val_loss: 2.0,
-            val_acc_i2t: 0.0,
-            val_acc_t2i: 0.0,
-            retrieval: r,
-            label_retrieval: None,
-            zero_shot_top1: None,
+            val: Evaluation { loss: 2.0, retrieval: r, ..Default::default() },
             elapsed_s: 0.0,
         };
         assert!((m.score(BestBy::Rsum).unwrap() - 210.0).abs() < 1e-9);
@@ -336,12 +395,14 @@ pub(crate) mod test_metrics {
             step: 10,
             mid_epoch: false,
             train_loss: Some(3.5),
-            val_loss: 3.2,
-            val_acc_i2t: 0.3,
-            val_acc_t2i: 0.3,
-            retrieval: RetrievalMetrics { t2i_r1: 0.123, i2t_r1: 0.456, ..Default::default() },
-            label_retrieval: None,
-            zero_shot_top1: Some(0.875),
+            val: Evaluation {
+                loss: 3.2,
+                acc_i2t: 0.3,
+                acc_t2i: 0.3,
+                retrieval: RetrievalMetrics { t2i_r1: 0.123, i2t_r1: 0.456, ..Default::default() },
+                label_retrieval: None,
+                zero_shot_top1: Some(0.875),
+            },
             elapsed_s: 30.0,
         }
     }

@@ -26,27 +26,27 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
         points: epochs.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect(),
     };
     let mut recall = vec![
-        e("text→image R@1", &|m| m.retrieval.t2i_r1),
-        e("text→image R@5", &|m| m.retrieval.t2i_r5),
-        e("image→text R@1", &|m| m.retrieval.i2t_r1),
-        e("image→text R@5", &|m| m.retrieval.i2t_r5),
+        e("text→image R@1", &|m| m.val.retrieval.t2i_r1),
+        e("text→image R@5", &|m| m.val.retrieval.t2i_r5),
+        e("image→text R@1", &|m| m.val.retrieval.i2t_r1),
+        e("image→text R@5", &|m| m.val.retrieval.i2t_r5),
     ];
     let mut recall_title = "validation retrieval recall";
-    if epochs.iter().any(|m| m.zero_shot_top1.is_some() || m.label_retrieval.is_some()) {
+    if epochs.iter().any(|m| m.val.zero_shot_top1.is_some() || m.val.label_retrieval.is_some()) {
         // Class-labelled data: instance recall is near chance by construction (captions repeat),
         // so show what is meaningful there.
         recall_title = "validation: zero-shot and class-level recall";
         recall = vec![
-            eo("zero-shot top-1", &|m| m.zero_shot_top1),
-            eo("class text→image R@1", &|m| m.label_retrieval.map(|r| r.t2i_r1)),
-            eo("class image→text R@1", &|m| m.label_retrieval.map(|r| r.i2t_r1)),
+            eo("zero-shot top-1", &|m| m.val.zero_shot_top1),
+            eo("class text→image R@1", &|m| m.val.label_retrieval.map(|r| r.t2i_r1)),
+            eo("class image→text R@1", &|m| m.val.label_retrieval.map(|r| r.i2t_r1)),
         ];
     }
     let panels = vec![
         Panel {
             title: "loss".into(),
             x_label: "step".into(),
-            series: vec![s("train (per step)", &|m| m.loss), e("validation", &|m| m.val_loss)],
+            series: vec![s("train (per step)", &|m| m.loss), e("validation", &|m| m.val.loss)],
         },
         Panel { title: recall_title.into(), x_label: "step".into(), series: recall },
         Panel {
@@ -55,7 +55,7 @@ pub fn write_curves(run: &RunDir) -> Result<()> {
             series: vec![
                 s("train image→text", &|m| m.acc_i2t),
                 s("train text→image", &|m| m.acc_t2i),
-                e("val image→text", &|m| m.val_acc_i2t),
+                e("val image→text", &|m| m.val.acc_i2t),
             ],
         },
         Panel {

@@ -73,9 +73,10 @@ impl<W: Write> Observer for PlainProgress<W> {
             m.label(),
             if m.mid_epoch { "validated" } else { "done" },
             m.train_loss.map_or("--".to_string(), |l| format!("{l:.4}")),
-            m.val_loss,
-            m.retrieval,
-            m.zero_shot_top1
+            m.val.loss,
+            m.val.retrieval,
+            m.val
+                .zero_shot_top1
                 .map_or(String::new(), |z| format!(" | zero-shot top-1 {:.1}%", z * 100.0))
         );
     }

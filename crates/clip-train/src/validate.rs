@@ -25,20 +25,13 @@ pub(crate) struct ValidationPoint {
 }
 
 impl ValidationPoint {
-    /// The point's metrics, from the evaluation made there. The metrics files keep their
-    /// `val_`-prefixed names, so the evaluation's fields are spelled out here, once.
-    fn metrics(self, e: Evaluation) -> EpochMetrics {
+    fn metrics(self, val: Evaluation) -> EpochMetrics {
         EpochMetrics {
             epoch: self.epoch,
             step: self.step,
             mid_epoch: self.mid_epoch,
             train_loss: self.train_loss,
-            val_loss: e.loss,
-            val_acc_i2t: e.acc_i2t,
-            val_acc_t2i: e.acc_t2i,
-            retrieval: e.retrieval,
-            label_retrieval: e.label_retrieval,
-            zero_shot_top1: e.zero_shot_top1,
+            val,
             elapsed_s: self.elapsed_s,
         }
     }
@@ -114,7 +107,7 @@ pub(crate) fn record_best(state: &mut TrainState, best_by: BestBy, m: &EpochMetr
     match m.score(best_by).filter(|&s| improves(best_by, s, best_so_far)) {
         Some(score) => {
             state.best_score = Some(score);
-            state.best_val_loss = Some(m.val_loss);
+            state.best_val_loss = Some(m.val.loss);
             state.best_step = Some(state.step);
             state.validations_since_best = 0;
             true

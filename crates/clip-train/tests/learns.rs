@@ -3,36 +3,36 @@
 //! which keeps the result the same on every machine.
 
 use clip_train::metrics::{read_jsonl, EpochMetrics};
-use clip_train::{train, RunDir, Silent};
+use clip_train::RunDir;
 
 mod common;
 
-use common::{config, steps, B};
+use common::{config, steps};
 
 #[test]
 fn training_learns_far_above_chance() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 400, &["train.epochs=8", "model.text.dropout=0.0"]);
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     assert!(summary.completed);
     let epochs: Vec<EpochMetrics> = read_jsonl(&run.metrics().join("epochs.jsonl"));
     assert_eq!(epochs.len(), 8);
     let last = epochs.last().unwrap();
-    let chance = 1.0 / last.retrieval.images as f64;
+    let chance = 1.0 / last.val.retrieval.images as f64;
     eprintln!(
         "val images {}, t2i R@1 {:.3}, i2t R@1 {:.3}, chance {chance:.3}",
-        last.retrieval.images, last.retrieval.t2i_r1, last.retrieval.i2t_r1
+        last.val.retrieval.images, last.val.retrieval.t2i_r1, last.val.retrieval.i2t_r1
     );
     assert!(
-        last.retrieval.t2i_r1 > 8.0 * chance,
+        last.val.retrieval.t2i_r1 > 8.0 * chance,
         "text→image R@1 {} vs chance {chance}",
-        last.retrieval.t2i_r1
+        last.val.retrieval.t2i_r1
     );
     assert!(
-        last.retrieval.i2t_r1 > 8.0 * chance,
+        last.val.retrieval.i2t_r1 > 8.0 * chance,
         "image→text R@1 {} vs chance {chance}",
-        last.retrieval.i2t_r1
+        last.val.retrieval.i2t_r1
     );
     let s = steps(&run);
     let first: f64 = s[..5].iter().map(|m| m.loss).sum::<f64>() / 5.0;

@@ -57,7 +57,7 @@ fn a_stopped_run_resumes_with_the_same_loss_curve() {
                 &run.metrics().join("epochs.jsonl"),
             )
             .iter()
-            .map(|m| (m.step, m.val_loss))
+            .map(|m| (m.step, m.val.loss))
             .collect()
         };
         let (va, vb) = (validations(&straight), validations(&resumed));

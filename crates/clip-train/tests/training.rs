@@ -34,7 +34,7 @@ fn mixed_precision_trains_with_f32_master_weights() {
             &[&format!("train.precision=\"{precision}\""), "train.epochs=3"],
         );
         let run = RunDir::new(dir.path().join("run"));
-        let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        let summary = common::train_new(&c, &run).unwrap();
         assert!(summary.completed, "{precision}");
         let s = steps(&run);
         let (first, end) = common::first_and_last_losses(&s);
@@ -70,7 +70,7 @@ fn fp16_overflowing_steps_are_skipped_and_counted() {
     );
     let run = RunDir::new(dir.path().join("run"));
     let before = c.clip_config().unwrap();
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     let s = steps(&run);
     assert!(summary.skipped_steps >= 1, "{summary:?}");
     assert_eq!(s[0].skipped_steps, 1);
@@ -115,15 +115,7 @@ fn bad_configs_fail_before_training_with_the_key_named() {
     missing.data.synthetic = None;
     missing.data.captions = dir.path().join("nowhere/results.csv");
     missing.data.images = dir.path().join("nowhere/images");
-    let err = train::<B>(
-        &missing,
-        &RunDir::new(dir.path().join("r")),
-        false,
-        &Default::default(),
-        "cpu",
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = common::train_new(&missing, &RunDir::new(dir.path().join("r"))).unwrap_err();
     assert!(err.to_string().contains("nowhere/images"), "{err}");
     assert!(!dir.path().join("r/checkpoints").exists());
 }
@@ -154,7 +146,7 @@ fn a_frozen_text_tower_is_cached_and_stays_put_while_the_rest_learns() {
         let o: Vec<&str> = o.iter().map(|s| s.as_str()).collect();
         let c = config(dir.path(), 120, &o);
         let run = RunDir::new(dir.path().join("run"));
-        let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        let summary = common::train_new(&c, &run).unwrap();
         (dir, c, run, summary)
     };
     let (_d1, c, run, summary) = run_with(true);
@@ -224,41 +216,33 @@ fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     let epochs: Vec<clip_train::metrics::EpochMetrics> =
         clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
     assert_eq!(epochs.len(), 3);
     // The best model is the first epoch with the highest zero-shot accuracy.
-    let top = epochs.iter().map(|m| m.zero_shot_top1.unwrap()).fold(f64::MIN, f64::max);
-    let best = epochs.iter().find(|m| m.zero_shot_top1 == Some(top)).unwrap();
+    let top = epochs.iter().map(|m| m.val.zero_shot_top1.unwrap()).fold(f64::MIN, f64::max);
+    let best = epochs.iter().find(|m| m.val.zero_shot_top1 == Some(top)).unwrap();
     assert_eq!((summary.best_step, summary.best_score), (Some(best.step), Some(top)), "{epochs:?}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.best().join("state.json")).unwrap())
             .unwrap();
     assert_eq!(state["step"].as_u64(), Some(best.step as u64));
     for m in &epochs {
-        let z = m.zero_shot_top1.expect("zero-shot accuracy each epoch");
+        let z = m.val.zero_shot_top1.expect("zero-shot accuracy each epoch");
         assert!((0.0..=1.0).contains(&z), "{z}");
-        let class = m.label_retrieval.expect("class-level recall");
+        let class = m.val.label_retrieval.expect("class-level recall");
         // Any same-shape image counts, so class-level recall is at least the instance-level one.
         assert!(
-            class.t2i_r1 >= m.retrieval.t2i_r1 && class.i2t_r5 >= m.retrieval.i2t_r5,
+            class.t2i_r1 >= m.val.retrieval.t2i_r1 && class.i2t_r5 >= m.val.retrieval.i2t_r5,
             "{class:?} vs {:?}",
-            m.retrieval
+            m.val.retrieval
         );
     }
     // A missing labels file, or a label column missing from it, is named before training.
     let bad = config(dir.path(), 100, &["eval.labels=\"data/no-labels.csv\""]);
-    let err = train::<B>(
-        &bad,
-        &RunDir::new(dir.path().join("bad0")),
-        false,
-        &Default::default(),
-        "cpu",
-        &mut Silent,
-    )
-    .unwrap_err()
-    .to_string();
+    let err =
+        common::train_new(&bad, &RunDir::new(dir.path().join("bad0"))).unwrap_err().to_string();
     assert!(err.contains("no-labels.csv"), "{err}");
     assert!(!dir.path().join("bad0/checkpoints").exists());
     let bad = config(
@@ -266,16 +250,8 @@ fn labelled_validation_reports_zero_shot_accuracy_and_class_recall() {
         100,
         &["eval.labels=\"data/labels.csv\"", "eval.label_column=\"flavour\""],
     );
-    let err = train::<B>(
-        &bad,
-        &RunDir::new(dir.path().join("bad")),
-        false,
-        &Default::default(),
-        "cpu",
-        &mut Silent,
-    )
-    .unwrap_err()
-    .to_string();
+    let err =
+        common::train_new(&bad, &RunDir::new(dir.path().join("bad"))).unwrap_err().to_string();
     assert!(err.contains("flavour") && err.contains("labels.csv"), "{err}");
 }
 
@@ -388,7 +364,7 @@ fn training_in_micro_batches_learns() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 120, &["train.micro_batches=4", "train.epochs=3"]);
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     assert!(summary.completed);
     let s = steps(&run);
     let (first, end) = common::first_and_last_losses(&s);
@@ -407,7 +383,7 @@ fn training_in_micro_batches_learns() {
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     assert!(summary.completed && summary.steps == 3, "{summary:?}");
     assert!(steps(&run).iter().all(|m| m.loss.is_finite() && m.loss_scale.is_some()));
 }
@@ -427,13 +403,13 @@ fn the_sigmoid_loss_learns_its_bias_and_the_task() {
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     assert!(summary.completed);
     let s = steps(&run);
     let (first, end) = common::first_and_last_losses(&s);
     assert!(end < first * 0.8, "loss {first} -> {end}");
     // 24 validation images: text→image recall@10 by chance is 10/24, the mean rank 12.5.
-    let r = &summary.last_epoch.as_ref().unwrap().retrieval;
+    let r = &summary.last_epoch.as_ref().unwrap().val.retrieval;
     assert!(r.t2i_r10 > 0.6 && r.t2i_mean_rank < 9.5, "{r:?}");
     // The bias moved from its start, and the exported model carries it.
     let model = load_model(
@@ -468,7 +444,7 @@ fn training_only_the_last_stage_leaves_the_earlier_ones_as_they_were() {
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    common::train_new(&c, &run).unwrap();
     let load = |step: &str| {
         load_model(
             c.clip_config().unwrap().init::<B>(&Default::default()),
@@ -515,11 +491,11 @@ fn early_stopping_ends_the_run_after_its_patience_and_exports_the_best() {
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     let epochs: Vec<clip_train::metrics::EpochMetrics> =
         clip_train::metrics::read_jsonl(&run.metrics().join("epochs.jsonl"));
     assert_eq!(epochs.len(), 3, "{epochs:?}");
-    assert!(epochs.iter().all(|m| m.val_loss == epochs[0].val_loss), "{epochs:?}");
+    assert!(epochs.iter().all(|m| m.val.loss == epochs[0].val.loss), "{epochs:?}");
     assert!(summary.completed && summary.early_stopped && summary.stopped.is_none(), "{summary:?}");
     assert_eq!(summary.best_step, Some(epochs[0].step));
     assert!(run.exported_model().is_file());
@@ -542,7 +518,7 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
         &["train.val_every_steps=3", "train.val_every_epochs=0", "checkpoint.keep_last=100"],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     let per_epoch = common::steps(&run)[0].batches_per_epoch;
     assert!(per_epoch > 3, "the test needs epochs longer than the interval ({per_epoch})");
     let validated: Vec<(usize, bool)> = clip_train::metrics::read_jsonl::<
@@ -578,7 +554,7 @@ fn validation_every_n_steps_runs_inside_epochs_checkpoints_and_can_stop_early() 
         ],
     );
     let run = RunDir::new(dir.path().join("run"));
-    let summary = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let summary = common::train_new(&c, &run).unwrap();
     assert!(summary.completed && summary.early_stopped, "{summary:?}");
     assert_eq!(summary.steps, 3);
     assert_eq!(summary.best_step, Some(1));
@@ -604,7 +580,7 @@ fn the_plateau_schedule_reduces_the_learning_rate_when_validation_stalls_and_res
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 60, &overrides);
     let run = RunDir::new(dir.path().join("run"));
-    train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    common::train_new(&c, &run).unwrap();
     let relative = |run: &RunDir| -> Vec<f64> { steps(run).iter().map(|m| m.lr / 1e-30).collect() };
     // Patience 1: the validations after steps 1 (the best), 2, 3 (→ × 0.5), 4, 5 (→ × 0.25), ...
     let want = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125];
@@ -651,7 +627,7 @@ fn recomputing_activations_trains_exactly_as_keeping_them() {
         c.train.micro_batches = micro.parse().unwrap();
         let kept = RunDir::new(dir.path().join("kept"));
         let recomputed = RunDir::new(dir.path().join("recomputed"));
-        train::<B>(&c, &kept, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        common::train_new(&c, &kept).unwrap();
         train::<Recomputing>(&c, &recomputed, false, &Default::default(), "cpu", &mut Silent)
             .unwrap();
         let (a, b) = (steps(&kept), steps(&recomputed));
@@ -689,8 +665,8 @@ fn a_frozen_image_tower_is_cached_and_trains_exactly_as_recomputing_it() {
         plain.train.cache_frozen_image = false;
         let (a, b) =
             (RunDir::new(dir.path().join("cached")), RunDir::new(dir.path().join("plain")));
-        train::<B>(&cached, &a, false, &Default::default(), "cpu", &mut Silent).unwrap();
-        train::<B>(&plain, &b, false, &Default::default(), "cpu", &mut Silent).unwrap();
+        common::train_new(&cached, &a).unwrap();
+        common::train_new(&plain, &b).unwrap();
         let (x, y) = (steps(&a), steps(&b));
         assert!(x.len() >= 10 && x.len() == y.len(), "{} steps", x.len());
         for (p, q) in x.iter().zip(&y) {
@@ -711,7 +687,7 @@ fn an_unreadable_training_image_is_skipped_and_an_unreadable_validation_image_ke
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 40, &["train.max_steps=1"]);
     let first = RunDir::new(dir.path().join("first"));
-    train::<B>(&c, &first, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    common::train_new(&c, &first).unwrap();
     let split = clip_data::Split::load(&first.split()).unwrap();
     let images = dir.path().join("data/images");
     std::fs::write(images.join(&split.train[0]), b"not a picture").unwrap();
@@ -719,27 +695,18 @@ fn an_unreadable_training_image_is_skipped_and_an_unreadable_validation_image_ke
     // One epoch: every training image is visited; the broken one's captions are left out.
     let c = config(dir.path(), 40, &["train.epochs=1"]);
     let run = RunDir::new(dir.path().join("skips"));
-    let s = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent).unwrap();
+    let s = common::train_new(&c, &run).unwrap();
     assert!(s.completed && s.skipped_images == 5, "{s:?}");
     let strict = config(dir.path(), 40, &["train.epochs=1", "data.skip_unreadable=false"]);
-    let err = train::<B>(
-        &strict,
-        &RunDir::new(dir.path().join("strict")),
-        false,
-        &Default::default(),
-        "cpu",
-        &mut Silent,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = common::train_new(&strict, &RunDir::new(dir.path().join("strict")))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&split.train[0]), "{err}");
 
     // A broken validation image fails the validation, after the epoch's training is saved.
     std::fs::write(images.join(&split.val[0]), b"not a picture either").unwrap();
     let run = RunDir::new(dir.path().join("val"));
-    let err = train::<B>(&c, &run, false, &Default::default(), "cpu", &mut Silent)
-        .unwrap_err()
-        .to_string();
+    let err = common::train_new(&c, &run).unwrap_err().to_string();
     assert!(err.contains(&split.val[0]) && err.contains("saved in"), "{err}");
     let saved = clip_train::checkpoint::read_state(&run.latest().unwrap()).unwrap();
     assert_eq!(saved.step, s.steps);

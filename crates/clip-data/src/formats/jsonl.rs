@@ -21,10 +21,11 @@ pub(super) fn parse_jsonl(
         let value: serde_json::Value = match serde_json::from_str(row) {
             Ok(v) => v,
             Err(e) if records.is_empty() && report.skipped.is_empty() => {
-                return Err(DataError::CaptionsFormat {
+                return Err(DataError::FileAtLine {
                     path: path.into(),
                     line,
-                    message: format!("not a JSON object per line (JSONL): {e}"),
+                    what: "not a JSON object per line (JSONL)".into(),
+                    source: e.into(),
                 })
             }
             Err(e) => {

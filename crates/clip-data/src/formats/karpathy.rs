@@ -17,10 +17,11 @@ pub(super) fn parse_karpathy(
     text: &str,
 ) -> Result<(Vec<CaptionRecord>, ParseReport, Sides)> {
     let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| DataError::CaptionsFormat {
+        serde_json::from_str(text).map_err(|e| DataError::FileAtLine {
             path: path.into(),
             line: e.line(),
-            message: format!("not JSON (Karpathy split files are one JSON document): {e}"),
+            what: "not JSON (Karpathy split files are one JSON document)".into(),
+            source: e.into(),
         })?;
     let images = value.get("images").and_then(|v| v.as_array()).ok_or_else(|| {
         DataError::CaptionsFormat {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use clip_train::metrics::{read_jsonl, StepMetrics};
-use clip_train::{ExperimentConfig, RunDir};
+use clip_train::{train, ExperimentConfig, RunDir, Silent, TrainSummary};
 
 pub type B = Autodiff<Flex>;
 
@@ -80,4 +80,10 @@ pub fn steps(run: &RunDir) -> Vec<StepMetrics> {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Trains `c` from scratch into `run` on the CPU, silently.
+#[allow(dead_code)]
+pub fn train_new(c: &ExperimentConfig, run: &RunDir) -> clip_train::Result<TrainSummary> {
+    train::<B>(c, run, false, &Default::default(), "cpu", &mut Silent)
 }
