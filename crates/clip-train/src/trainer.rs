@@ -402,8 +402,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             truncate_after(&run.metrics().join(EPOCH_METRICS), state.step)?;
             observer.on_message(&format!("resumed from {} (step {})", dir.display(), state.step));
         } else {
-            std::fs::write(run.config(), config.to_toml())
-                .map_err(|e| TrainError::io(run.config(), e))?;
+            clip_data::fs::write_atomic(&run.config(), config.to_toml().as_bytes())?;
             let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
             clip_data::fs::write_atomic(
                 &run.model_json(),
