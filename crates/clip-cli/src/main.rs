@@ -97,9 +97,25 @@ fn main() {
     let cli = Cli::parse();
     kernels::start_counting();
     if let Err(err) = run(cli) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", error_chain(&err));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: the libraries' errors name their
+/// source in their own message (path first, then why), so a cause already there is not repeated.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -126,5 +142,25 @@ fn run(cli: Cli) -> Result<()> {
             train::train_config(config, backend, plain).map(|_| ())
         }
         Command::Bench { command: BenchCommand::Step(args) } => bench::step(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // A library error whose message already holds its source, with context added on top.
+        let lib = clip_train::TrainError::Io { path: "runs/x/config.toml".into(), source: io };
+        let err = anyhow::Error::from(lib).context("runs/x is not a run directory");
+        assert_eq!(
+            error_chain(&err),
+            "runs/x is not a run directory: runs/x/config.toml: no such file"
+        );
+        // Causes not in the message above them are all kept, in order.
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&err), "outer: middle: inner");
     }
 }

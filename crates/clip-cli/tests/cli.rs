@@ -331,6 +331,13 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // A broken TOML file: the parser's report (with its line) is said once, after the path.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "name = \"x\"\n[data\nbatch_size = 4\n").unwrap();
+    let out = clip().arg("train").arg("--config").arg(&broken).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.toml") && stderr.contains("line 2"), "{stderr}");
+    assert_eq!(stderr.matches("line 2").count(), 1, "said twice: {stderr}");
 }
 
 /// Every file under `dir` with its bytes (to show that nothing changed).
