@@ -133,7 +133,7 @@ pub fn asset_ids() -> Vec<&'static str> {
 }
 
 /// SHA-256 of a file, lowercase hex.
-fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use clip_data::fashion_mnist::{self, FashionMnistConfig};
 
 mod assets;
+mod libtorch;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Chores for the CLIP workspace")]
@@ -38,6 +39,10 @@ enum Command {
         #[arg(long)]
         only_default: bool,
     },
+    /// Install the LibTorch that burn's `tch` backend builds against (2.9.0, CPU), from the torch
+    /// wheel on PyPI, into .libtorch/2.9.0-cpu/ (named in .cargo/config.toml). Then build with
+    /// `--features tch`. Idempotent.
+    Libtorch,
     /// Data-pipeline benchmark: clip-data beside the seed's Python stack on the same JPEGs.
     BenchData {
         /// Where the benchmark JPEGs are written (and read).
@@ -115,6 +120,11 @@ fn main() -> Result<()> {
                 );
             }
             println!("On the GPU machine (device tool, carry [\".gpu\"]): bash bench/gpu/diagnose.sh, or bash bench/gpu/bench.sh");
+        }
+        Command::Libtorch => {
+            let dir = libtorch::cpu_dir(&root);
+            libtorch::install_cpu(&dir)?;
+            println!("build with it: cargo build --release -p clip-cli --features tch");
         }
         Command::BenchData { images } => {
             let peer = root.join("crates/clip-data/benches/data_peer.py");

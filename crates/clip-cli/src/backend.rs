@@ -1,6 +1,12 @@
-//! Backend choice at run time: `auto` (CUDA when a device answers, else the CPU), `cuda`, `cpu`.
-//! Training runs on an autodiff backend ([`BackendTask`], [`dispatch_with`]), inference on the
-//! plain one beneath it ([`InferTask`], [`dispatch_infer`]): Flex on the CPU, Cuda on a GPU.
+//! Backend choice at run time: `auto`, `cuda` (burn's CUDA backend), `cpu` (burn's Flex) or `tch`
+//! (burn's LibTorch backend, with the `tch` build feature). Training runs on an autodiff backend
+//! ([`BackendTask`], [`dispatch_with`]), inference on the plain one beneath it ([`InferTask`],
+//! [`dispatch_infer`]).
+//!
+//! `auto` takes the first of these that this build has and this machine runs: LibTorch on a GPU,
+//! burn's CUDA, LibTorch on the CPU, Flex. On the CPU the order is measured (LibTorch's step is
+//! several times Flex's, BENCHMARKS.md); on a GPU it follows what is known so far (burn-cuda 0.21
+//! spends minutes compiling kernels before its first step, docs/gpu.md), not a measurement.
 
 use anyhow::Result;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
@@ -8,10 +14,48 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 pub use clip_train::config::BackendChoice;
 
-/// Parses `--backend auto|cuda|cpu`.
+/// Parses `--backend auto|cuda|cpu|tch`.
 pub fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-        .map_err(|_| format!("unknown backend {s:?} (auto, cuda or cpu)"))
+        .map_err(|_| format!("unknown backend {s:?} (auto, cuda, cpu or tch)"))
+}
+
+/// The backend a choice comes to on this build and machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolved {
+    Flex,
+    Cuda,
+    Tch,
+}
+
+/// Resolves `choice`; for `auto`, says which backend it picked and why.
+fn resolve(choice: BackendChoice) -> Resolved {
+    match choice {
+        BackendChoice::Cpu => Resolved::Flex,
+        BackendChoice::Cuda => Resolved::Cuda,
+        BackendChoice::Tch => Resolved::Tch,
+        BackendChoice::Auto => {
+            let (picked, why) = if tch::compiled() && tch::on_gpu() {
+                (Resolved::Tch, "LibTorch with a CUDA device")
+            } else if cuda::available() {
+                (Resolved::Cuda, "a CUDA device answered")
+            } else if tch::compiled() {
+                (Resolved::Tch, "no GPU; LibTorch's CPU kernels are faster than Flex's")
+            } else {
+                (Resolved::Flex, "no CUDA device answered and this build has no LibTorch")
+            };
+            eprintln!("backend: auto picked {} ({why})", name(picked));
+            picked
+        }
+    }
+}
+
+fn name(backend: Resolved) -> &'static str {
+    match backend {
+        Resolved::Flex => "cpu (flex)",
+        Resolved::Cuda => "cuda",
+        Resolved::Tch => tch::name(),
+    }
 }
 
 /// Work that runs on whichever autodiff backend was chosen.
@@ -30,27 +74,10 @@ pub trait InferTask {
 /// Runs the inference `task` on the chosen backend, saying which one it picked when the choice
 /// was `auto`.
 pub fn dispatch_infer<T: InferTask>(choice: BackendChoice, task: T) -> Result<T::Output> {
-    if use_cuda(choice) {
-        cuda::run_infer(task)
-    } else {
-        task.run::<Flex>(Default::default(), "cpu (flex)")
-    }
-}
-
-/// Whether the choice means CUDA; for `auto`, says which backend it picked.
-fn use_cuda(choice: BackendChoice) -> bool {
-    match choice {
-        BackendChoice::Cpu => false,
-        BackendChoice::Cuda => true,
-        BackendChoice::Auto => {
-            let found = cuda::available();
-            if found {
-                eprintln!("backend: auto picked cuda");
-            } else {
-                eprintln!("backend: auto picked cpu (flex): no CUDA device answered");
-            }
-            found
-        }
+    match resolve(choice) {
+        Resolved::Flex => task.run::<Flex>(Default::default(), name(Resolved::Flex)),
+        Resolved::Cuda => cuda::run_infer(task),
+        Resolved::Tch => tch::run_infer(task),
     }
 }
 
@@ -64,12 +91,91 @@ pub fn dispatch_with<T: BackendTask>(
     recompute: bool,
     task: T,
 ) -> Result<T::Output> {
-    match (use_cuda(choice), recompute) {
-        (true, _) => cuda::run(task, recompute),
-        (false, false) => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
-        (false, true) => {
+    match (resolve(choice), recompute) {
+        (Resolved::Cuda, _) => cuda::run(task, recompute),
+        (Resolved::Tch, _) => tch::run(task, recompute),
+        (Resolved::Flex, false) => task.run::<Autodiff<Flex>>(Default::default(), "cpu (flex)"),
+        (Resolved::Flex, true) => {
             task.run::<Autodiff<Flex, BalancedCheckpointing>>(Default::default(), "cpu (flex)")
         }
+    }
+}
+
+#[cfg(feature = "tch")]
+mod tch {
+    use super::*;
+    use burn_tch::{LibTorch, LibTorchDevice};
+
+    pub fn compiled() -> bool {
+        true
+    }
+
+    /// Whether LibTorch has CUDA and a device answers (a LibTorch for the CPU says no).
+    pub fn on_gpu() -> bool {
+        ::tch::Cuda::is_available()
+    }
+
+    fn device() -> LibTorchDevice {
+        if on_gpu() {
+            // Fixed image shapes: let cuDNN time its convolution algorithms once and keep the
+            // fastest, as the PyTorch reference does.
+            ::tch::Cuda::cudnn_set_benchmark(true);
+            LibTorchDevice::Cuda(0)
+        } else {
+            LibTorchDevice::Cpu
+        }
+    }
+
+    pub fn name() -> &'static str {
+        if on_gpu() {
+            "tch (libtorch cuda)"
+        } else {
+            "tch (libtorch cpu)"
+        }
+    }
+
+    pub fn run_infer<T: InferTask>(task: T) -> Result<T::Output> {
+        task.run::<LibTorch>(device(), name())
+    }
+
+    pub fn run<T: BackendTask>(task: T, recompute: bool) -> Result<T::Output> {
+        if recompute {
+            task.run::<Autodiff<LibTorch, BalancedCheckpointing>>(device(), name())
+        } else {
+            task.run::<Autodiff<LibTorch>>(device(), name())
+        }
+    }
+}
+
+#[cfg(not(feature = "tch"))]
+mod tch {
+    use super::*;
+
+    pub fn compiled() -> bool {
+        false
+    }
+
+    pub fn on_gpu() -> bool {
+        false
+    }
+
+    pub fn name() -> &'static str {
+        "tch (not in this build)"
+    }
+
+    fn missing() -> anyhow::Error {
+        anyhow::anyhow!(
+            "this `clip` was built without the `tch` feature (LibTorch): build it with `cargo xtask \
+             libtorch` then `--features tch` (docs/building.md), or use `--backend cpu`"
+        )
+    }
+
+    pub fn run_infer<T: InferTask>(_task: T) -> Result<T::Output> {
+        Err(missing())
+    }
+
+    pub fn run<T: BackendTask>(_task: T, _recompute: bool) -> Result<T::Output> {
+        Err(missing())
     }
 }
 

@@ -21,7 +21,7 @@ use crate::kernels::{self, Heartbeat};
 
 #[derive(Args, Debug, Clone)]
 pub struct StepArgs {
-    /// auto, cuda or cpu.
+    /// auto, cuda, cpu or tch.
     #[arg(long, value_parser = crate::backend::parse_backend, default_value = "auto")]
     pub backend: BackendChoice,
     #[arg(long, default_value_t = 8)]

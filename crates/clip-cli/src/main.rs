@@ -74,7 +74,7 @@ enum Command {
         /// Directory that holds (or will hold) `datasets/` and `runs/`.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// auto, cuda or cpu (default: auto).
+        /// auto, cuda, cpu or tch (default: auto).
         #[arg(long, value_parser = backend::parse_backend)]
         backend: Option<backend::BackendChoice>,
         /// Override a config value, e.g. `--set train.epochs=2` (repeatable).

@@ -22,7 +22,7 @@ pub struct SweepArgs {
     /// Override a config value in every run (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// auto, cuda or cpu (default: the config's `train.backend`).
+    /// auto, cuda, cpu or tch (default: the config's `train.backend`).
     #[arg(long, value_parser = crate::backend::parse_backend)]
     pub backend: Option<BackendChoice>,
     /// Plain progress lines even on a terminal.

@@ -28,7 +28,7 @@ pub struct TrainArgs {
     /// Write the run here instead of `<runs_dir>/<name>`: a missing or empty folder.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// auto, cuda or cpu (default: the config's `train.backend`).
+    /// auto, cuda, cpu or tch (default: the config's `train.backend`).
     #[arg(long, value_parser = crate::backend::parse_backend)]
     pub backend: Option<BackendChoice>,
     /// Plain progress lines even on a terminal.

@@ -168,11 +168,16 @@ pub enum ScheduleKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
-    /// CUDA when a GPU answers, otherwise the CPU.
+    /// The fastest backend this build has and this machine runs (see docs/gpu.md).
     #[default]
     Auto,
+    /// burn's CUDA backend.
     Cuda,
+    /// burn's Flex CPU backend.
     Cpu,
+    /// burn's LibTorch backend (`tch` build feature): PyTorch's kernels, on a GPU when LibTorch
+    /// has CUDA and one answers, otherwise on the CPU.
+    Tch,
 }
 
 /// `[train]`: optimization.

@@ -17,7 +17,7 @@ use crate::checkpoint::RunDir;
 use crate::config::ExperimentConfig;
 use crate::error::{Result, TrainError};
 use crate::observer::Observer;
-use crate::weights::initial_weights;
+use crate::weights::{initial_weights, seeded_init};
 
 /// What an import wrote.
 #[derive(Debug, Clone)]
@@ -78,9 +78,9 @@ pub fn import_run<B: Backend>(
     )?;
     let clip_config = config.clip_config().map_err(bad)?;
     // Weights first: a file that does not fit the architecture fails before anything is written.
-    B::seed(device, config.train.seed);
     let mut log = Messages(Vec::new());
-    let model = initial_weights(clip_config.init::<B>(device), config, &clip_config, &mut log)?;
+    let fresh = seeded_init::<B>(&clip_config, config.train.seed, device);
+    let model = initial_weights(fresh, config, &clip_config, &mut log)?;
     if m.checkpoint.is_none() {
         log.0.push("the projection heads are newly initialized (only towers were given): train before relying on the embeddings".into());
     }

@@ -29,3 +29,4 @@ pub use error::{Result, TrainError};
 pub use import_run::{import_run, ImportedRun};
 pub use observer::{CheckpointKind, Observer, RunInfo, Silent, TrainSummary};
 pub use trainer::{train, Trainer};
+pub use weights::seeded_init;

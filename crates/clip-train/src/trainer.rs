@@ -23,9 +23,9 @@ use crate::metrics::{
 use crate::observer::{CheckpointKind, Observer, RunInfo, TrainSummary};
 use crate::optim::ClipOptimizer;
 use crate::schedule::lr_factor;
-use crate::step::{forward_backward, materialize, FrozenFeatures};
+use crate::step::{forward_backward, FrozenFeatures};
 use crate::validate::{record_best, ValidationPoint, Validator};
-use crate::weights::initial_weights;
+use crate::weights::{initial_weights, seeded_init};
 
 /// Starts a new run in `run` (an empty directory) or resumes the one there.
 pub fn train<B: AutodiffBackend>(
@@ -383,10 +383,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let clip_config = config
             .clip_config()
             .map_err(|m| TrainError::Config { path: run.config(), message: m })?;
-        B::seed(device, t.seed);
-        // Every parameter drawn now, while the generator holds the init seed.
-        let mut model = clip_config.init::<B>(device);
-        materialize(&model);
+        let mut model = seeded_init::<B>(&clip_config, t.seed, device);
         let mut optim = ClipOptimizer::<B>::new(t);
         let mut state = TrainState::new(optim.scaler.clone());
         if resume {

