@@ -52,8 +52,80 @@ pub fn cpu_dir(root: &Path) -> PathBuf {
 
 /// Installs the CPU LibTorch into `dir` unless a finished one is already there.
 pub fn install_cpu(dir: &Path) -> Result<()> {
+    assemble(
+        dir,
+        &format!("LibTorch {VERSION} (CPU)"),
+        &[&TORCH, &CUDA_RUNTIME, &CUPTI],
+        |downloads, staging| {
+            let lib = staging.join("lib");
+            unpack(&downloads.join(TORCH.file), staging, |name| {
+                if name.starts_with("torch/include/") {
+                    return true;
+                }
+                name.strip_prefix("torch/lib/").is_some_and(|f| TORCH_CPU_LIBS.contains(&f))
+            })?;
+            for (wheel, member) in [
+                (&CUDA_RUNTIME, "nvidia/cuda_runtime/lib/libcudart.so.12"),
+                (&CUPTI, "nvidia/cuda_cupti/lib/libcupti.so.12"),
+            ] {
+                let mut zip = open_wheel(&downloads.join(wheel.file))?;
+                let mut entry = zip
+                    .by_name(member)
+                    .with_context(|| format!("{} has no {member}", wheel.file))?;
+                let file = member.rsplit('/').next().unwrap_or(member);
+                write_entry(&mut entry, &lib.join(file))?;
+            }
+            link_stub(&lib)?;
+            Ok(format!("{VERSION}+cpu-from-pypi"))
+        },
+    )
+}
+
+/// The PyTorch of the lent GPU machines (torch 2.11.0+cu130, bench/gpu/NOTES.md), whose wheel on
+/// PyPI is that same CUDA 13.0 build.
+const TORCH_GPU: Wheel = Wheel {
+    spec: "torch==2.11.0",
+    file: "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256: "7aa2f9bbc6d4595ba72138026b2074be1233186150e9292865e04b7a63b8c67a",
+};
+
+/// Where the GPU machines' LibTorch (for compiling and linking only) goes.
+pub fn gpu_link_dir(root: &Path) -> PathBuf {
+    root.join(".libtorch").join("2.11.0-cuda-link")
+}
+
+/// Installs the headers and libraries of the GPU machines' LibTorch into `dir`: enough to compile
+/// torch-sys's shim and link a `clip` that, on that machine, loads its PyTorch's own libraries
+/// (their CUDA dependencies are not here; the `tch` build links with them left unresolved).
+/// torch-sys 0.22 expects 2.9.0: such a build sets LIBTORCH_BYPASS_VERSION_CHECK.
+pub fn install_gpu_link(dir: &Path) -> Result<()> {
+    assemble(
+        dir,
+        "LibTorch 2.11.0 (CUDA 13, to link against)",
+        &[&TORCH_GPU],
+        |downloads, staging| {
+            unpack(&downloads.join(TORCH_GPU.file), staging, |name| {
+                name.starts_with("torch/include/")
+                    || name
+                        .strip_prefix("torch/lib/")
+                        .is_some_and(|f| f.contains(".so") && f != "libtorch_python.so")
+            })?;
+            Ok("2.11.0+cu130-from-pypi".into())
+        },
+    )
+}
+
+/// Fetches `wheels`, lets `fill` build the LibTorch in a staging folder beside `dir` (returning
+/// its version string, written to `build-version`, which torch-sys checks), then renames it to
+/// `dir`. A finished `dir` is left as it is; one without `build-version` is refused.
+fn assemble(
+    dir: &Path,
+    what: &str,
+    wheels: &[&Wheel],
+    fill: impl FnOnce(&Path, &Path) -> Result<String>,
+) -> Result<()> {
     if dir.join("build-version").is_file() {
-        println!("LibTorch {VERSION} (CPU) already in {}", dir.display());
+        println!("{what} already in {}", dir.display());
         return Ok(());
     }
     if dir.exists() {
@@ -64,53 +136,41 @@ pub fn install_cpu(dir: &Path) -> Result<()> {
         );
     }
     let parent = dir.parent().context("the LibTorch folder has a parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let downloads = parent.join("downloads");
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("creating {}", downloads.display()))?;
-    for wheel in [&TORCH, &CUDA_RUNTIME, &CUPTI] {
+    for wheel in wheels {
         fetch(wheel, &downloads)?;
     }
-
-    let staging = tempfile_dir(parent)?;
-    let lib = staging.join("lib");
-    std::fs::create_dir_all(&lib)?;
-    println!("unpacking LibTorch {VERSION} (CPU libraries and headers) ...");
-    let mut torch = open_wheel(&downloads.join(TORCH.file))?;
-    for i in 0..torch.len() {
-        let mut entry = torch.by_index(i)?;
-        let name = entry.name().to_owned();
-        let out = if let Some(rest) = name.strip_prefix("torch/include/") {
-            staging.join("include").join(rest)
-        } else if let Some(file) = name.strip_prefix("torch/lib/") {
-            if !TORCH_CPU_LIBS.contains(&file) {
-                continue;
-            }
-            lib.join(file)
-        } else {
-            continue;
-        };
-        if entry.is_dir() {
-            continue;
-        }
-        write_entry(&mut entry, &out)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("libtorch");
+    let staging = parent.join(format!(".staging-{name}-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
     }
-    for (wheel, member) in [
-        (&CUDA_RUNTIME, "nvidia/cuda_runtime/lib/libcudart.so.12"),
-        (&CUPTI, "nvidia/cuda_cupti/lib/libcupti.so.12"),
-    ] {
-        let mut zip = open_wheel(&downloads.join(wheel.file))?;
-        let mut entry =
-            zip.by_name(member).with_context(|| format!("{} has no {member}", wheel.file))?;
-        let file = member.rsplit('/').next().unwrap_or(member);
-        write_entry(&mut entry, &lib.join(file))?;
-    }
-    link_stub(&lib)?;
-    // torch-sys reads this file and checks the version against the one it expects.
-    std::fs::write(staging.join("build-version"), format!("{VERSION}+cpu-from-pypi\n"))?;
+    std::fs::create_dir_all(staging.join("lib"))
+        .with_context(|| format!("creating {}", staging.display()))?;
+    println!("unpacking {what} ...");
+    let version = fill(&downloads, &staging)?;
+    std::fs::write(staging.join("build-version"), format!("{version}\n"))?;
     std::fs::rename(&staging, dir)
         .with_context(|| format!("moving {} to {}", staging.display(), dir.display()))?;
-    println!("LibTorch {VERSION} (CPU) ready in {}", dir.display());
+    println!("{what} ready in {}", dir.display());
+    Ok(())
+}
+
+/// Unpacks the members of a torch wheel that `keep` selects: `torch/include/X` to `include/X`,
+/// `torch/lib/X` to `lib/X`.
+fn unpack(wheel: &Path, staging: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let mut zip = open_wheel(wheel)?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let name = entry.name().to_owned();
+        if entry.is_dir() || !keep(&name) {
+            continue;
+        }
+        let Some(rest) = name.strip_prefix("torch/") else { continue };
+        write_entry(&mut entry, &staging.join(rest))?;
+    }
     Ok(())
 }
 
@@ -172,14 +232,4 @@ fn write_entry(entry: &mut zip::read::ZipFile<'_>, out: &Path) -> Result<()> {
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     std::io::copy(entry, &mut file).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
-}
-
-/// A fresh, uniquely named staging folder beside the final one.
-fn tempfile_dir(parent: &Path) -> Result<PathBuf> {
-    let dir = parent.join(format!(".staging-{VERSION}-cpu-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }

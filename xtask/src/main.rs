@@ -38,6 +38,11 @@ enum Command {
         /// Only the default build (`clip`: fusion and autotune on).
         #[arg(long)]
         only_default: bool,
+        /// Instead, what `bench/gpu/tch.sh` runs: `clip-noautotune` and `clip-tch` (the `tch`
+        /// feature, built against the LibTorch of the GPU machines' PyTorch: 2.11.0, CUDA 13,
+        /// headers and libraries from its PyPI wheel).
+        #[arg(long)]
+        tch: bool,
     },
     /// Install the LibTorch that burn's `tch` backend builds against (2.9.0, CPU), from the torch
     /// wheel on PyPI, into .libtorch/2.9.0-cpu/ (named in .cargo/config.toml). Then build with
@@ -87,11 +92,18 @@ fn main() -> Result<()> {
                 wanted - ready.len()
             );
         }
-        Command::BenchGpu { only_default } => {
+        Command::BenchGpu { only_default, tch } => {
             let dir = root.join(".gpu");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let variants: &[(&str, &str)] =
-                if only_default { &GPU_VARIANTS[..1] } else { GPU_VARIANTS };
+            // bench/gpu/tch.sh needs clip-noautotune and clip-tch; clip-tch has the default
+            // build's features plus `tch`, so it shares that build's compiled dependencies.
+            let variants: Vec<(&str, &str)> = if tch {
+                vec![GPU_VARIANTS[1], ("clip-tch", "cuda,fusion,autotune,tch")]
+            } else if only_default {
+                GPU_VARIANTS[..1].to_vec()
+            } else {
+                GPU_VARIANTS.to_vec()
+            };
             for (name, features) in variants {
                 let mut build = std::process::Command::new(env!("CARGO"));
                 build.current_dir(&root).args([
@@ -103,6 +115,11 @@ fn main() -> Result<()> {
                     "--features",
                     features,
                 ]);
+                if name == "clip-tch" {
+                    let libtorch = libtorch::gpu_link_dir(&root);
+                    libtorch::install_gpu_link(&libtorch)?;
+                    build.env("LIBTORCH", &libtorch).env("LIBTORCH_BYPASS_VERSION_CHECK", "1");
+                }
                 run(&mut build)?;
                 let bin = dir.join(name);
                 std::fs::copy(root.join("target/release/clip"), &bin)
@@ -119,7 +136,7 @@ fn main() -> Result<()> {
                     std::fs::metadata(&gz).map(|m| m.len() / 1_000_000).unwrap_or(0)
                 );
             }
-            println!("On the GPU machine (device tool, carry [\".gpu\"]): bash bench/gpu/diagnose.sh, or bash bench/gpu/bench.sh");
+            println!("On the GPU machine (device tool, carry [\".gpu\"]): bash bench/gpu/diagnose.sh, bash bench/gpu/bench.sh or (--tch) bash bench/gpu/tch.sh");
         }
         Command::Libtorch => {
             let dir = libtorch::cpu_dir(&root);

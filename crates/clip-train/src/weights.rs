@@ -97,3 +97,50 @@ pub(crate) fn initial_weights<B: Backend>(
     model.text_encoder.model = text;
     Ok(model)
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+    use clip_model::{ClipConfig, ResNetConfig, TextTransformerConfig};
+
+    use super::seeded_init;
+
+    /// Every float parameter's values, in visiting order.
+    fn values<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl<B: Backend> ModuleVisitor<B> for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        m.visit(&mut c);
+        c.0
+    }
+
+    fn tiny() -> ClipConfig {
+        ClipConfig {
+            projection_dim: 4,
+            ..ClipConfig::new(ResNetConfig::tiny(4), TextTransformerConfig::tiny())
+        }
+    }
+
+    #[test]
+    fn a_seed_gives_the_weights_the_training_backend_drew_before() {
+        // Before weights were drawn on the CPU backend for every backend, a run on Flex seeded
+        // its own autodiff backend and drew there: the same numbers, so runs keep their figures.
+        type B = Autodiff<Flex>;
+        let device = Default::default();
+        let config = tiny();
+        B::seed(&device, 11);
+        let before = config.init::<B>(&device);
+        let now = seeded_init::<B>(&config, 11, &device);
+        let (a, b) = (values(&before), values(&now));
+        assert!(a.len() > 1000);
+        assert_eq!(a, b);
+        assert_ne!(a, values(&seeded_init::<B>(&config, 12, &device)));
+    }
+}
