@@ -24,6 +24,9 @@ pub fn seeded_init<B: Backend>(
     let cpu = Default::default();
     Flex::seed(&cpu, seed);
     let drawn = clip_config.init::<Flex>(&cpu);
+    // Parameters are drawn lazily: draw them all now, in visiting order, while the generator
+    // holds the seed (`into_record` would draw them in another order).
+    crate::step::materialize(&drawn);
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let bytes = recorder.record(drawn.into_record(), ()).expect("a record serializes to bytes");
     let record = recorder.load(bytes, device).expect("bytes just written read back");
@@ -136,9 +139,9 @@ mod tests {
         let device = Default::default();
         let config = tiny();
         B::seed(&device, 11);
-        let before = config.init::<B>(&device);
-        let now = seeded_init::<B>(&config, 11, &device);
-        let (a, b) = (values(&before), values(&now));
+        // Drawn lazily: visiting draws them, now, from the seeded generator.
+        let a = values(&config.init::<B>(&device));
+        let b = values(&seeded_init::<B>(&config, 11, &device));
         assert!(a.len() > 1000);
         assert_eq!(a, b);
         assert_ne!(a, values(&seeded_init::<B>(&config, 12, &device)));
