@@ -98,7 +98,7 @@ fn main() -> Result<()> {
             // bench/gpu/tch.sh needs clip-noautotune and clip-tch; clip-tch has the default
             // build's features plus `tch`, so it shares that build's compiled dependencies.
             let variants: Vec<(&str, &str)> = if tch {
-                vec![GPU_VARIANTS[1], ("clip-tch", "cuda,fusion,autotune,tch")]
+                vec![("clip-tch", "cuda,fusion,autotune,tch"), GPU_VARIANTS[1]]
             } else if only_default {
                 GPU_VARIANTS[..1].to_vec()
             } else {

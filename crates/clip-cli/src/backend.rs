@@ -4,8 +4,8 @@
 //! [`dispatch_infer`]).
 //!
 //! `auto` takes the first of these that this build has and this machine runs: LibTorch on a GPU,
-//! burn's CUDA, LibTorch on the CPU, Flex. On the CPU the order is measured (LibTorch's step is
-//! several times Flex's, BENCHMARKS.md); on a GPU it follows what is known so far (burn-cuda 0.21
+//! burn's CUDA, LibTorch on the CPU, Flex. On the CPU the order is measured (LibTorch trains the seed
+//! model 1.4–1.9× as fast as Flex, BENCHMARKS.md); on a GPU it follows what is known so far (burn-cuda 0.21
 //! spends minutes compiling kernels before its first step, docs/gpu.md), not a measurement.
 
 use anyhow::Result;
