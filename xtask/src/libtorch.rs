@@ -233,3 +233,55 @@ fn write_entry(entry: &mut zip::read::ZipFile<'_>, out: &Path) -> Result<()> {
     std::io::copy(entry, &mut file).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_folder_not_finished_by_this_command_is_refused_and_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = cpu_dir(root.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mine.txt"), b"a user's file").unwrap();
+        let err = install_cpu(&dir).unwrap_err().to_string();
+        assert!(err.contains("no finished LibTorch") && err.contains("2.9.0-cpu"), "{err}");
+        assert_eq!(std::fs::read(dir.join("mine.txt")).unwrap(), b"a user's file");
+        assert!(!root.path().join(".libtorch/downloads").exists(), "nothing fetched");
+    }
+
+    #[test]
+    fn a_finished_folder_is_kept_as_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = cpu_dir(root.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("build-version"), "2.9.0+cpu-from-pypi\n").unwrap();
+        install_cpu(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unpacking_keeps_the_chosen_members_as_a_libtorch_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("torch.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        for (name, body) in [
+            ("torch/include/c10/core.h", "header"),
+            ("torch/lib/libc10.so", "c10"),
+            ("torch/lib/libtorch_cuda.so", "cuda"),
+            ("torch/__init__.py", "python"),
+        ] {
+            zip.start_file(name, zip::write::FileOptions::default()).unwrap();
+            zip.write_all(body.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap();
+        let out = dir.path().join("out");
+        unpack(&wheel, &out, |n| n.starts_with("torch/include/") || n.ends_with("libc10.so"))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("include/c10/core.h")).unwrap(), "header");
+        assert_eq!(std::fs::read_to_string(out.join("lib/libc10.so")).unwrap(), "c10");
+        assert!(!out.join("lib/libtorch_cuda.so").exists() && !out.join("__init__.py").exists());
+    }
+}

@@ -1647,5 +1647,17 @@ mod tch {
         };
         assert_eq!(names(&ranked[0]).len(), 5, "{ranked:?}");
         assert_eq!(names(&ranked[0]), names(&ranked[1]), "{ranked:?}");
+
+        // Without a GPU, `auto` takes LibTorch's CPU kernels over Flex's, and says so.
+        let auto = clip()
+            .args(["search", "--backend", "auto", "--index"])
+            .arg(dir.path().join("index-tch"))
+            .args(["a red circle", "-k", "5"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&auto.stderr);
+        assert!(auto.status.success(), "{said}");
+        assert!(said.contains("auto picked tch (libtorch cpu)"), "{said}");
+        assert_eq!(names(&String::from_utf8_lossy(&auto.stdout)), names(&ranked[1]));
     }
 }
