@@ -1661,3 +1661,16 @@ mod tch {
         assert_eq!(names(&String::from_utf8_lossy(&auto.stdout)), names(&ranked[1]));
     }
 }
+
+/// A build without LibTorch says how to get it when `--backend tch` is asked for.
+#[cfg(not(feature = "tch"))]
+#[test]
+fn the_tch_backend_in_a_build_without_it_is_a_clear_error() {
+    let out = clip().args(["bench", "step", "--backend", "tch", "--steps", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("without the `tch` feature") && err.contains("cargo xtask"), "{err}");
+    let out = clip().args(["bench", "step", "--backend", "torch"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("auto, cuda, cpu or tch"), "{err}");
+}
