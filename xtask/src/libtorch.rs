@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 /// The LibTorch version torch-sys 0.22 (burn-tch 0.21) is written against.
 pub const VERSION: &str = "2.9.0";
 
-/// One wheel: pip spec, file name, SHA-256, and the files kept (path in the wheel → name in lib/).
+/// One pinned wheel: its pip spec, file name and SHA-256.
 struct Wheel {
     spec: &'static str,
     file: &'static str,
@@ -150,7 +150,14 @@ fn assemble(
     std::fs::create_dir_all(staging.join("lib"))
         .with_context(|| format!("creating {}", staging.display()))?;
     println!("unpacking {what} ...");
-    let version = fill(&downloads, &staging)?;
+    let version = match fill(&downloads, &staging) {
+        Ok(version) => version,
+        Err(e) => {
+            // The staging folder is this run's own: nothing half-built is left behind.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     std::fs::write(staging.join("build-version"), format!("{version}\n"))?;
     std::fs::rename(&staging, dir)
         .with_context(|| format!("moving {} to {}", staging.display(), dir.display()))?;
