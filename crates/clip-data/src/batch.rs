@@ -148,6 +148,23 @@ impl HostBatch {
         self.items.is_empty()
     }
 
+    /// Rows `rows` of this batch (a replica's share of it), padded as the whole batch is; the
+    /// skipped images stay with the first share.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> HostBatch {
+        let pixels = 3 * self.image_size * self.image_size;
+        let tokens = |v: &[i32]| v[rows.start * self.seq_len..rows.end * self.seq_len].to_vec();
+        HostBatch {
+            images: self.images[rows.start * pixels..rows.end * pixels].to_vec(),
+            image_size: self.image_size,
+            input_ids: tokens(&self.input_ids),
+            attention_mask: tokens(&self.attention_mask),
+            seq_len: self.seq_len,
+            image_indices: self.image_indices[rows.clone()].to_vec(),
+            items: self.items[rows.clone()].to_vec(),
+            skipped: if rows.start == 0 { self.skipped.clone() } else { Vec::new() },
+        }
+    }
+
     /// Pads token sequences as `padding` says and packs them with the already-filled images.
     pub fn collate(
         images: Vec<f32>,

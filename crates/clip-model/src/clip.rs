@@ -9,7 +9,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::loss::{infonce, logits_per_text, sigmoid_pairs, soft_targets, ContrastiveLoss};
+use crate::loss::{
+    infonce, logits_per_text, loss_rows, sigmoid_pairs, soft_targets, ContrastiveLoss,
+};
 use crate::precision::Precision;
 use crate::projection::{ProjectionHead, ProjectionHeadConfig};
 use crate::resnet::{ResNet, ResNetConfig};
@@ -395,6 +397,19 @@ impl<B: Backend> ClipModel<B> {
             ContrastiveLoss::Sigmoid => sigmoid_pairs(logits.clone()),
         };
         ClipOutput { image_embeddings, text_embeddings, logits_per_text: logits, loss }
+    }
+
+    /// The share of the contrastive loss over a (gathered) batch that pairs `rows` carry
+    /// ([`loss_rows`]): a replica's local loss.
+    pub fn contrast_rows(
+        &self,
+        image_embeddings: Tensor<B, 2>,
+        text_embeddings: Tensor<B, 2>,
+        rows: std::ops::Range<usize>,
+        scale: Tensor<B, 1>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 1> {
+        loss_rows(self.settings.loss, image_embeddings, text_embeddings, rows, scale, bias)
     }
 }
 

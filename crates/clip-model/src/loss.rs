@@ -75,6 +75,62 @@ pub fn soft_targets<B: Backend>(
     (images_loss + texts_loss).div_scalar(2.0).mean()
 }
 
+/// The share of the batch loss that rows `rows` of a batch of `image.dims()[0]` pairs carry:
+/// the per-pair terms of `kind`'s loss for those pairs, divided by the whole batch's size, so
+/// that the shares of disjoint row ranges covering the batch add up to the batch loss. This is
+/// open_clip's `--local-loss`: a replica holding pairs `rows` of a gathered batch scores only its
+/// own `rows.len()` texts and images against every other (a `[rows, batch]` block of logits, not
+/// `[batch, batch]`).
+pub fn loss_rows<B: Backend>(
+    kind: ContrastiveLoss,
+    image: Tensor<B, 2>,
+    text: Tensor<B, 2>,
+    rows: std::ops::Range<usize>,
+    scale: Tensor<B, 1>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 1> {
+    let [n, _] = image.dims();
+    let device = image.device();
+    let b = rows.len();
+    let scaled = |a: Tensor<B, 2>, others: Tensor<B, 2>| {
+        let mut l = logits_per_text(a, others, scale.clone());
+        if let Some(bias) = &bias {
+            l = l + bias.clone().unsqueeze::<2>();
+        }
+        l
+    };
+    // Row i of each block scores text (image) `rows.start + i` against every image (text).
+    let per_text = scaled(text.clone().slice(rows.clone()), image.clone());
+    let total = n.max(1) as f64;
+    match kind {
+        ContrastiveLoss::Infonce => {
+            let per_image = scaled(image.clone().slice(rows.clone()), text);
+            let targets = Tensor::<B, 1, Int>::arange(rows.start as i64..rows.end as i64, &device)
+                .reshape([b, 1]);
+            let ce_sum = |l: Tensor<B, 2>| log_softmax(l, 1).gather(1, targets.clone()).sum();
+            (ce_sum(per_text) + ce_sum(per_image)).neg().div_scalar(2.0 * total)
+        }
+        ContrastiveLoss::Sigmoid => {
+            let signs =
+                Tensor::<B, 2>::eye(n, &device).slice(rows.clone()).mul_scalar(2.0).sub_scalar(1.0);
+            log_sigmoid(per_text * signs).sum().neg().div_scalar(total)
+        }
+        ContrastiveLoss::SoftTargets => {
+            let per_image = scaled(image.clone().slice(rows.clone()), text.clone());
+            // The targets' columns need every row's similarities: [n, n], cheap beside the towers.
+            let similarity =
+                image.clone().matmul(image.transpose()) + text.clone().matmul(text.transpose());
+            let targets =
+                softmax(similarity.div_scalar(2.0).mul(scale.recip().unsqueeze::<2>()), 1);
+            let texts_loss =
+                (targets.clone().slice(rows.clone()).neg() * log_softmax(per_text, 1)).sum();
+            let images_loss =
+                (targets.slice([0..n, rows]).transpose().neg() * log_softmax(per_image, 1)).sum();
+            (texts_loss + images_loss).div_scalar(2.0 * total)
+        }
+    }
+}
+
 /// Fraction of rows whose highest logit is on the diagonal (in-batch top-1 accuracy).
 pub fn in_batch_accuracy<B: Backend>(logits: Tensor<B, 2>) -> f64 {
     let [n, _] = logits.dims();
@@ -100,6 +156,54 @@ mod tests {
         let perfect = Tensor::<Flex, 2>::eye(4, &device).mul_scalar(100.0);
         assert!(infonce(perfect.clone()).into_scalar() < 1e-6);
         assert_eq!(in_batch_accuracy(perfect), 1.0);
+    }
+
+    #[test]
+    fn row_shares_add_up_to_the_batch_loss_for_every_loss() {
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        let n = 7;
+        let unit = |t: Tensor<Flex, 2>| {
+            let norm = t.clone().square().sum_dim(1).sqrt();
+            t / norm
+        };
+        let image =
+            unit(Tensor::<Flex, 2>::random([n, 5], Distribution::Normal(0.0, 1.0), &device));
+        let text = unit(Tensor::<Flex, 2>::random([n, 5], Distribution::Normal(0.0, 1.0), &device));
+        let scale = Tensor::<Flex, 1>::from_floats([3.0], &device);
+        for kind in
+            [ContrastiveLoss::Infonce, ContrastiveLoss::Sigmoid, ContrastiveLoss::SoftTargets]
+        {
+            let bias = kind.has_bias().then(|| Tensor::<Flex, 1>::from_floats([-1.5], &device));
+            let mut logits = logits_per_text(text.clone(), image.clone(), scale.clone());
+            if let Some(b) = &bias {
+                logits = logits + b.clone().unsqueeze::<2>();
+            }
+            let whole: f32 = match kind {
+                ContrastiveLoss::Infonce => infonce(logits),
+                ContrastiveLoss::Sigmoid => sigmoid_pairs(logits),
+                ContrastiveLoss::SoftTargets => {
+                    soft_targets(logits, text.clone(), image.clone(), scale.clone().recip())
+                }
+            }
+            .into_scalar();
+            let parts: f32 = [0..3, 3..5, 5..7]
+                .into_iter()
+                .map(|r| {
+                    let share = loss_rows(
+                        kind,
+                        image.clone(),
+                        text.clone(),
+                        r,
+                        scale.clone(),
+                        bias.clone(),
+                    );
+                    share.into_scalar()
+                })
+                .sum();
+            assert!(whole > 0.1, "{kind:?}: {whole}");
+            assert!((whole - parts).abs() < 1e-5 * whole, "{kind:?}: {whole} vs {parts}");
+        }
     }
 
     #[test]

@@ -253,6 +253,16 @@ pub struct TrainSpec {
     /// End the run (as finished, exporting the best model) after this many validations in a
     /// row without a better `checkpoint.best_by`.
     pub early_stop_patience: Option<usize>,
+    /// Train data-parallel on these devices of the backend (indices; empty or one: a single
+    /// device). One replica per entry, each with `data.batch_size / devices` pairs of every
+    /// batch; the loss is the whole batch's. On the CPU backend every entry is the CPU (replicas
+    /// share its cores: for testing what runs on GPUs).
+    pub devices: Vec<usize>,
+    /// With several devices, each replica scores only its own pairs against the gathered batch
+    /// (open_clip's `--local-loss`): `[batch / devices, batch]` logits per replica instead of
+    /// `[batch, batch]`, the same loss and gradients, one more exchange of the embeddings'
+    /// gradient.
+    pub local_loss: bool,
 }
 
 impl Default for TrainSpec {
@@ -292,6 +302,8 @@ impl Default for TrainSpec {
             recompute_activations: false,
             tensorboard: true,
             early_stop_patience: None,
+            devices: Vec::new(),
+            local_loss: false,
         }
     }
 }
@@ -466,6 +478,20 @@ impl ExperimentConfig {
                 "train.micro_batches must be between 1 and data.batch_size ({}), got {}",
                 self.data.batch_size, t.micro_batches
             ));
+        }
+        let replicas = t.devices.len().max(1);
+        if replicas > 1 && replicas * t.micro_batches > self.data.batch_size {
+            return bad(format!(
+                "train.devices: {replicas} replicas of {} micro-batch(es) each need data.batch_size >= {}, got {}",
+                t.micro_batches,
+                replicas * t.micro_batches,
+                self.data.batch_size
+            ));
+        }
+        if let Some(d) =
+            t.devices.iter().enumerate().find_map(|(i, d)| t.devices[..i].contains(d).then_some(d))
+        {
+            return bad(format!("train.devices lists device {d} twice"));
         }
         if t.early_stop_patience == Some(0) {
             return bad("train.early_stop_patience must be at least 1".into());

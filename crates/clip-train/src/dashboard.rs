@@ -241,6 +241,9 @@ fn render_stats(frame: &mut Frame, area: Rect, state: &DashboardState) {
             lines.push(Line::from(format!("loss scale   {s:.0} ({} skipped)", m.skipped_steps)));
         }
         lines.push(Line::from(format!("throughput   {:.1} samples/s", m.samples_per_s)));
+        if !m.replicas.is_empty() {
+            lines.push(Line::from(crate::progress::replicas_line(m)));
+        }
     }
     if let Some(i) = &state.info {
         lines.push(Line::from(format!(

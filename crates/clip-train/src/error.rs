@@ -56,6 +56,9 @@ pub enum TrainError {
     },
     #[error("training diverged at step {step}: the loss is {loss}")]
     Diverged { step: usize, loss: f64 },
+    /// The replicas of a multi-device run could not exchange their tensors.
+    #[error("replica {rank}: {message}")]
+    Collective { rank: usize, message: String },
     #[error("{0}")]
     Other(String),
 }

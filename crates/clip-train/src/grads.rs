@@ -2,6 +2,8 @@
 //! removal and clipping), and the finite check of fp16 loss scaling. Everything stays on the
 //! device as tensors; only the caller decides when to read a value back.
 
+use std::collections::HashSet;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -157,4 +159,76 @@ pub fn shrink<B: AutodiffBackend, M: Module<B>>(
         return module;
     }
     module.map(&mut Mapper(factors))
+}
+
+/// Replaces `grads` of `module` by their sum over the replicas of `comm`, in one collective
+/// operation: the gradients of every trainable parameter, in visit order (one a replica lacks
+/// counting as zeros there), flattened into one tensor, summed, and cut back.
+///
+/// Parameters in `skip` are left out (another group's).
+pub fn all_reduce<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    skip: &HashSet<ParamId>,
+    comm: &dyn crate::collective::Collective<B::InnerBackend>,
+) -> crate::error::Result<()> {
+    struct Flatten<'a, IB: Backend> {
+        grads: &'a mut GradientsParams,
+        skip: &'a HashSet<ParamId>,
+        parts: Vec<Tensor<IB, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() || self.skip.contains(&param.id) {
+                return;
+            }
+            let value = param.val();
+            let n = value.shape().num_elements();
+            let part = match self.grads.remove::<B::InnerBackend, D>(param.id) {
+                Some(g) => g.reshape([n]),
+                None => Tensor::zeros([n], &value.device()),
+            };
+            self.parts.push(part);
+        }
+    }
+    struct Unflatten<'a, IB: Backend> {
+        grads: &'a mut GradientsParams,
+        skip: &'a HashSet<ParamId>,
+        summed: Tensor<IB, 1>,
+        at: usize,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() || self.skip.contains(&param.id) {
+                return;
+            }
+            let dims = param.val().dims();
+            let n: usize = dims.iter().product();
+            let g = self.summed.clone().slice(self.at..self.at + n).reshape(dims);
+            self.at += n;
+            self.grads.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+    let mut flatten = Flatten { grads, skip, parts: Vec::new() };
+    module.visit(&mut flatten);
+    let Flatten { grads, parts, .. } = flatten;
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let summed = comm.all_reduce_sum(Tensor::cat(parts, 0))?;
+    module.visit(&mut Unflatten { grads, skip, summed, at: 0 });
+    Ok(())
+}
+
+/// The ids of every float parameter of `module`.
+pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> HashSet<ParamId> {
+    struct Ids(HashSet<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.insert(param.id);
+        }
+    }
+    let mut ids = Ids(HashSet::new());
+    module.visit(&mut ids);
+    ids.0
 }

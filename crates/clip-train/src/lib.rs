@@ -5,6 +5,7 @@
 //! dashboard ([`dashboard`]), and an overview of a runs directory ([`runs`]).
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod dashboard;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod observer;
 pub mod optim;
 pub mod plots;
 pub mod progress;
+pub mod replicas;
 pub mod runs;
 pub mod schedule;
 pub mod step;

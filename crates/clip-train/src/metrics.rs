@@ -38,6 +38,9 @@ pub struct StepMetrics {
     pub skipped_steps: usize,
     pub elapsed_s: f64,
     pub eta_s: f64,
+    /// Each replica's share of a data-parallel step, replica 0 first (empty on one device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::replicas::ReplicaStep>,
 }
 
 /// One validation pass: when it happened, and the evaluation of the validation split.
@@ -386,6 +389,7 @@ pub(crate) mod test_metrics {
             skipped_steps: 0,
             elapsed_s: 65.0,
             eta_s: 130.0,
+            replicas: Vec::new(),
         }
     }
 

@@ -76,6 +76,9 @@ pub struct RunInfo {
     /// Parts each batch's forward and backward passes are split into (1: whole).
     #[serde(default = "one")]
     pub micro_batches: usize,
+    /// Data-parallel replicas (one per device) sharing each batch.
+    #[serde(default = "one")]
+    pub replicas: usize,
     pub batches_per_epoch: usize,
     pub epochs: usize,
     pub total_steps: usize,

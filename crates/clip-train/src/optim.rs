@@ -185,6 +185,21 @@ impl GroupGrads {
         acc.grads()
     }
 
+    /// Each group's gradients summed over the replicas of `comm` (one collective operation per
+    /// group).
+    pub fn all_reduce<B: AutodiffBackend>(
+        &mut self,
+        model: &ClipModel<B>,
+        comm: &dyn crate::collective::Collective<B::InnerBackend>,
+    ) -> Result<()> {
+        let none = Default::default();
+        grads::all_reduce(&model.image_encoder.model, &mut self.image, &none, comm)?;
+        grads::all_reduce(&model.text_encoder.model, &mut self.text, &none, comm)?;
+        let mut trunks = grads::param_ids(&model.image_encoder.model);
+        trunks.extend(grads::param_ids(&model.text_encoder.model));
+        grads::all_reduce(model, &mut self.heads, &trunks, comm)
+    }
+
     /// The sum of two passes' gradients (a parameter missing from one counts as zero there).
     pub fn add<B: AutodiffBackend>(self, model: &ClipModel<B>, other: Self) -> Self {
         fn sum<B: AutodiffBackend, M: AutodiffModule<B>>(

@@ -64,6 +64,9 @@ impl<W: Write> Observer for PlainProgress<W> {
                 m.samples_per_s,
                 fmt_duration(m.eta_s)
             );
+            if !m.replicas.is_empty() {
+                let _ = writeln!(self.out, "  {}", replicas_line(m));
+            }
         }
     }
     fn on_epoch(&mut self, m: &EpochMetrics) {
@@ -88,13 +91,30 @@ impl<W: Write> Observer for PlainProgress<W> {
     }
 }
 
+/// Each replica's throughput and time spent exchanging tensors in the last step.
+pub(crate) fn replicas_line(m: &StepMetrics) -> String {
+    let parts: Vec<String> = m
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(r, s)| format!("#{r} {:.1}/s ({:.0} ms comm)", s.samples_per_s, s.comm_s * 1e3))
+        .collect();
+    format!("replicas {}", parts.join(" · "))
+}
+
 /// " in 4 micro-batches" when a batch's passes are split, else nothing.
 pub(crate) fn micro_batches_note(i: &RunInfo) -> String {
-    if i.micro_batches > 1 {
-        format!(" in {} micro-batches", i.micro_batches)
-    } else {
-        String::new()
+    let mut note = String::new();
+    if i.replicas > 1 {
+        note += &format!(" over {} devices", i.replicas);
     }
+    if i.micro_batches > 1 {
+        note += &format!(" in {} micro-batches", i.micro_batches);
+        if i.replicas > 1 {
+            note += " each";
+        }
+    }
+    note
 }
 
 /// A duration as `1h02m`, `3m05s` or `42s` (`--` when unknown).

@@ -20,6 +20,7 @@ use clip_model::loss::in_batch_accuracy;
 use clip_model::precision::Precision;
 use clip_model::{ClipModel, ClipOutput, ImageFeatureCache, TextFeatureCache};
 
+use crate::collective::{all_gather_rows, Collective};
 use crate::optim::GroupGrads;
 
 /// The image side of a batch on the device: pixels, or the image tower's pooled features (a
@@ -275,6 +276,178 @@ pub fn forward_backward<B: AutodiffBackend>(
         });
     }
     StepOutcome { loss, acc_i2t, acc_t2i, grads: grads.expect("at least two micro-batches") }
+}
+
+/// Where a replica's pairs sit in the batch that all replicas of a step share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRows {
+    /// This replica's rows of the shared batch.
+    pub rows: Range<usize>,
+    /// Pairs in the shared batch.
+    pub total: usize,
+}
+
+/// How a replica's loss is formed from the gathered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaLoss {
+    /// Every replica computes the whole gathered batch's loss (`[total, total]` logits), as
+    /// open_clip with `--gather-with-grad`.
+    Global,
+    /// Each replica scores only its own pairs against the gathered batch (`[rows, total]`
+    /// logits), as open_clip's `--local-loss`; the shares add up to the global loss.
+    Local,
+}
+
+/// Serializes the draws of replicas that share a random generator: burn's backends keep one per
+/// process, so replica threads reseeding and drawing dropout masks at once would take each
+/// other's numbers.
+static SHARED_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`forward_backward`] for one replica of a data-parallel step: the replica's pairs (`inputs`,
+/// rows `place.rows` of the shared batch) are embedded, the embeddings of all replicas gathered,
+/// the contrastive loss taken over the gathered batch, and its gradient brought back into this
+/// replica's towers through its own embeddings only; the gradients are then summed over the
+/// replicas. With one device and the same batch in as many micro-batches as there are replicas,
+/// loss and gradients are the same (a test shows it).
+///
+/// The gather needs no differentiable collective: the loss is differentiated with respect to
+/// the gathered embeddings (leaves), and that gradient, rows `place.rows` of it, is
+/// backpropagated through this replica's embedding graph (open_clip's gather-with-grad gives
+/// each replica the same gradient through the backward all-reduce of the gather). With the
+/// global loss every replica has the whole gradient already; with the local loss the replicas'
+/// shares are summed first. The temperature's (and logit bias's) gradient is counted once.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward_replica<B: AutodiffBackend>(
+    model: &ClipModel<B>,
+    inputs: &StepInputs<B>,
+    place: &ReplicaRows,
+    micro_batches: usize,
+    loss_factor: f64,
+    loss_kind: ReplicaLoss,
+    reseed: &mut dyn FnMut(usize),
+    comm: &dyn Collective<B::InnerBackend>,
+) -> crate::error::Result<StepOutcome> {
+    let ranges = micro_batch_ranges(inputs.len(), micro_batches);
+    let embed =
+        |j: usize, inputs: &StepInputs<B>, model: &ClipModel<B>, reseed: &mut dyn FnMut(usize)| {
+            let _generator = SHARED_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+            reseed(j);
+            inputs.embed(model)
+        };
+    // This replica's embeddings: kept with their graphs when the share is taken whole, else from
+    // a first pass without graphs (as `forward_backward` does).
+    let (kept, local) = if ranges.len() <= 1 {
+        let (i, t) = embed(0, inputs, model, reseed);
+        let values = (i.clone().inner(), t.clone().inner());
+        (Some((i, t)), values)
+    } else {
+        let (detached, trainable) = detach_trainable(model);
+        let (mut images, mut texts) = (Vec::new(), Vec::new());
+        detached_training_pass(trainable, || {
+            for (j, r) in ranges.iter().enumerate() {
+                let (i, t) = embed(j, &inputs.rows(r.clone()), &detached, reseed);
+                images.push(i.inner());
+                texts.push(t.inner());
+            }
+        });
+        (None, (Tensor::cat(images, 0), Tensor::cat(texts, 0)))
+    };
+
+    // Both sides gathered in one operation: `[total, 2·dim]`.
+    let dim = local.0.dims()[1];
+    let total = place.total;
+    let gathered =
+        all_gather_rows(comm, Tensor::cat(vec![local.0, local.1], 1), place.rows.clone(), total)?;
+    let leaf = |cols: Range<usize>| {
+        Tensor::<B, 2>::from_inner(gathered.clone().slice([0..total, cols])).require_grad()
+    };
+    let (all_images, all_texts) = (leaf(0..dim), leaf(dim..2 * dim));
+
+    let first = comm.rank() == 0;
+    let (scale, bias) = (model.scale(), model.bias());
+    let (loss, logits) = match loss_kind {
+        ReplicaLoss::Global => {
+            // Every replica holds the same loss: only replica 0 differentiates the temperature.
+            let (scale, bias) =
+                if first { (scale, bias) } else { (scale.detach(), bias.map(|b| b.detach())) };
+            let out = model.contrast_with(all_images.clone(), all_texts.clone(), scale, bias);
+            (out.loss, out.logits_per_text.inner())
+        }
+        ReplicaLoss::Local => {
+            let share = model.contrast_rows(
+                all_images.clone(),
+                all_texts.clone(),
+                place.rows.clone(),
+                scale.clone(),
+                bias,
+            );
+            let logits = clip_model::loss::logits_per_text(
+                all_texts.clone().inner(),
+                all_images.clone().inner(),
+                scale.inner(),
+            );
+            (share, logits)
+        }
+    };
+    let mut raw = loss.clone().mul_scalar(loss_factor).backward();
+    let grad = |t: &Tensor<B, 2>, raw: &mut B::Gradients| {
+        t.grad_remove(raw).unwrap_or_else(|| Tensor::zeros([total, dim], &t.device()))
+    };
+    let (g_images, g_texts) = (grad(&all_images, &mut raw), grad(&all_texts, &mut raw));
+    let loss_grads = GroupGrads::split(model, raw);
+    let (g_images, g_texts, loss_value) = match loss_kind {
+        ReplicaLoss::Global => (g_images, g_texts, loss.into_scalar().elem::<f64>()),
+        ReplicaLoss::Local => {
+            // The embeddings' gradient is the sum of every replica's share's, and so is the loss;
+            // one operation for both.
+            let flat = Tensor::cat(
+                vec![
+                    g_images.reshape([total * dim]),
+                    g_texts.reshape([total * dim]),
+                    loss.inner().reshape([1]),
+                ],
+                0,
+            );
+            let summed = comm.all_reduce_sum(flat)?;
+            let n = total * dim;
+            (
+                summed.clone().slice(0..n).reshape([total, dim]),
+                summed.clone().slice(n..2 * n).reshape([total, dim]),
+                summed.slice(2 * n..2 * n + 1).into_scalar().elem::<f64>(),
+            )
+        }
+    };
+    let own = |g: &Tensor<B::InnerBackend, 2>, r: Range<usize>| {
+        let start = place.rows.start;
+        Tensor::<B, 2>::from_inner(g.clone().slice(start + r.start..start + r.end))
+    };
+    // The loss's gradient into this replica's towers, through its embeddings.
+    let backprop = |(i, t): (Tensor<B, 2>, Tensor<B, 2>), r: Range<usize>| {
+        let surrogate = (i * own(&g_images, r.clone())).sum() + (t * own(&g_texts, r)).sum();
+        GroupGrads::split(model, surrogate.backward())
+    };
+    let mut grads = match kept {
+        Some(embeddings) => backprop(embeddings, 0..inputs.len()),
+        None => {
+            let mut sum: Option<GroupGrads> = None;
+            for (j, r) in ranges.iter().enumerate() {
+                let pass = backprop(embed(j, &inputs.rows(r.clone()), model, reseed), r.clone());
+                sum = Some(match sum {
+                    Some(s) => s.add(model, pass),
+                    None => pass,
+                });
+            }
+            sum.expect("at least two micro-batches")
+        }
+    }
+    .add(model, loss_grads);
+    grads.all_reduce(model, comm)?;
+    Ok(StepOutcome {
+        loss: loss_value,
+        acc_i2t: in_batch_accuracy(logits.clone().transpose()),
+        acc_t2i: in_batch_accuracy(logits),
+        grads,
+    })
 }
 
 /// Initializes every (lazily initialized) parameter of `module` now: burn draws a parameter's

@@ -22,6 +22,7 @@ use crate::metrics::{
 };
 use crate::observer::{CheckpointKind, Observer, RunInfo, TrainSummary};
 use crate::optim::ClipOptimizer;
+use crate::replicas::{ReplicaPlan, Replicas};
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, FrozenFeatures};
 use crate::validate::{record_best, ValidationPoint, Validator};
@@ -59,6 +60,8 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     last_validation: Option<EpochMetrics>,
     skipped_images: usize,
     ending: Option<Ending>,
+    /// The other devices' replicas of a data-parallel run.
+    replicas: Option<Replicas<B>>,
 }
 
 /// Why a run ended before its last step.
@@ -170,27 +173,47 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         }
         let n = batch.len();
         let model = self.model.as_ref().expect("the model is back after every optimizer step");
-        let inputs = self.frozen.inputs(model, t.precision, batch, &self.device);
-        // Dropout draws from the backend's generator: reseed it per step (and micro-batch) so a
-        // resumed run draws what the uninterrupted one would have.
-        let (device, step) = (&self.device, self.state.step);
-        let mut reseed = |micro: usize| B::seed(device, dropout_seed(t.seed, step, micro));
-        let out = forward_backward(
-            model,
-            &inputs,
-            t.micro_batches,
-            self.optim.scaler.factor(),
-            &mut reseed,
-        );
-        drop(inputs);
+        let step = self.state.step;
+        let factor = lr_factor(t, step, self.total_steps, &self.state.plateau);
+        let loss_factor = self.optim.scaler.factor();
+        let (out, own_rows) = match self.replicas.as_mut() {
+            None => {
+                let inputs = self.frozen.inputs(model, t.precision, batch, &self.device);
+                // Dropout draws from the backend's generator: reseed it per step (and
+                // micro-batch) so a resumed run draws what the uninterrupted one would have.
+                let device = &self.device;
+                let mut reseed = |micro: usize| B::seed(device, dropout_seed(t.seed, step, micro));
+                let out =
+                    forward_backward(model, &inputs, t.micro_batches, loss_factor, &mut reseed);
+                (out, n)
+            }
+            Some(replicas) => {
+                let place = replicas.send(&batch, step, factor)?;
+                let own = batch.rows(place.rows.clone());
+                drop(batch);
+                let out = replicas.forward_backward(
+                    model,
+                    &mut self.frozen,
+                    own,
+                    &place,
+                    loss_factor,
+                    step,
+                    &self.device,
+                )?;
+                (out, place.rows.len())
+            }
+        };
         if !out.loss.is_finite() && !self.optim.scaler.enabled {
             return Err(TrainError::Diverged { step: step + 1, loss: out.loss });
         }
-        let factor = lr_factor(t, step, self.total_steps, &self.state.plateau);
         let model = self.model.take().expect("the model is back after every optimizer step");
         let (model, report) = self.optim.step(model, out.grads, factor, false);
         let temperature = model.temperature();
         self.model = Some(model);
+        let replicas = match self.replicas.as_mut() {
+            Some(r) => r.collect(own_rows)?,
+            None => Vec::new(),
+        };
 
         let state = &mut self.state;
         state.step += 1;
@@ -218,6 +241,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             skipped_steps: self.optim.scaler.skipped_steps,
             elapsed_s: state.elapsed_s,
             eta_s: self.clock.eta_s(state.step, self.total_steps),
+            replicas,
         };
         self.logs.step(&m)?;
         self.observer.on_step(&m);
@@ -377,6 +401,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         observer: &'a mut dyn Observer,
     ) -> Result<Self> {
         let t = &config.train;
+        // Replica 0 trains on the first of several devices.
+        let devices: Vec<B::Device> =
+            t.devices.iter().map(|&i| device_number::<B>(device, i)).collect();
+        let device = devices.first().unwrap_or(device);
         std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
         let (loader, val_loader) = loaders(config, run, resume)?;
 
@@ -386,6 +414,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let mut model = seeded_init::<B>(&clip_config, t.seed, device);
         let mut optim = ClipOptimizer::<B>::new(t);
         let mut state = TrainState::new(optim.scaler.clone());
+        let mut resumed_from = None;
         if resume {
             let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
                 path: run.checkpoints(),
@@ -398,6 +427,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             truncate_after(&run.metrics().join(STEP_METRICS), state.step)?;
             truncate_after(&run.metrics().join(EPOCH_METRICS), state.step)?;
             observer.on_message(&format!("resumed from {} (step {})", dir.display(), state.step));
+            resumed_from = Some(dir);
         } else {
             clip_data::fs::write_atomic(&run.config(), config.to_toml().as_bytes())?;
             let card = ModelCard { clip: clip_config.clone(), data: config.data.clone() };
@@ -412,17 +442,27 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         // features all run long: compute them once.
         let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
         let augmented = !config.data.augment.is_identity();
-        let frozen = FrozenFeatures::new(
-            t.cache_frozen_text && !clip_config.text_trainable,
-            frozen_image,
-            augmented,
-        );
+        let frozen_text = t.cache_frozen_text && !clip_config.text_trainable;
+        let frozen = FrozenFeatures::new(frozen_text, frozen_image, augmented);
         if frozen_image && augmented {
             observer.on_message(
                 "image features not cached: augmentation changes the frozen tower's input every epoch",
             );
         }
 
+        let replicas = if devices.len() > 1 {
+            let plan = ReplicaPlan {
+                spec: t.clone(),
+                frozen_text,
+                frozen_image,
+                augmented,
+                resume_from: resumed_from,
+                scaler: optim.scaler.clone(),
+            };
+            Some(Replicas::start(&model, &devices, plan)?)
+        } else {
+            None
+        };
         let batches_per_epoch = loader.num_batches();
         let mut total_steps = t.epochs * batches_per_epoch;
         if let Some(max) = t.max_steps {
@@ -439,6 +479,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             val_images: validator.images(),
             batch_size: config.data.batch_size,
             micro_batches: t.micro_batches,
+            replicas: devices.len().max(1),
             batches_per_epoch,
             epochs: if batches_per_epoch == 0 {
                 0
@@ -471,6 +512,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             last_validation: history_epochs.last().cloned(),
             skipped_images: 0,
             ending: None,
+            replicas,
         })
     }
 }
@@ -505,6 +547,22 @@ fn loaders(
     let mut train_cfg = data.loader(true);
     train_cfg.drop_last = config.train.drop_last && split.train.len() > data.batch_size;
     let train_pairs = split.train.clone().with_sampling(data.caption_sampling, data.seed);
+    // Every replica needs a pair per micro-batch: a shorter last batch is dropped.
+    let t = &config.train;
+    let least = t.devices.len().max(1) * t.micro_batches;
+    if t.devices.len() > 1 {
+        let pairs = train_pairs.len();
+        if pairs < least {
+            return Err(TrainError::Config {
+                path: run.config(),
+                message: format!("the training split has {pairs} pair(s); train.devices and train.micro_batches need at least {least}"),
+            });
+        }
+        let rest = pairs % data.batch_size;
+        if pairs > data.batch_size && rest != 0 && rest < least {
+            train_cfg.drop_last = true;
+        }
+    }
     let train = ClipLoader::new(train_pairs, data.train_pipeline()?, train_cfg);
     let val = ClipLoader::new(split.val.clone(), data.eval_pipeline()?, data.loader(false));
     Ok((train, val))
@@ -564,9 +622,18 @@ impl Clock {
     }
 }
 
+/// Device number `index` of the backend `device` belongs to (the CPU backend has one device:
+/// every number is it).
+fn device_number<B: AutodiffBackend>(device: &B::Device, index: usize) -> B::Device {
+    use burn::tensor::backend::DeviceOps;
+    let mut id = device.id();
+    id.index_id = index as u16;
+    <B::Device as burn::tensor::backend::Device>::from_id(id)
+}
+
 /// The dropout generator's seed for micro-batch `micro` of `step` (micro-batch 0's is the seed of
 /// a step taken whole, so runs without micro-batches draw what they always drew).
-fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+pub(crate) fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
     let per_step = seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
     per_step ^ (micro as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
