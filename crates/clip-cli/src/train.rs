@@ -34,6 +34,21 @@ pub struct TrainArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Train data-parallel on these devices, e.g. `--devices 0,1` (`train.devices`): one replica
+    /// per device, each with its share of every batch.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub devices: Vec<usize>,
+    /// Machines training together (`train.nodes`); each runs this command with its own
+    /// `--node-rank`, the same config and `--coordinator`.
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// This machine's place, 0 to nodes − 1 (`train.node_rank`). Node 0 writes the run; the
+    /// others write nothing (with `--resume`, they read node 0's run directory).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// `HOST:PORT` where node 0 listens for the other nodes (`train.coordinator`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
 }
 
 /// A resolved request: config, run directory, and whether it resumes.
@@ -44,7 +59,22 @@ struct Job {
     plain: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<TrainSummary> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
+    if !args.devices.is_empty() {
+        let list: Vec<String> = args.devices.iter().map(usize::to_string).collect();
+        args.overrides.push(format!("train.devices=[{}]", list.join(", ")));
+    }
+    for (key, value) in [("nodes", args.nodes), ("node_rank", args.node_rank)] {
+        if let Some(v) = value {
+            args.overrides.push(format!("train.{key}={v}"));
+        }
+    }
+    if let Some(v) = &args.coordinator {
+        args.overrides.push(format!("train.coordinator={}", toml_string(v)));
+    }
+    if args.node_rank.unwrap_or(0) > 0 {
+        return follow(args);
+    }
     let (config, run, resume) = match (&args.resume, &args.config) {
         (Some(dir), _) => {
             let run = RunDir::new(dir);
@@ -85,7 +115,52 @@ pub fn run(args: TrainArgs) -> Result<TrainSummary> {
         (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
     };
     let backend = args.backend.unwrap_or(config.train.backend);
-    train_job(Job { config, run, resume, plain: args.plain }, backend)
+    train_job(Job { config, run, resume, plain: args.plain }, backend).map(|_| ())
+}
+
+/// A TOML string of `s` for `--set`.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A node other than node 0: takes node 0's steps, writes nothing.
+fn follow(args: TrainArgs) -> Result<()> {
+    let (config, run, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let run = RunDir::new(dir);
+            let config = ExperimentConfig::load(&run.config(), &args.overrides)
+                .with_context(|| format!("{} is not a run directory", dir.display()))?;
+            (config, run, true)
+        }
+        (None, Some(path)) => {
+            let config = ExperimentConfig::load(path, &args.overrides)?;
+            // Not written: only named in messages.
+            let run = RunDir::new(config.runs_dir.join(&config.name));
+            (config, run, false)
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --resume RUN_DIR"),
+    };
+    let backend = args.backend.unwrap_or(config.train.backend);
+    let recompute = config.train.recompute_activations;
+    let steps = dispatch_with(backend, recompute, FollowJob { config, run, resume })?;
+    println!("{steps} steps taken; node 0 ended the run");
+    Ok(())
+}
+
+struct FollowJob {
+    config: ExperimentConfig,
+    run: RunDir,
+    resume: bool,
+}
+
+impl BackendTask for FollowJob {
+    type Output = usize;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend_name: &str) -> Result<usize> {
+        let mut plain = PlainProgress::new(std::io::stdout(), Duration::from_secs(5));
+        clip_train::follow::<B>(&self.config, &self.run, self.resume, &device, &mut plain)
+            .map_err(Into::into)
+    }
 }
 
 /// Trains a config as the quickstart does (into a fresh run directory under its runs_dir).

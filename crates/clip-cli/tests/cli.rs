@@ -1662,6 +1662,128 @@ mod tch {
     }
 }
 
+/// `--devices 0,1` trains data-parallel (two replicas on the CPU here), says so, and records
+/// each replica's throughput and exchange time per step.
+#[test]
+fn training_on_two_devices_reports_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    let run = dir.path().join("run");
+    let out = clip()
+        .args(["train", "--plain", "--backend", "cpu", "--devices", "0,1", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&run)
+        .args(["--set", "train.max_steps=2"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("over 2 devices") && said.contains("replicas #0"), "{said}");
+    let steps = std::fs::read_to_string(run.join("metrics/steps.jsonl")).unwrap();
+    for line in steps.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let replicas = m["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 2, "{line}");
+        assert!(replicas.iter().all(|r| r["samples_per_s"].as_f64().unwrap() > 0.0), "{line}");
+    }
+    assert_eq!(step_numbers(&run), vec![1, 2]);
+}
+
+/// Loopback ports nothing listens on now.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+fn wait_for(child: std::process::Child, limit: Duration, what: &str) -> std::process::Output {
+    let started = std::time::Instant::now();
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still running after {limit:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Two `clip train` processes on loopback, two nodes of one CPU replica each, train as one
+/// process on two devices does: the same loss curve, written by node 0 alone.
+#[test]
+fn two_nodes_on_loopback_train_as_two_devices_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 30, 1);
+    let one = dir.path().join("one");
+    let out = clip()
+        .args(["train", "--plain", "--backend", "cpu", "--devices", "0,1", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&one)
+        .args(["--set", "train.max_steps=3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let [coordinator] = free_ports::<1>();
+    let two = dir.path().join("two");
+    let node = |rank: usize| {
+        let mut cmd = clip();
+        cmd.args(["train", "--plain", "--backend", "cpu", "--config"])
+            .arg(&config)
+            .args(["--nodes", "2", "--node-rank", &rank.to_string()])
+            .args(["--coordinator", &format!("127.0.0.1:{coordinator}")])
+            .args(["--set", "train.max_steps=3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if rank == 0 {
+            cmd.arg("--run-dir").arg(&two);
+        }
+        cmd.spawn().unwrap()
+    };
+    // Node 1 first: it waits for node 0 to listen.
+    let node1 = node(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let node0 = node(0);
+    let limit = Duration::from_secs(240);
+    let out1 = wait_for(node1, limit, "node 1");
+    let out0 = wait_for(node0, limit, "node 0");
+    let said = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    assert!(out0.status.success(), "node 0: {}", said(&out0));
+    assert!(out1.status.success(), "node 1: {}", said(&out1));
+    assert!(said(&out0).contains("over 2 devices"), "{}", said(&out0));
+    assert!(said(&out1).contains("3 steps taken"), "{}", said(&out1));
+    // Node 1 wrote no run of its own.
+    assert!(!dir.path().join("runs").exists());
+
+    let losses = |run: &Path| -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics/steps.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4 * x.abs(), "{a:?} vs {b:?}");
+    }
+}
+
 /// A build without LibTorch says how to get it when `--backend tch` is asked for.
 #[cfg(not(feature = "tch"))]
 #[test]

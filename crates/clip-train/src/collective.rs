@@ -42,12 +42,42 @@ pub fn all_gather_rows<B: Backend>(
     Ok(comm.all_reduce_sum(placed.reshape([total * d]))?.reshape([total, d]))
 }
 
+/// Several machines training together: each node's devices are summed by burn-collective's
+/// local level, then the nodes' sums by [`NodeLink`](crate::nodes::NodeLink) (node 0 listening
+/// at the coordinator's address), and the result handed back to each node's devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub nodes: usize,
+    pub node_rank: usize,
+    /// `HOST:PORT` of node 0.
+    pub coordinator: String,
+}
+
+impl Cluster {
+    /// The cluster `train` describes (None for one machine).
+    pub fn from_spec(t: &crate::config::TrainSpec) -> Option<Self> {
+        if t.nodes <= 1 {
+            return None;
+        }
+        Some(Self { nodes: t.nodes, node_rank: t.node_rank, coordinator: t.coordinator.clone()? })
+    }
+
+    /// The coordinator's port.
+    pub fn port(&self) -> Option<u16> {
+        self.coordinator.rsplit_once(':')?.1.parse().ok()
+    }
+}
+
 /// A replica registered with burn-collective's local server (peers are threads of this process,
-/// one per device).
+/// one per device); this node's first replica also holds the link to the other nodes of a
+/// [`Cluster`].
 pub struct BurnCollective<B: Backend> {
     peer: PeerId,
     rank: usize,
     world: usize,
+    /// Replicas on this node.
+    local: usize,
+    link: Option<std::cell::RefCell<crate::nodes::NodeLink>>,
     comm: std::cell::Cell<Duration>,
     _backend: std::marker::PhantomData<B>,
 }
@@ -59,15 +89,43 @@ impl<B: Backend> BurnCollective<B> {
         burn_collective::reset_collective::<B>();
     }
 
-    /// Registers replica `rank` of `world` on `device`; returns once every replica has
-    /// registered.
+    /// Registers replica `rank` of `world` on `device` (one machine); returns once every replica
+    /// has registered.
     pub fn register(rank: usize, world: usize, device: &B::Device) -> Result<Self> {
-        let peer = PeerId::from(rank as u32);
-        let config = CollectiveConfig::default().with_num_devices(world);
+        Self::register_in(rank, world, world, device, None)
+    }
+
+    /// Registers replica `rank` (numbered across all nodes) of `world`, one of `local` on this
+    /// node, in `cluster` when several machines train; this node's first replica connects to the
+    /// other nodes (node 0's waits for all of them).
+    pub fn register_in(
+        rank: usize,
+        world: usize,
+        local: usize,
+        device: &B::Device,
+        cluster: Option<&Cluster>,
+    ) -> Result<Self> {
+        let local_rank = rank % local;
+        let peer = PeerId::from(local_rank as u32);
+        let config = CollectiveConfig::default().with_num_devices(local);
         burn_collective::register::<B>(peer, device.clone(), config).map_err(|e| {
             TrainError::Collective { rank, message: format!("registering failed: {e:?}") }
         })?;
-        Ok(Self { peer, rank, world, comm: Default::default(), _backend: std::marker::PhantomData })
+        let link = match cluster {
+            Some(c) if local_rank == 0 => {
+                Some(std::cell::RefCell::new(crate::nodes::NodeLink::connect(c)?))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            peer,
+            rank,
+            world,
+            local,
+            link,
+            comm: Default::default(),
+            _backend: std::marker::PhantomData,
+        })
     }
 }
 
@@ -82,17 +140,52 @@ impl<B: Backend> Collective<B> for BurnCollective<B> {
 
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let started = Instant::now();
-        let summed = burn_collective::all_reduce::<B>(
-            self.peer,
-            tensor.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|e| TrainError::Collective {
+        let failed = |what: &str, e: &dyn std::fmt::Debug| TrainError::Collective {
             rank: self.rank,
-            message: format!("all-reduce failed: {e:?}"),
-        })?;
+            message: format!("{what} failed: {e:?}"),
+        };
+        let device = tensor.device();
+        let mut sum = tensor;
+        if self.local > 1 {
+            let primitive = burn_collective::all_reduce::<B>(
+                self.peer,
+                sum.into_primitive().tensor(),
+                ReduceOperation::Sum,
+            )
+            .map_err(|e| failed("all-reduce", &e))?;
+            sum = Tensor::from_primitive(TensorPrimitive::Float(primitive));
+        }
+        if self.world > self.local {
+            // This node's sum goes to the other nodes; their sum comes back to every device.
+            let mine = match &self.link {
+                Some(link) => {
+                    let values: Vec<f32> = sum
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .map_err(|e| failed("reading", &e))?;
+                    let total = link.borrow_mut().all_reduce_sum(values)?;
+                    let n = total.len();
+                    Some(Tensor::<B, 1>::from_data(
+                        burn::tensor::TensorData::new(total, [n]),
+                        &device,
+                    ))
+                }
+                None => None,
+            };
+            sum = if self.local > 1 {
+                let primitive = burn_collective::broadcast::<B>(
+                    self.peer,
+                    mine.map(|t| t.into_primitive().tensor()),
+                )
+                .map_err(|e| failed("broadcast", &e))?;
+                Tensor::from_primitive(TensorPrimitive::Float(primitive))
+            } else {
+                mine.expect("a node's only replica holds its link")
+            };
+        }
         self.comm.set(self.comm.get() + started.elapsed());
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+        Ok(sum)
     }
 
     fn take_comm_time(&self) -> Duration {

@@ -263,6 +263,13 @@ pub struct TrainSpec {
     /// `[batch, batch]`, the same loss and gradients, one more exchange of the embeddings'
     /// gradient.
     pub local_loss: bool,
+    /// Machines training together (each with `devices`); 1: this machine alone. Every node runs
+    /// `clip train` with the same config and its own `node_rank`; node 0 writes the run.
+    pub nodes: usize,
+    /// This machine's place among `nodes` (`--node-rank`).
+    pub node_rank: usize,
+    /// `HOST:PORT` where node 0 listens for the other nodes: reachable from every node.
+    pub coordinator: Option<String>,
 }
 
 impl Default for TrainSpec {
@@ -304,6 +311,9 @@ impl Default for TrainSpec {
             early_stop_patience: None,
             devices: Vec::new(),
             local_loss: false,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
         }
     }
 }
@@ -492,6 +502,33 @@ impl ExperimentConfig {
             t.devices.iter().enumerate().find_map(|(i, d)| t.devices[..i].contains(d).then_some(d))
         {
             return bad(format!("train.devices lists device {d} twice"));
+        }
+        if t.nodes == 0 || t.node_rank >= t.nodes {
+            return bad(format!(
+                "train.node_rank ({}) must be below train.nodes ({})",
+                t.node_rank, t.nodes
+            ));
+        }
+        if t.nodes > 1 {
+            let world = t.nodes * replicas;
+            if world * t.micro_batches > self.data.batch_size {
+                return bad(format!(
+                    "{} nodes × {replicas} device(s) × {} micro-batch(es) need data.batch_size >= {}, got {}",
+                    t.nodes, t.micro_batches, world * t.micro_batches, self.data.batch_size
+                ));
+            }
+            match &t.coordinator {
+                None => return bad(
+                    "train.nodes > 1 needs train.coordinator (node 0's HOST:PORT, --coordinator)"
+                        .into(),
+                ),
+                Some(v) => {
+                    let port = v.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p));
+                    if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                        return bad(format!("train.coordinator must be HOST:PORT, got \"{v}\""));
+                    }
+                }
+            }
         }
         if t.early_stop_patience == Some(0) {
             return bad("train.early_stop_patience must be at least 1".into());

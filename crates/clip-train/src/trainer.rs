@@ -15,6 +15,7 @@ use clip_infer::ModelCard;
 use clip_model::{ClipConfig, ClipModel};
 
 use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
+use crate::collective::Cluster;
 use crate::config::{config_name, ExperimentConfig, ScheduleKind};
 use crate::error::{Result, TrainError};
 use crate::metrics::{
@@ -22,7 +23,7 @@ use crate::metrics::{
 };
 use crate::observer::{CheckpointKind, Observer, RunInfo, TrainSummary};
 use crate::optim::ClipOptimizer;
-use crate::replicas::{ReplicaPlan, Replicas};
+use crate::replicas::{ReplicaPlan, Replicas, StepOrder};
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, FrozenFeatures};
 use crate::validate::{record_best, ValidationPoint, Validator};
@@ -174,7 +175,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let n = batch.len();
         let model = self.model.as_ref().expect("the model is back after every optimizer step");
         let step = self.state.step;
-        let factor = lr_factor(t, step, self.total_steps, &self.state.plateau);
+        let mut factor = lr_factor(t, step, self.total_steps, &self.state.plateau);
         let loss_factor = self.optim.scaler.factor();
         let (out, own_rows) = match self.replicas.as_mut() {
             None => {
@@ -188,6 +189,13 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 (out, n)
             }
             Some(replicas) => {
+                if replicas.clustered() {
+                    // Every node takes the step node 0 takes, at node 0's learning rate.
+                    let order =
+                        StepOrder { epoch, batch: self.state.batch, lr_factor: factor, step };
+                    let agreed = replicas.exchange_order(Some(order))?;
+                    factor = agreed.map_or(factor, |o| o.lr_factor);
+                }
                 let place = replicas.send(&batch, step, factor)?;
                 let own = batch.rows(place.rows.clone());
                 drop(batch);
@@ -402,11 +410,10 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     ) -> Result<Self> {
         let t = &config.train;
         // Replica 0 trains on the first of several devices.
-        let devices: Vec<B::Device> =
-            t.devices.iter().map(|&i| device_number::<B>(device, i)).collect();
-        let device = devices.first().unwrap_or(device);
+        let devices = replica_devices::<B>(t, device);
+        let device = &devices[0];
         std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
-        let (loader, val_loader) = loaders(config, run, resume)?;
+        let (loader, val_loader) = loaders(config, run, resume, true)?;
 
         let clip_config = config
             .clip_config()
@@ -450,7 +457,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             );
         }
 
-        let replicas = if devices.len() > 1 {
+        let cluster = Cluster::from_spec(t);
+        let replicas = if devices.len() > 1 || cluster.is_some() {
             let plan = ReplicaPlan {
                 spec: t.clone(),
                 frozen_text,
@@ -458,6 +466,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 augmented,
                 resume_from: resumed_from,
                 scaler: optim.scaler.clone(),
+                cluster,
             };
             Some(Replicas::start(&model, &devices, plan)?)
         } else {
@@ -479,7 +488,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             val_images: validator.images(),
             batch_size: config.data.batch_size,
             micro_batches: t.micro_batches,
-            replicas: devices.len().max(1),
+            replicas: devices.len() * t.nodes.max(1),
             batches_per_epoch,
             epochs: if batches_per_epoch == 0 {
                 0
@@ -517,12 +526,113 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 }
 
+/// Trains as a node other than node 0 of a multi-machine run (`train.nodes`, `train.node_rank`):
+/// the same data, model and optimizer as node 0, taking the steps node 0 announces with this
+/// node's share of each batch, until node 0 says the run is over. Writes nothing; `run` (with
+/// `resume`) is node 0's run directory, read for its split and latest checkpoint (a shared
+/// folder, or a copy). Returns the steps taken.
+pub fn follow<B: AutodiffBackend>(
+    config: &ExperimentConfig,
+    run: &RunDir,
+    resume: bool,
+    device: &B::Device,
+    observer: &mut dyn Observer,
+) -> Result<usize> {
+    let t = &config.train;
+    let cluster =
+        Cluster::from_spec(t).filter(|c| c.node_rank > 0).ok_or_else(|| TrainError::Config {
+            path: run.config(),
+            message: "following needs train.nodes > 1, train.node_rank > 0 and train.coordinator"
+                .into(),
+        })?;
+    let devices = replica_devices::<B>(t, device);
+    let device = &devices[0];
+    let (loader, _) = loaders(config, run, resume, false)?;
+    let clip_config =
+        config.clip_config().map_err(|m| TrainError::Config { path: run.config(), message: m })?;
+    let mut model = seeded_init::<B>(&clip_config, t.seed, device);
+    let mut optim = ClipOptimizer::<B>::new(t);
+    let mut resumed_from = None;
+    if resume {
+        let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
+            path: run.checkpoints(),
+            message: "no complete checkpoint to resume from".into(),
+        })?;
+        model = load_model(model, &dir, device)?;
+        optim = optim.load(&dir, device)?;
+        optim.scaler = read_state(&dir)?.scaler;
+        resumed_from = Some(dir);
+    } else {
+        model = initial_weights(model, config, &clip_config, observer)?;
+    }
+    let model = model.with_precision(t.precision);
+    let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
+    let augmented = !config.data.augment.is_identity();
+    let frozen_text = t.cache_frozen_text && !clip_config.text_trainable;
+    let mut frozen = FrozenFeatures::new(frozen_text, frozen_image, augmented);
+    let plan = ReplicaPlan {
+        spec: t.clone(),
+        frozen_text,
+        frozen_image,
+        augmented,
+        resume_from: resumed_from,
+        scaler: optim.scaler.clone(),
+        cluster: Some(cluster.clone()),
+    };
+    let mut replicas = Replicas::start(&model, &devices, plan)?;
+    observer.on_message(&format!(
+        "node {} of {}: {} replica(s) registered with the coordinator at {}",
+        cluster.node_rank,
+        cluster.nodes,
+        devices.len(),
+        cluster.coordinator
+    ));
+    let mut model = Some(model);
+    let mut batches: Option<(usize, clip_data::EpochBatches)> = None;
+    let mut steps = 0;
+    while let Some(order) = replicas.exchange_order(None)? {
+        // The batch node 0 takes: the next one of the epoch being read, else read from there.
+        let current =
+            batches.as_ref().is_some_and(|(e, b)| *e == order.epoch && b.position() == order.batch);
+        if !current {
+            batches = Some((order.epoch, loader.epoch_from(order.epoch, order.batch)));
+        }
+        let (_, epoch_batches) = batches.as_mut().expect("set above");
+        let batch = epoch_batches.next().ok_or_else(|| {
+            TrainError::Other(format!(
+                "node 0 asked for batch {} of epoch {}, which this node does not have (are the data and config the same on every node?)",
+                order.batch, order.epoch
+            ))
+        })??;
+        let place = replicas.send(&batch, order.step, order.lr_factor)?;
+        let own = batch.rows(place.rows.clone());
+        drop(batch);
+        let current_model = model.as_ref().expect("the model is back after every optimizer step");
+        let out = replicas.forward_backward(
+            current_model,
+            &mut frozen,
+            own,
+            &place,
+            optim.scaler.factor(),
+            order.step,
+            device,
+        )?;
+        let stepped = model.take().expect("the model is back after every optimizer step");
+        let (stepped, _) = optim.step(stepped, out.grads, order.lr_factor, false);
+        model = Some(stepped);
+        replicas.collect(place.rows.len())?;
+        steps += 1;
+    }
+    Ok(steps)
+}
+
 /// The training and validation loaders over the run's split (saved with a new run, reused on
 /// resume).
 fn loaders(
     config: &ExperimentConfig,
     run: &RunDir,
     resume: bool,
+    save_split: bool,
 ) -> Result<(ClipLoader, ClipLoader)> {
     let data = &config.data;
     data.ensure_synthetic()?;
@@ -531,7 +641,9 @@ fn loaders(
         Split::load(&run.split())?
     } else {
         let s = SplitDataset::new(&dataset, &data.split_config())?.split;
-        s.save(&run.split())?;
+        if save_split {
+            s.save(&run.split())?;
+        }
         s
     };
     let split = SplitDataset::from_split(&dataset, split, &run.split())?;
@@ -549,8 +661,8 @@ fn loaders(
     let train_pairs = split.train.clone().with_sampling(data.caption_sampling, data.seed);
     // Every replica needs a pair per micro-batch: a shorter last batch is dropped.
     let t = &config.train;
-    let least = t.devices.len().max(1) * t.micro_batches;
-    if t.devices.len() > 1 {
+    let least = t.devices.len().max(1) * t.nodes.max(1) * t.micro_batches;
+    if least > t.micro_batches {
         let pairs = train_pairs.len();
         if pairs < least {
             return Err(TrainError::Config {
@@ -620,6 +732,17 @@ impl Clock {
         let session_s = self.started.elapsed().as_secs_f64();
         session_s / (step - self.start_step) as f64 * (total - step) as f64
     }
+}
+
+/// The devices of this node's replicas: `train.devices`, or `device` alone.
+fn replica_devices<B: AutodiffBackend>(
+    t: &crate::config::TrainSpec,
+    device: &B::Device,
+) -> Vec<B::Device> {
+    if t.devices.is_empty() {
+        return vec![device.clone()];
+    }
+    t.devices.iter().map(|&i| device_number::<B>(device, i)).collect()
 }
 
 /// Device number `index` of the backend `device` belongs to (the CPU backend has one device:
