@@ -1662,35 +1662,6 @@ mod tch {
     }
 }
 
-/// `--devices 0,1` trains data-parallel (two replicas on the CPU here), says so, and records
-/// each replica's throughput and exchange time per step.
-#[test]
-fn training_on_two_devices_reports_every_replica() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), 30, 1);
-    let run = dir.path().join("run");
-    let out = clip()
-        .args(["train", "--plain", "--backend", "cpu", "--devices", "0,1", "--config"])
-        .arg(&config)
-        .arg("--run-dir")
-        .arg(&run)
-        .args(["--set", "train.max_steps=2"])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("over 2 devices") && said.contains("replicas #0"), "{said}");
-    let steps = std::fs::read_to_string(run.join("metrics/steps.jsonl")).unwrap();
-    for line in steps.lines() {
-        let m: serde_json::Value = serde_json::from_str(line).unwrap();
-        let replicas = m["replicas"].as_array().unwrap();
-        assert_eq!(replicas.len(), 2, "{line}");
-        assert!(replicas.iter().all(|r| r["samples_per_s"].as_f64().unwrap() > 0.0), "{line}");
-    }
-    assert_eq!(step_numbers(&run), vec![1, 2]);
-}
-
 /// Loopback ports nothing listens on now.
 fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<_> =
@@ -1717,10 +1688,12 @@ fn wait_for(child: std::process::Child, limit: Duration, what: &str) -> std::pro
     child.wait_with_output().unwrap()
 }
 
-/// Two `clip train` processes on loopback, two nodes of one CPU replica each, train as one
-/// process on two devices does: the same loss curve, written by node 0 alone.
+/// `--devices 0,1` trains data-parallel (two replicas on the CPU here), says so and records each
+/// replica's throughput and exchange time per step; two `clip train` processes on loopback, two
+/// nodes of one CPU replica each, train as that one process on two devices does: the same loss
+/// curve, written by node 0 alone.
 #[test]
-fn two_nodes_on_loopback_train_as_two_devices_in_one_process() {
+fn two_devices_and_two_nodes_train_alike_and_report_every_replica() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), 30, 1);
     let one = dir.path().join("one");
@@ -1732,7 +1705,18 @@ fn two_nodes_on_loopback_train_as_two_devices_in_one_process() {
         .args(["--set", "train.max_steps=3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("over 2 devices") && said.contains("replicas #0"), "{said}");
+    let steps = std::fs::read_to_string(one.join("metrics/steps.jsonl")).unwrap();
+    for line in steps.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let replicas = m["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 2, "{line}");
+        assert!(replicas.iter().all(|r| r["samples_per_s"].as_f64().unwrap() > 0.0), "{line}");
+    }
+    assert_eq!(step_numbers(&one), vec![1, 2, 3]);
 
     let [coordinator] = free_ports::<1>();
     let two = dir.path().join("two");

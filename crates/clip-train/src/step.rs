@@ -71,7 +71,8 @@ impl<B: Backend> StepInputs<B> {
         self.len() == 0
     }
 
-    fn rows(&self, r: Range<usize>) -> Self {
+    /// Rows `r` of both sides (a micro-batch, a replica's share).
+    pub fn rows(&self, r: Range<usize>) -> Self {
         let image = match &self.image {
             ImageInput::Pixels(t) => ImageInput::Pixels(t.clone().slice(r.clone())),
             ImageInput::Features(t) => ImageInput::Features(t.clone().slice(r.clone())),

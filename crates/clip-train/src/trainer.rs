@@ -423,14 +423,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let mut state = TrainState::new(optim.scaler.clone());
         let mut resumed_from = None;
         if resume {
-            let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
-                path: run.checkpoints(),
-                message: "no complete checkpoint to resume from".into(),
-            })?;
-            model = load_model(model, &dir, device)?;
-            optim = optim.load(&dir, device)?;
-            state = read_state(&dir)?;
-            optim.scaler = state.scaler.clone();
+            let dir;
+            (model, optim, state, dir) = load_latest(run, model, optim, device)?;
             truncate_after(&run.metrics().join(STEP_METRICS), state.step)?;
             truncate_after(&run.metrics().join(EPOCH_METRICS), state.step)?;
             observer.on_message(&format!("resumed from {} (step {})", dir.display(), state.step));
@@ -445,11 +439,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             model = initial_weights(model, config, &clip_config, observer)?;
         }
         let model = model.with_precision(t.precision);
-        // A frozen tower gives a caption (an image: unless augmentation changes it) the same
-        // features all run long: compute them once.
-        let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
-        let augmented = !config.data.augment.is_identity();
-        let frozen_text = t.cache_frozen_text && !clip_config.text_trainable;
+        let (frozen_text, frozen_image, augmented) = cached_towers(config, &clip_config);
         let frozen = FrozenFeatures::new(frozen_text, frozen_image, augmented);
         if frozen_image && augmented {
             observer.on_message(
@@ -554,21 +544,14 @@ pub fn follow<B: AutodiffBackend>(
     let mut optim = ClipOptimizer::<B>::new(t);
     let mut resumed_from = None;
     if resume {
-        let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
-            path: run.checkpoints(),
-            message: "no complete checkpoint to resume from".into(),
-        })?;
-        model = load_model(model, &dir, device)?;
-        optim = optim.load(&dir, device)?;
-        optim.scaler = read_state(&dir)?.scaler;
+        let dir;
+        (model, optim, _, dir) = load_latest(run, model, optim, device)?;
         resumed_from = Some(dir);
     } else {
         model = initial_weights(model, config, &clip_config, observer)?;
     }
     let model = model.with_precision(t.precision);
-    let frozen_image = t.cache_frozen_image && !clip_config.image_trainable;
-    let augmented = !config.data.augment.is_identity();
-    let frozen_text = t.cache_frozen_text && !clip_config.text_trainable;
+    let (frozen_text, frozen_image, augmented) = cached_towers(config, &clip_config);
     let mut frozen = FrozenFeatures::new(frozen_text, frozen_image, augmented);
     let plan = ReplicaPlan {
         spec: t.clone(),
@@ -624,6 +607,37 @@ pub fn follow<B: AutodiffBackend>(
         steps += 1;
     }
     Ok(steps)
+}
+
+/// The model, optimizer (its loss scaler included) and state of a run's latest checkpoint, and
+/// that checkpoint's folder.
+fn load_latest<B: AutodiffBackend>(
+    run: &RunDir,
+    model: ClipModel<B>,
+    optim: ClipOptimizer<B>,
+    device: &B::Device,
+) -> Result<(ClipModel<B>, ClipOptimizer<B>, TrainState, PathBuf)> {
+    let dir = run.latest().ok_or_else(|| TrainError::Checkpoint {
+        path: run.checkpoints(),
+        message: "no complete checkpoint to resume from".into(),
+    })?;
+    let model = load_model(model, &dir, device)?;
+    let mut optim = optim.load(&dir, device)?;
+    let state = read_state(&dir)?;
+    optim.scaler = state.scaler.clone();
+    Ok((model, optim, state, dir))
+}
+
+/// Which towers' features are computed once and reused, and whether augmentation is on: a
+/// frozen tower gives a caption (an image: unless augmentation changes it) the same features all
+/// run long. `(text, image, augmented)`.
+fn cached_towers(config: &ExperimentConfig, clip: &ClipConfig) -> (bool, bool, bool) {
+    let t = &config.train;
+    (
+        t.cache_frozen_text && !clip.text_trainable,
+        t.cache_frozen_image && !clip.image_trainable,
+        !config.data.augment.is_identity(),
+    )
 }
 
 /// The training and validation loaders over the run's split (saved with a new run, reused on

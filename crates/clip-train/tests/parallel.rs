@@ -6,7 +6,7 @@ use std::sync::mpsc;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::Tensor;
 use clip_model::ClipModel;
 use clip_train::collective::BurnCollective;
 use clip_train::metrics::StepMetrics;
@@ -14,13 +14,12 @@ use clip_train::optim::GroupGrads;
 use clip_train::replicas::shares;
 use clip_train::step::{
     forward_backward, forward_backward_replica, micro_batch_ranges, ReplicaLoss, ReplicaRows,
-    StepInputs,
 };
-use clip_train::{train, Observer, RunDir, Silent};
+use clip_train::{train, RunDir, Silent};
 
 mod common;
 
-use common::{config, steps, B};
+use common::{config, model_and_batch, steps, StopAt, B};
 
 type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
@@ -62,18 +61,8 @@ fn assert_close(want: &[Vec<f32>], got: &[Vec<f32>], what: &str) {
 fn replicas_match_one_device(overrides: &[&str], world: usize, micro: usize, loss: ReplicaLoss) {
     let dir = tempfile::tempdir().unwrap();
     let c = config(dir.path(), 20, overrides);
-    let device = Default::default();
-    let clip = c.clip_config().unwrap();
-    B::seed(&device, 3);
-    let reference = clip.init::<B>(&device);
-    clip_train::step::materialize(&reference);
-
     let n = 7;
-    let images = Tensor::<B, 4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let input_ids =
-        Tensor::<B, 2, Int>::random([n, 9], Distribution::Uniform(1.0, 2000.0), &device);
-    let attention_mask = Tensor::<B, 2, Int>::ones([n, 9], &device);
-    let inputs = StepInputs::tokens(images, input_ids, attention_mask);
+    let (reference, inputs) = model_and_batch(&c, n);
     let seed = |j: usize| B::seed(&Default::default(), 1000 + j as u64);
 
     let want = forward_backward(&reference, &inputs, world * micro, 1.0, &mut |j| seed(j));
@@ -98,24 +87,7 @@ fn replicas_match_one_device(overrides: &[&str], world: usize, micro: usize, los
                 let device = Default::default();
                 let model = model.fork(&device);
                 let comm = BurnCollective::<Inner>::register(rank, world, &device).unwrap();
-                let mine = StepInputs::tokens(
-                    match inputs.image {
-                        clip_train::step::ImageInput::Pixels(t) => t.slice(rows.clone()),
-                        _ => unreachable!(),
-                    },
-                    match &inputs.text {
-                        clip_train::step::TextInput::Tokens { input_ids, .. } => {
-                            input_ids.clone().slice(rows.clone())
-                        }
-                        _ => unreachable!(),
-                    },
-                    match &inputs.text {
-                        clip_train::step::TextInput::Tokens { attention_mask, .. } => {
-                            attention_mask.clone().slice(rows.clone())
-                        }
-                        _ => unreachable!(),
-                    },
-                );
+                let mine = inputs.rows(rows.clone());
                 let place = ReplicaRows { rows, total: n };
                 let mut reseed = |m: usize| seed(rank * micro + m);
                 let out = forward_backward_replica(
@@ -214,17 +186,6 @@ fn two_devices_train_as_one_device_in_two_micro_batches() {
         &with(&["train.devices=[0, 1]", "train.micro_batches=2", "model.text_trainable=false"]),
     );
     same_curve(&four, &two_by_two, "2 devices × 2 micro-batches, cached text tower");
-}
-
-/// Asks for a graceful stop after `at` steps.
-struct StopAt(usize, usize);
-impl Observer for StopAt {
-    fn on_step(&mut self, m: &StepMetrics) {
-        self.1 = m.step;
-    }
-    fn should_stop(&mut self) -> bool {
-        self.1 >= self.0
-    }
 }
 
 #[test]

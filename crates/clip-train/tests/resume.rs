@@ -3,23 +3,11 @@
 //! would draw from it between our steps.
 
 use clip_train::checkpoint::read_state;
-use clip_train::metrics::StepMetrics;
-use clip_train::{train, Observer, RunDir, Silent};
+use clip_train::{train, RunDir, Silent};
 
 mod common;
 
-use common::{config, steps, B};
-
-/// Asks for a graceful stop after `at` steps.
-struct StopAt(usize, usize);
-impl Observer for StopAt {
-    fn on_step(&mut self, m: &StepMetrics) {
-        self.1 = m.step;
-    }
-    fn should_stop(&mut self) -> bool {
-        self.1 >= self.0
-    }
-}
+use common::{config, steps, StopAt, B};
 
 #[test]
 fn a_stopped_run_resumes_with_the_same_loss_curve() {

@@ -87,3 +87,37 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub fn train_new(c: &ExperimentConfig, run: &RunDir) -> clip_train::Result<TrainSummary> {
     train::<B>(c, run, false, &Default::default(), "cpu", &mut Silent)
 }
+
+/// Asks for a graceful stop after `.0` steps (`.1`: the steps seen).
+#[allow(dead_code)]
+pub struct StopAt(pub usize, pub usize);
+
+impl clip_train::Observer for StopAt {
+    fn on_step(&mut self, m: &StepMetrics) {
+        self.1 = m.step;
+    }
+    fn should_stop(&mut self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+/// A model of `c` with every parameter drawn (seed 3), and a random batch of `n` pairs of it
+/// (32 px images, 9 tokens).
+#[allow(dead_code)]
+pub fn model_and_batch(
+    c: &ExperimentConfig,
+    n: usize,
+) -> (clip_model::ClipModel<B>, clip_train::step::StepInputs<B>) {
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Distribution, Int, Tensor};
+    let device = Default::default();
+    let clip = c.clip_config().unwrap();
+    B::seed(&device, 3);
+    let model = clip.init::<B>(&device);
+    clip_train::step::materialize(&model);
+    let images = Tensor::<B, 4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+    let input_ids =
+        Tensor::<B, 2, Int>::random([n, 9], Distribution::Uniform(1.0, 2000.0), &device);
+    let attention_mask = Tensor::<B, 2, Int>::ones([n, 9], &device);
+    (model, clip_train::step::StepInputs::tokens(images, input_ids, attention_mask))
+}
