@@ -1760,6 +1760,14 @@ fn two_devices_and_two_nodes_train_alike_and_report_every_replica() {
             })
             .collect()
     };
+    // Node 0 shows node 1's replica too.
+    let steps = std::fs::read_to_string(two.join("metrics/steps.jsonl")).unwrap();
+    for line in steps.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let replicas = m["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 2, "{line}");
+        assert!(replicas.iter().all(|r| r["samples_per_s"].as_f64().unwrap() > 0.0), "{line}");
+    }
     let (a, b) = (losses(&one), losses(&two));
     assert_eq!(a.len(), 3);
     assert_eq!(a.len(), b.len());

@@ -129,6 +129,17 @@ impl<B: Backend> BurnCollective<B> {
     }
 }
 
+impl<B: Backend> BurnCollective<B> {
+    /// The element-wise sum of host values over the nodes, from each node's first replica (the
+    /// others' devices take no part): `values` itself on one machine.
+    pub fn sum_between_nodes(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+        match &self.link {
+            Some(link) => link.borrow_mut().all_reduce_sum(values),
+            None => Ok(values),
+        }
+    }
+}
+
 impl<B: Backend> Collective<B> for BurnCollective<B> {
     fn rank(&self) -> usize {
         self.rank

@@ -238,8 +238,8 @@ where
         )
     }
 
-    /// Waits for the other replicas to finish the step; every replica's figures, replica 0's
-    /// first (`rows` pairs on replica 0).
+    /// Waits for the other replicas to finish the step; every replica's figures (all nodes'),
+    /// replica 0's first (`rows` pairs on this node's first replica).
     pub fn collect(&mut self, rows: usize) -> Result<Vec<ReplicaStep>> {
         let seconds = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let mut steps = vec![ReplicaStep {
@@ -251,6 +251,20 @@ where
                 Ok(done) => steps.push(done?),
                 Err(_) => return Err(stopped(self.first_rank + i + 1)),
             }
+        }
+        if self.clustered() {
+            // Every node learns every replica's figures (node 0 shows them).
+            let mut figures = vec![0f32; 2 * self.world];
+            for (i, s) in steps.iter().enumerate() {
+                let at = 2 * (self.first_rank + i);
+                figures[at] = s.samples_per_s as f32;
+                figures[at + 1] = s.comm_s as f32;
+            }
+            let all = self.comm.sum_between_nodes(figures)?;
+            steps = all
+                .chunks_exact(2)
+                .map(|f| ReplicaStep { samples_per_s: f[0] as f64, comm_s: f[1] as f64 })
+                .collect();
         }
         self.started = None;
         Ok(steps)
