@@ -111,7 +111,7 @@ impl BackendTask for StepArgs {
                     phases[0] = t.elapsed().as_secs_f64();
                     phases[1] = 0.0;
                     let t = Instant::now();
-                    let (model, _) = optim.step(model, out.grads, 1.0, false);
+                    let (model, _) = optim.step(model, out.grads, 1.0);
                     B::sync(&device).ok();
                     phases[2] = t.elapsed().as_secs_f64();
                     return model;
@@ -126,7 +126,7 @@ impl BackendTask for StepArgs {
                 phases[1] = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let grads = GroupGrads::split(&model, grads);
-                let (model, _) = optim.step(model, grads, 1.0, false);
+                let (model, _) = optim.step(model, grads, 1.0);
                 B::sync(&device).ok();
                 phases[2] = t.elapsed().as_secs_f64();
                 model

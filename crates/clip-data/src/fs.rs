@@ -151,6 +151,7 @@ pub fn write_atomic_with(
         write(&mut f)?;
         f.sync_all()?;
         drop(f);
+        crate::fault::reach("atomic.write");
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -163,9 +164,43 @@ pub fn write_atomic_with(
     })
 }
 
+/// What a write cut short by a killed process leaves: `.NAME.tmp-PID` ([`write_atomic`]'s
+/// temporary file, a checkpoint folder being filled) or `.NAME.old-PID` (a folder moved aside to
+/// be replaced). Returns `(NAME, "tmp" | "old", PID)` for such a name, `None` for any other.
+pub fn interrupted_write(name: &str) -> Option<(&str, &str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (stem, pid) = rest.rsplit_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pid = pid.parse().ok()?;
+    let (target, kind) = stem.rsplit_once('.')?;
+    (matches!(kind, "tmp" | "old") && !target.is_empty()).then_some((target, kind, pid))
+}
+
+/// Whether process `pid` still runs (where that cannot be told, it is assumed to: its files are
+/// then left alone).
+pub fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_temporary_names_of_atomic_writes_count_as_interrupted() {
+        assert_eq!(interrupted_write(".index.json.tmp-123"), Some(("index.json", "tmp", 123)));
+        assert_eq!(interrupted_write(".best.old-7"), Some(("best", "old", 7)));
+        for other in ["index.json", ".hidden", ".x.tmp-", ".x.tmp-12a", "x.tmp-3", "..tmp-3", ".x.bak-3"] {
+            assert_eq!(interrupted_write(other), None, "{other}");
+        }
+        assert!(process_alive(std::process::id()));
+    }
 
     #[test]
     fn folders_are_claimed_only_when_missing_empty_or_ours() {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod fashion_mnist;
+pub mod fault;
 pub mod formats;
 pub mod fs;
 pub mod imaging;

@@ -71,6 +71,7 @@ impl<B: Backend> LoadedModel<B> {
         let size = self.transform.size as usize;
         let mut out = ImageEmbeddings::default();
         for chunk in paths.chunks(batch.max(1)) {
+            clip_data::fault::reach("embed.batch");
             // Decode in parallel into one buffer; remember which slots failed.
             let mut pixels = vec![0f32; chunk.len() * numel];
             let mut errors: Vec<Option<String>> = vec![None; chunk.len()];

@@ -155,9 +155,23 @@ impl EmbeddingIndex {
             self.meta.embeddings = old;
             return Err(e.into());
         }
-        // Only a matrix of ours: a name this function gives, never a path out of the folder.
-        if is_matrix_name(&old) && old != self.meta.embeddings {
-            let _ = std::fs::remove_file(dir.join(old));
+        // Only files of ours: the matrix this index no longer names, matrices an interrupted
+        // save wrote but never named (names this function gives), and temporary files of writes
+        // whose process is gone; never a path out of the folder.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for name in entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()) {
+                let stale_matrix = is_matrix_name(&name) && name != self.meta.embeddings;
+                let stale_temp = clip_data::fs::interrupted_write(&name).is_some_and(
+                    |(target, kind, pid)| {
+                        kind == "tmp"
+                            && (target == "index.json" || is_matrix_name(target))
+                            && !clip_data::fs::process_alive(pid)
+                    },
+                );
+                if stale_matrix || stale_temp {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+            }
         }
         Ok(())
     }
@@ -355,6 +369,20 @@ mod tests {
         idx.save(dir.path()).unwrap();
         assert_ne!(first, idx.meta.embeddings);
         assert!(!dir.path().join(&first).exists(), "old matrix removed");
+        // What a save killed midway leaves: a matrix never named, a temporary index.json of a
+        // dead process; the next save clears them and nothing else.
+        let debris = ["embeddings-abc123.npy", ".index.json.tmp-999999999"];
+        let users = ["notes.txt", ".index.json.tmp-x", "embeddings-mine.npy"];
+        for name in debris.iter().chain(&users) {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        idx.save(dir.path()).unwrap();
+        for name in debris {
+            assert!(!dir.path().join(name).exists(), "{name} is debris");
+        }
+        for name in users {
+            assert!(dir.path().join(name).exists(), "{name} is not ours");
+        }
         let back = EmbeddingIndex::load(dir.path()).unwrap();
         assert_eq!(back, idx);
         // A matrix that disagrees with index.json is an error, not a silent mismatch.

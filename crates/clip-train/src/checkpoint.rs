@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use clip_model::ClipModel;
 use serde::{Deserialize, Serialize};
 
@@ -95,11 +96,13 @@ fn write_dir_atomically(final_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    clip_data::fault::reach("checkpoint.fill");
     // Replace an existing directory of the same name: move it aside first.
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let had_old = final_dir.exists();
     if had_old {
         std::fs::rename(final_dir, &old).map_err(|e| TrainError::io(final_dir, e))?;
+        clip_data::fault::reach("checkpoint.swap");
     }
     std::fs::rename(&tmp, final_dir).map_err(|e| TrainError::io(final_dir, e))?;
     if had_old {
@@ -109,6 +112,69 @@ fn write_dir_atomically(final_dir: &Path, fill: impl FnOnce(&Path) -> Result<()>
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A training process's hold on its run directory: an advisory lock on `RUN/.lock` that the OS
+/// drops when the process ends however it ends (SIGKILL included), so two `clip train` processes
+/// never write one run, and debris found under the lock is known to be a dead process's.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock, or says which run is busy.
+    pub fn acquire(run: &RunDir) -> Result<Self> {
+        std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
+        let path = run.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Checkpoint {
+                path: run.root.clone(),
+                message: "another process is training this run (its .lock is held); wait for it to end or stop it".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+        }
+    }
+}
+
+/// Clears what a killed process left mid-write, under the run's [`RunLock`]: a checkpoint whose
+/// replacement was cut between its two renames gets its previous copy back (`.best.old-PID` →
+/// `best`), and temporary files and folders (`.NAME.tmp-PID`, `.NAME.old-PID`) go. Only names of
+/// that pattern, which this crate alone makes, are touched. Returns what was done, for the log.
+pub fn recover_interrupted_writes(run: &RunDir, _lock: &RunLock) -> Vec<String> {
+    let mut done = Vec::new();
+    for dir in [run.root.clone(), run.checkpoints(), run.metrics()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut names: Vec<String> =
+            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in names {
+            let Some((target, kind, _)) = clip_data::fs::interrupted_write(&name) else { continue };
+            let path = dir.join(&name);
+            let target_path = dir.join(target);
+            if kind == "old" && !target_path.exists() && std::fs::rename(&path, &target_path).is_ok()
+            {
+                done.push(format!("restored {} (its replacement was interrupted)", target_path.display()));
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
+                done.push(format!("removed {} (left by an interrupted write)", path.display()));
+            }
+        }
+    }
+    done
 }
 
 /// Saves model, optimizer and state as `checkpoints/step-NNNNNN`, then keeps only the newest
@@ -148,6 +214,12 @@ pub fn save_best<B: AutodiffBackend>(
 }
 
 fn save_model<B: AutodiffBackend>(model: &ClipModel<B>, path: &Path) -> Result<()> {
+    if let Some(name) = first_non_finite_parameter(model) {
+        return Err(TrainError::Checkpoint {
+            path: path.into(),
+            message: format!("not saved: parameter {name} holds infinite or NaN values (the previous checkpoints are kept)"),
+        });
+    }
     model.clone().save_file(path.to_path_buf(), &recorder()).map_err(|source| TrainError::Record {
         path: path.into(),
         what: "cannot save the weights",
@@ -160,6 +232,38 @@ fn write_state(dir: &Path, state: &TrainState) -> Result<()> {
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
     clip_data::fs::write_atomic(&path, &json)?;
     Ok(())
+}
+
+/// The path of the first parameter holding an infinite or NaN value, if any: a checkpoint is
+/// never written from such weights. One reduction per parameter, one read back.
+pub fn first_non_finite_parameter<B: Backend, M: Module<B>>(model: &M) -> Option<String> {
+    struct Visitor<B: Backend> {
+        path: Vec<String>,
+        names: Vec<String>,
+        /// Per parameter, `Σ (x − x)`: 0 when every value is finite, NaN otherwise.
+        checks: Vec<Tensor<B, 1>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Visitor<B> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let x = param.val();
+            self.checks.push((x.clone() - x).sum());
+            self.names.push(self.path.join("."));
+        }
+    }
+    let mut v = Visitor::<B> { path: Vec::new(), names: Vec::new(), checks: Vec::new() };
+    model.visit(&mut v);
+    if v.checks.is_empty() {
+        return None;
+    }
+    let sums = Tensor::cat(v.checks, 0).into_data().convert::<f32>();
+    let sums = sums.as_slice::<f32>().ok()?;
+    sums.iter().position(|s| !s.is_finite()).map(|i| v.names[i].clone())
 }
 
 /// Reads a checkpoint's `state.json`.
@@ -191,6 +295,62 @@ pub fn load_model<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_weights_are_found_by_their_path() {
+        use burn::backend::Flex;
+        use burn::nn::{Linear, LinearConfig};
+        #[derive(Module, Debug)]
+        struct Net<B: Backend> {
+            first: Linear<B>,
+            second: Linear<B>,
+        }
+        let device = Default::default();
+        let net = Net::<Flex> {
+            first: LinearConfig::new(3, 4).init(&device),
+            second: LinearConfig::new(4, 2).init(&device),
+        };
+        assert_eq!(first_non_finite_parameter(&net), None);
+        for (bad, name) in [(f32::NAN, "second.weight"), (f32::INFINITY, "second.weight")] {
+            let mut net = net.clone();
+            let w = net.second.weight.val();
+            let poisoned = w.clone().slice_assign([1..2, 0..1], Tensor::from_floats([[bad]], &device));
+            net.second.weight = Param::from_tensor(poisoned);
+            assert_eq!(first_non_finite_parameter(&net).as_deref(), Some(name));
+        }
+    }
+
+    #[test]
+    fn interrupted_writes_are_recovered_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let lock = RunLock::acquire(&run).unwrap();
+        assert!(RunLock::acquire(&run).is_err(), "a second holder is refused");
+        let ck = run.checkpoints();
+        std::fs::create_dir_all(ck.join(".best.old-41")).unwrap();
+        std::fs::write(ck.join(".best.old-41/state.json"), b"old best").unwrap();
+        std::fs::create_dir_all(ck.join(".step-000004.tmp-41")).unwrap();
+        std::fs::create_dir_all(ck.join("step-000002")).unwrap();
+        std::fs::create_dir_all(ck.join(".step-000002.old-7")).unwrap();
+        std::fs::write(dir.path().join(".config.toml.tmp-41"), b"half").unwrap();
+        for keep in [".notes.tmp-x", "mine.tmp-3", ".hidden"] {
+            std::fs::write(dir.path().join(keep), b"user's").unwrap();
+        }
+        let done = recover_interrupted_writes(&run, &lock);
+        assert_eq!(done.len(), 4, "{done:?}");
+        assert_eq!(std::fs::read(ck.join("best/state.json")).unwrap(), b"old best");
+        let mut left: Vec<String> = std::fs::read_dir(&ck)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["best", "step-000002"]);
+        for keep in [".notes.tmp-x", "mine.tmp-3", ".hidden", ".lock"] {
+            assert!(dir.path().join(keep).exists(), "{keep} is not ours to remove");
+        }
+        drop(lock);
+        RunLock::acquire(&run).expect("the lock is free once dropped");
+    }
 
     #[test]
     fn a_failed_write_leaves_the_old_directory_and_no_debris() {

@@ -150,6 +150,17 @@ pub enum OptimizerKind {
     Adamw,
 }
 
+/// What a training step with an infinite or NaN loss or gradient does (`train.on_nonfinite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    /// End the run with an error naming the step; the weights of the step before are saved.
+    Stop,
+    /// Leave the weights as they were and go on with the next batch (a rare bad batch), up to
+    /// `train.nonfinite_skip_limit` such steps in a row.
+    Skip,
+}
+
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -216,6 +227,12 @@ pub struct TrainSpec {
     pub plateau_factor: f64,
     /// Clip the global gradient norm to this value (off when absent).
     pub grad_clip_norm: Option<f64>,
+    /// A step whose loss or gradient is infinite or NaN (fp32, bf16; fp16-mixed's loss scaler
+    /// always skips those and lowers its scale) stops the run or is skipped. Either way no
+    /// non-finite value ever reaches the weights or a checkpoint.
+    pub on_nonfinite: NonFinitePolicy,
+    /// `on_nonfinite = "skip"`: the run stops all the same after this many such steps in a row.
+    pub nonfinite_skip_limit: usize,
     pub precision: Precision,
     /// fp16-mixed: initial loss scale, and good steps before it doubles.
     pub loss_scale: f64,
@@ -295,6 +312,8 @@ impl Default for TrainSpec {
             plateau_patience: 1,
             plateau_factor: 0.8,
             grad_clip_norm: None,
+            on_nonfinite: NonFinitePolicy::Stop,
+            nonfinite_skip_limit: 10,
             precision: Precision::Fp32,
             loss_scale: 65536.0,
             loss_scale_growth_interval: 2000,
@@ -532,6 +551,9 @@ impl ExperimentConfig {
         }
         if t.early_stop_patience == Some(0) {
             return bad("train.early_stop_patience must be at least 1".into());
+        }
+        if t.nonfinite_skip_limit == 0 {
+            return bad("train.nonfinite_skip_limit must be at least 1".into());
         }
         if self.checkpoint.best_by == BestBy::ZeroShot && self.eval.templates.is_none() {
             return bad(

@@ -54,8 +54,13 @@ pub enum TrainError {
         #[source]
         source: clip_plot::PlotError,
     },
-    #[error("training diverged at step {step}: the loss is {loss}")]
-    Diverged { step: usize, loss: f64 },
+    /// A step's loss or gradient was infinite or NaN (`train.on_nonfinite`); the step was not
+    /// applied, so the weights saved with the run are the last finite ones.
+    #[error("training diverged at step {step}: {what}{}", match saved {
+        Some(dir) => format!("; the weights before it are saved in {} (resume from there with a lower train.lr, train.grad_clip_norm, or train.on_nonfinite = \"skip\")", dir.display()),
+        None => String::new(),
+    })]
+    Diverged { step: usize, what: String, saved: Option<PathBuf> },
     /// The replicas of a multi-device run could not exchange their tensors.
     #[error("replica {rank}: {message}")]
     Collective { rank: usize, message: String },

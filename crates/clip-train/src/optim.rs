@@ -143,9 +143,10 @@ impl LossScaler {
 /// What an optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
-    /// False when the step was skipped (non-finite gradients under fp16 loss scaling).
+    /// False when the step was skipped: a gradient was infinite or NaN (the weights are left
+    /// as they were; under fp16 loss scaling the scale is lowered).
     pub applied: bool,
-    /// Global gradient norm before clipping (unscaled), when it was computed.
+    /// Global gradient norm before clipping (unscaled); absent only when no parameter had one.
     pub grad_norm: Option<f64>,
 }
 
@@ -263,15 +264,15 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
         self.lrs
     }
 
-    /// Applies one step from the gradients of the *scaled* loss: unscale, check (fp16), clip
-    /// the global norm, update each group with its learning rate times `lr_factor`, clamp the
-    /// temperature.
+    /// Applies one step from the gradients of the *scaled* loss: unscale, check that the global
+    /// norm is finite (a step with an infinite or NaN gradient is never applied, whatever the
+    /// precision: weights stay finite), clip the global norm, update each group with its learning
+    /// rate times `lr_factor`, clamp the temperature.
     pub fn step(
         &mut self,
         model: ClipModel<B>,
         grads: GroupGrads,
         lr_factor: f64,
-        want_norm: bool,
     ) -> (ClipModel<B>, StepReport) {
         let device = model.logit_scale.device();
         let GroupGrads { mut image, mut text, mut heads } = grads;
@@ -284,27 +285,25 @@ impl<B: AutodiffBackend> ClipOptimizer<B> {
             grads::scale(&model, &mut heads, inv);
         }
         let mut norm = None;
-        if self.scaler.enabled || self.clip_norm.is_some() || want_norm {
-            let parts = [
-                grads::sum_squares(&model.image_encoder.model, &mut image),
-                grads::sum_squares(&model.text_encoder.model, &mut text),
-                grads::sum_squares(&model, &mut heads),
-            ];
-            if let Some(total) = parts.into_iter().flatten().reduce(|a, b| a + b) {
-                let total = total.sqrt();
-                if let Some(max) = self.clip_norm {
-                    // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when above max.
-                    let f = total.clone().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
-                    grads::scale(&model.image_encoder.model, &mut image, f.clone());
-                    grads::scale(&model.text_encoder.model, &mut text, f.clone());
-                    grads::scale(&model, &mut heads, f);
-                }
-                norm = Some(total.into_scalar().elem::<f64>());
+        let parts = [
+            grads::sum_squares(&model.image_encoder.model, &mut image),
+            grads::sum_squares(&model.text_encoder.model, &mut text),
+            grads::sum_squares(&model, &mut heads),
+        ];
+        if let Some(total) = parts.into_iter().flatten().reduce(|a, b| a + b) {
+            let total = total.sqrt();
+            if let Some(max) = self.clip_norm {
+                // PyTorch's clip_grad_norm_: scale by max / (norm + 1e-6) when above max.
+                let f = total.clone().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
+                grads::scale(&model.image_encoder.model, &mut image, f.clone());
+                grads::scale(&model.text_encoder.model, &mut text, f.clone());
+                grads::scale(&model, &mut heads, f);
             }
+            norm = Some(total.into_scalar().elem::<f64>());
         }
         let finite = norm.is_none_or(f64::is_finite);
         self.scaler.update(finite);
-        if self.scaler.enabled && !finite {
+        if !finite {
             return (model, StepReport { applied: false, grad_norm: norm });
         }
         let mut model = model;
@@ -444,7 +443,7 @@ mod tests {
             ..TrainSpec::default()
         };
         let mut optim = ClipOptimizer::<B>::new(&spec);
-        let (_, report) = optim.step(model.clone(), GroupGrads::split(&model, g), 1.0, true);
+        let (_, report) = optim.step(model.clone(), GroupGrads::split(&model, g), 1.0);
         assert!(report.applied);
         assert!(
             (report.grad_norm.unwrap() - want).abs() / want < 1e-4,
@@ -505,7 +504,7 @@ mod tests {
     /// One step on all-zero gradients (Adam's own update is then zero: only decay moves weights).
     fn zero_grad_step(model: &ClipModel<B>, spec: &TrainSpec) -> ClipModel<B> {
         let g = zero_grads(model);
-        ClipOptimizer::<B>::new(spec).step(model.clone(), GroupGrads::split(model, g), 1.0, false).0
+        ClipOptimizer::<B>::new(spec).step(model.clone(), GroupGrads::split(model, g), 1.0).0
     }
 
     /// (parameters shrunk by `factor`, parameters unchanged), by rank: [1-D, ≥2-D].

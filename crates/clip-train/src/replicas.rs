@@ -397,7 +397,7 @@ fn replica<B: AutodiffBackend>(
                 return;
             }
         };
-        let (stepped, _) = optim.step(model, out.grads, lr_factor, false);
+        let (stepped, _) = optim.step(model, out.grads, lr_factor);
         model = stepped;
         let report = ReplicaStep {
             samples_per_s: rows as f64 / started.elapsed().as_secs_f64().max(1e-9),

@@ -14,16 +14,19 @@ use clip_data::{CaptionDataset, ClipLoader, HostBatch, Split, SplitDataset};
 use clip_infer::ModelCard;
 use clip_model::{ClipConfig, ClipModel};
 
-use crate::checkpoint::{load_model, read_state, save_best, save_checkpoint, RunDir, TrainState};
+use crate::checkpoint::{
+    load_model, read_state, recover_interrupted_writes, save_best, save_checkpoint, RunDir, RunLock,
+    TrainState,
+};
 use crate::collective::Cluster;
-use crate::config::{config_name, ExperimentConfig, ScheduleKind};
+use crate::config::{config_name, ExperimentConfig, NonFinitePolicy, ScheduleKind};
 use crate::error::{Result, TrainError};
 use crate::metrics::{
     read_jsonl, truncate_after, EpochMetrics, RunLogs, StepMetrics, EPOCH_METRICS, STEP_METRICS,
 };
 use crate::observer::{CheckpointKind, Observer, RunInfo, TrainSummary};
-use crate::optim::ClipOptimizer;
-use crate::replicas::{ReplicaPlan, Replicas, StepOrder};
+use crate::optim::{ClipOptimizer, StepReport};
+use crate::replicas::{ReplicaPlan, ReplicaStep, Replicas, StepOrder};
 use crate::schedule::lr_factor;
 use crate::step::{forward_backward, FrozenFeatures};
 use crate::validate::{record_best, ValidationPoint, Validator};
@@ -63,6 +66,10 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     ending: Option<Ending>,
     /// The other devices' replicas of a data-parallel run.
     replicas: Option<Replicas<B>>,
+    /// Held while training: no other process writes this run.
+    _lock: RunLock,
+    /// Steps skipped in a row for a non-finite loss or gradient.
+    nonfinite_in_row: usize,
 }
 
 /// Why a run ended before its last step.
@@ -176,8 +183,13 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let model = self.model.as_ref().expect("the model is back after every optimizer step");
         let step = self.state.step;
         let mut factor = lr_factor(t, step, self.total_steps, &self.state.plateau);
-        let loss_factor = self.optim.scaler.factor();
-        let (out, own_rows) = match self.replicas.as_mut() {
+        let mut loss_factor = self.optim.scaler.factor();
+        // Fault injection (`clip_data::fault`): a non-finite loss, or gradient, at this step.
+        let poisoned_loss = clip_data::fault::reach("train.loss").map(|f| f.value() as f64);
+        if let Some(v) = poisoned_loss.or(clip_data::fault::reach("train.grad").map(|f| f.value() as f64)) {
+            loss_factor = v;
+        }
+        let (mut out, own_rows) = match self.replicas.as_mut() {
             None => {
                 let inputs = self.frozen.inputs(model, t.precision, batch, &self.device);
                 // Dropout draws from the backend's generator: reseed it per step (and
@@ -211,17 +223,30 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 (out, place.rows.len())
             }
         };
-        if !out.loss.is_finite() && !self.optim.scaler.enabled {
-            return Err(TrainError::Diverged { step: step + 1, loss: out.loss });
+        if let Some(v) = poisoned_loss {
+            out.loss = v;
         }
-        let model = self.model.take().expect("the model is back after every optimizer step");
-        let (model, report) = self.optim.step(model, out.grads, factor, false);
-        let temperature = model.temperature();
-        self.model = Some(model);
-        let replicas = match self.replicas.as_mut() {
-            Some(r) => r.collect(own_rows)?,
-            None => Vec::new(),
+        let scaled = self.optim.scaler.enabled;
+        let (report, temperature) = if !out.loss.is_finite() && !scaled {
+            // Nothing to apply: the gradients of a non-finite loss are not finite either.
+            drop(out.grads);
+            (StepReport { applied: false, grad_norm: None }, self.model().temperature())
+        } else {
+            let model = self.model.take().expect("the model is back after every optimizer step");
+            let (model, report) = self.optim.step(model, out.grads, factor);
+            let temperature = model.temperature();
+            self.model = Some(model);
+            (report, temperature)
         };
+        let replicas = self.collect_replicas(own_rows)?;
+        if report.applied {
+            self.nonfinite_in_row = 0;
+        } else if !scaled {
+            self.non_finite(match report.grad_norm {
+                None => format!("the loss is {}", out.loss),
+                Some(norm) => format!("the gradient norm is {norm} (the loss {})", out.loss),
+            })?;
+        }
 
         let state = &mut self.state;
         state.step += 1;
@@ -254,6 +279,42 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         self.logs.step(&m)?;
         self.observer.on_step(&m);
         Ok(())
+    }
+
+    /// The other replicas' figures for this step (none without replicas).
+    fn collect_replicas(&mut self, own_rows: usize) -> Result<Vec<ReplicaStep>> {
+        match self.replicas.as_mut() {
+            Some(r) => r.collect(own_rows),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A step (not applied) had a non-finite loss or gradient: counted as skipped under
+    /// `train.on_nonfinite = "skip"` (until `nonfinite_skip_limit` in a row), otherwise the run
+    /// ends with an error naming the step, after saving the weights from before it.
+    fn non_finite(&mut self, what: String) -> Result<()> {
+        let t = &self.config.train;
+        let step = self.state.step + 1;
+        self.nonfinite_in_row += 1;
+        if t.on_nonfinite == NonFinitePolicy::Skip && self.nonfinite_in_row <= t.nonfinite_skip_limit
+        {
+            self.observer.on_message(&format!(
+                "step {step} skipped: {what} ({} in a row; train.on_nonfinite = \"skip\")",
+                self.nonfinite_in_row
+            ));
+            self.optim.scaler.skipped_steps += 1;
+            return Ok(());
+        }
+        let what = if self.nonfinite_in_row > 1 {
+            format!("{what} ({} non-finite steps in a row)", self.nonfinite_in_row)
+        } else {
+            what
+        };
+        let saved = self.save_checkpoint().ok();
+        if let Some(path) = &saved {
+            self.observer.on_checkpoint(path, CheckpointKind::BeforeFailing);
+        }
+        Err(TrainError::Diverged { step, what, saved })
     }
 
     /// Validates at this step (of `epoch`, 0-based), keeps the model when it is the best so far
@@ -412,7 +473,12 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         // Replica 0 trains on the first of several devices.
         let devices = replica_devices::<B>(t, device);
         let device = &devices[0];
-        std::fs::create_dir_all(&run.root).map_err(|e| TrainError::io(&run.root, e))?;
+        let lock = RunLock::acquire(run)?;
+        if resume {
+            for done in recover_interrupted_writes(run, &lock) {
+                observer.on_message(&done);
+            }
+        }
         let (loader, val_loader) = loaders(config, run, resume, true)?;
 
         let clip_config = config
@@ -422,7 +488,15 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let mut optim = ClipOptimizer::<B>::new(t);
         let mut state = TrainState::new(optim.scaler.clone());
         let mut resumed_from = None;
-        if resume {
+        // A run stopped before its first checkpoint starts over: initialization is seeded, so
+        // it takes the same steps it would have.
+        let restart = resume && run.latest().is_none();
+        if restart {
+            observer.on_message("no complete checkpoint yet: the run starts over from step 0");
+            truncate_after(&run.metrics().join(STEP_METRICS), 0)?;
+            truncate_after(&run.metrics().join(EPOCH_METRICS), 0)?;
+        }
+        if resume && !restart {
             let dir;
             (model, optim, state, dir) = load_latest(run, model, optim, device)?;
             truncate_after(&run.metrics().join(STEP_METRICS), state.step)?;
@@ -512,6 +586,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             skipped_images: 0,
             ending: None,
             replicas,
+            _lock: lock,
+            nonfinite_in_row: 0,
         })
     }
 }
@@ -601,7 +677,7 @@ pub fn follow<B: AutodiffBackend>(
             device,
         )?;
         let stepped = model.take().expect("the model is back after every optimizer step");
-        let (stepped, _) = optim.step(stepped, out.grads, order.lr_factor, false);
+        let (stepped, _) = optim.step(stepped, out.grads, order.lr_factor);
         model = Some(stepped);
         replicas.collect(place.rows.len())?;
         steps += 1;

@@ -91,6 +91,7 @@ impl Validator {
         };
         let mut fresh = TextFeatureCache::new(usize::MAX);
         let cache = text_cache.unwrap_or(&mut fresh);
+        clip_data::fault::reach("validate");
         let e = clip_infer::evaluate_with(&eval_model, &self.loader, device, cache, extras)?;
         let m = point.metrics(e);
         logs.validation(&m)?;
