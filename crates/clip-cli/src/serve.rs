@@ -1,17 +1,27 @@
 //! `clip serve`: an index and its model behind HTTP, for applications and for people: a search
 //! page at `/`, JSON at `/search` (text query by GET, image query by POST), the indexed images at
-//! `/image/N`. A few worker threads share the loaded model.
+//! `/image/N`.
+//!
+//! On axum (hyper, tokio): connections are tasks, not threads, so slow or idle clients hold up
+//! nobody; hyper bounds a request's head (about 400 KB) and uploads are bounded here; queries run
+//! on tokio's blocking threads, sharing the loaded model.
 
-use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use clip_infer::{Match, SearchService};
 use serde::Serialize;
-use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::backend::parse_backend;
 use crate::backend::{dispatch_infer, BackendChoice, InferTask};
@@ -59,7 +69,7 @@ struct MatchReply {
     url: String,
 }
 
-/// An HTTP error reply: status and message.
+/// An HTTP error reply: status and message (as JSON `{"error": ...}`).
 struct Failure(u16, String);
 
 impl<T: std::fmt::Display> From<T> for Failure {
@@ -68,116 +78,101 @@ impl<T: std::fmt::Display> From<T> for Failure {
     }
 }
 
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Shared<B> = Arc<SearchService<B>>;
+type Reply = Result<Response, Failure>;
+
 impl InferTask for ServeArgs {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
-        let service = SearchService::<B>::open(&self.index, self.checkpoint.as_deref(), &device)?;
-        let server = Server::http((self.host.as_str(), self.port))
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port))?;
-        let address = server.server_addr().to_ip().context("not an IP address")?;
-        println!(
-            "serving {} images from {} ({backend}) at http://{address}/",
-            service.len(),
-            self.index.display()
-        );
-        use std::io::Write;
-        std::io::stdout().flush().ok();
-        // A few workers share the loaded model: a slow upload or a long query does not hold up
-        // the others.
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    while let Ok(request) = server.recv() {
-                        let started = Instant::now();
-                        let (method, url) = (request.method().clone(), request.url().to_string());
-                        let status = answer(&service, request);
-                        eprintln!(
-                            "{method} {url} → {status} in {:.1} ms",
-                            started.elapsed().as_secs_f64() * 1e3
-                        );
-                    }
-                });
-            }
+        let service = Arc::new(SearchService::<B>::open(
+            &self.index,
+            self.checkpoint.as_deref(),
+            &device,
+        )?);
+        let images = service.len();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the server's runtime")?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port))?;
+            let address = listener.local_addr()?;
+            println!(
+                "serving {images} images from {} ({backend}) at http://{address}/",
+                self.index.display()
+            );
+            use std::io::Write;
+            std::io::stdout().flush().ok();
+            axum::serve(listener, router(service)).await.context("the server stopped")
+        })
+    }
+}
+
+fn router<B: Backend>(service: Shared<B>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health::<B>))
+        .route("/search", get(search_text::<B>).post(search_image::<B>))
+        .route("/image/{n}", get(image::<B>))
+        .fallback(|request: Request| async move {
+            let path = request.uri().path().to_string();
+            Failure(404, format!("nothing at {path}: try /, /search?q=..., /image/N or /health"))
+        })
+        .method_not_allowed_fallback(|request: Request| async move {
+            Failure(405, format!("{} is not answered at {}", request.method(), request.uri().path()))
+        })
+        .layer(axum::middleware::from_fn(log))
+        .with_state(service)
+}
+
+/// One line per request on stderr: method, target, status, time.
+async fn log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let response = next.run(request).await;
+    eprintln!(
+        "{method} {uri} → {} in {:.1} ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
+/// Runs a query on a blocking thread (the model's work is not async); a panic inside becomes a
+/// 500 for that request, not the end of the server.
+async fn blocking(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        let what = e.try_into_panic().ok().and_then(|p| {
+            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         });
-        Ok(())
-    }
+        Err(Failure(500, format!("internal error: {}", what.unwrap_or_default())))
+    })
 }
 
-/// Answers one request; returns its status code. A panic while answering (a decoder's, say)
-/// becomes a 500 for that request, not the end of the server.
-fn answer<B: Backend>(service: &SearchService<B>, mut request: Request) -> u16 {
-    let reply =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply_to(service, &mut request)));
-    let response = match reply {
-        Ok(Ok(response)) => response,
-        Ok(Err(Failure(status, message))) => {
-            json(&serde_json::json!({ "error": message })).with_status_code(status)
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-            json(&serde_json::json!({ "error": format!("internal error: {}", what.unwrap_or_default()) })).with_status_code(500)
-        }
-    };
-    let status = response.status_code().0;
-    // A client that went away is not the server's problem.
-    let _ = request.respond(response);
-    status
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
-fn reply_to<B: burn::tensor::backend::Backend>(
-    service: &SearchService<B>,
-    request: &mut Request,
-) -> Reply {
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    match (request.method(), path) {
-        (Method::Get, "/") => Ok(Response::from_data(PAGE.as_bytes().to_vec())
-            .with_header(header("text/html; charset=utf-8"))),
-        (Method::Get, "/health") => {
-            let body = serde_json::json!({ "images": service.len(), "model": service.model.id });
-            Ok(json(&body))
-        }
-        (Method::Get, "/search") => search_text(service, param("q"), param("k")),
-        (Method::Post, "/search") if request.body_length().is_some_and(|n| n > MAX_UPLOAD) => {
-            Err(Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20)))
-        }
-        (Method::Post, "/search") => {
-            let mut body = Vec::new();
-            let read = request.as_reader().take(MAX_UPLOAD as u64 + 1).read_to_end(&mut body);
-            match read {
-                Err(e) => Err(Failure(400, format!("cannot read the upload: {e}"))),
-                Ok(_) if body.len() > MAX_UPLOAD => {
-                    Err(Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20)))
-                }
-                Ok(_) => search_image(service, body, param("k")),
-            }
-        }
-        (Method::Get, p) if p.starts_with("/image/") => image(service, &p["/image/".len()..]),
-        (_, "/" | "/health" | "/search") => {
-            Err(Failure(405, format!("{} is not answered at {path}", request.method())))
-        }
-        _ => Err(Failure(
-            404,
-            format!("nothing at {path}: try /, /search?q=..., /image/N or /health"),
-        )),
-    }
+async fn health<B: Backend>(State(service): State<Shared<B>>) -> Response {
+    Json(serde_json::json!({ "images": service.len(), "model": service.model.id })).into_response()
 }
 
-fn header(content_type: &str) -> Header {
-    Header::from_bytes("Content-Type", content_type).expect("a valid header")
+fn params(query: Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
-fn json<T: Serialize>(value: &T) -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = serde_json::to_vec(value).expect("serializes");
-    Response::from_data(body).with_header(header("application/json"))
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn parse_k(k: Option<&str>) -> Result<usize, Failure> {
@@ -192,68 +187,80 @@ fn parse_k(k: Option<&str>) -> Result<usize, Failure> {
     }
 }
 
-fn reply(
-    query: &str,
-    images: usize,
-    started: Instant,
-    matches: Vec<Match>,
-) -> Response<std::io::Cursor<Vec<u8>>> {
+fn reply(query: &str, images: usize, started: Instant, matches: Vec<Match>) -> Response {
     let matches = matches
         .into_iter()
         .map(|m| MatchReply { url: format!("/image/{}", m.index), found: m })
         .collect();
-    json(&SearchReply {
-        query,
-        images,
-        milliseconds: started.elapsed().as_secs_f64() * 1e3,
-        matches,
-    })
+    Json(SearchReply { query, images, milliseconds: started.elapsed().as_secs_f64() * 1e3, matches })
+        .into_response()
 }
 
-type Reply = Result<Response<std::io::Cursor<Vec<u8>>>, Failure>;
-
-fn search_text<B: burn::tensor::backend::Backend>(
-    service: &SearchService<B>,
-    q: Option<&str>,
-    k: Option<&str>,
+async fn search_text<B: Backend>(
+    State(service): State<Shared<B>>,
+    RawQuery(query): RawQuery,
 ) -> Reply {
     let started = Instant::now();
-    let q = q
+    let params = params(query);
+    let q = param(&params, "q")
         .filter(|q| !q.trim().is_empty())
-        .ok_or_else(|| Failure(400, "give a text query: /search?q=a+dog+on+a+beach&k=9".into()))?;
-    let k = parse_k(k)?;
-    Ok(reply(q, service.len(), started, service.by_text(q, k)?))
+        .ok_or_else(|| Failure(400, "give a text query: /search?q=a+dog+on+a+beach&k=9".into()))?
+        .to_string();
+    let k = parse_k(param(&params, "k"))?;
+    blocking(move || Ok(reply(&q, service.len(), started, service.by_text(&q, k)?))).await
 }
 
-fn search_image<B: burn::tensor::backend::Backend>(
-    service: &SearchService<B>,
-    body: Vec<u8>,
-    k: Option<&str>,
+async fn search_image<B: Backend>(
+    State(service): State<Shared<B>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
 ) -> Reply {
     let started = Instant::now();
+    let too_large = || Failure(413, format!("an image query is at most {} MB", MAX_UPLOAD >> 20));
+    // Announced too large: refused before a byte of it is read.
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if announced.is_some_and(|n: usize| n > MAX_UPLOAD) {
+        return Err(too_large());
+    }
+    let params = params(query);
+    let k = parse_k(param(&params, "k"))?;
+    // Read up to the limit only (a chunked upload announces nothing).
+    let body = axum::body::to_bytes(body, MAX_UPLOAD).await.map_err(|e| {
+        let source = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        if source.contains("length limit") || e.to_string().contains("length limit") {
+            too_large()
+        } else {
+            Failure(400, format!("cannot read the upload: {e}"))
+        }
+    })?;
     if body.is_empty() {
         return Err(Failure(
             400,
             "POST an image (JPEG, PNG or WebP bytes) as the request body".into(),
         ));
     }
-    let k = parse_k(k)?;
-    Ok(reply(
-        "(image)",
-        service.len(),
-        started,
-        service.by_image_bytes(body, "the uploaded image", k)?,
-    ))
+    blocking(move || {
+        let found = service.by_image_bytes(body.to_vec(), "the uploaded image", k)?;
+        Ok(reply("(image)", service.len(), started, found))
+    })
+    .await
 }
 
-fn image<B: burn::tensor::backend::Backend>(service: &SearchService<B>, n: &str) -> Reply {
+async fn image<B: Backend>(State(service): State<Shared<B>>, UrlPath(n): UrlPath<String>) -> Reply {
     let path = n
         .parse::<usize>()
         .ok()
         .and_then(|i| service.path(i))
-        .ok_or_else(|| Failure(404, format!("no image {n:?} in the index")))?;
-    let bytes =
-        clip_data::shards::read_image_bytes(path).map_err(|e| Failure(404, e.to_string()))?;
+        .ok_or_else(|| Failure(404, format!("no image {n:?} in the index")))?
+        .to_path_buf();
+    let bytes = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || clip_data::shards::read_image_bytes(&path)
+    })
+    .await
+    .map_err(|e| Failure(500, e.to_string()))?
+    .map_err(|e| Failure(404, e.to_string()))?;
     let kind =
         match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("jpg" | "jpeg") => "image/jpeg",
@@ -263,7 +270,7 @@ fn image<B: burn::tensor::backend::Backend>(service: &SearchService<B>, n: &str)
             Some("bmp") => "image/bmp",
             _ => "application/octet-stream",
         };
-    Ok(Response::from_data(bytes).with_header(header(kind)))
+    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
 }
 
 /// The search page: a text box and an image upload, results as a grid.

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::record::{
+    FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder,
+};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use clip_model::ClipModel;
@@ -220,11 +222,24 @@ fn save_model<B: AutodiffBackend>(model: &ClipModel<B>, path: &Path) -> Result<(
             message: format!("not saved: parameter {name} holds infinite or NaN values (the previous checkpoints are kept)"),
         });
     }
-    model.clone().save_file(path.to_path_buf(), &recorder()).map_err(|source| TrainError::Record {
-        path: path.into(),
-        what: "cannot save the weights",
-        source,
-    })
+    let bytes = record_bytes::<B, _>(model.clone().into_record()).map_err(|source| {
+        TrainError::Record { path: path.into(), what: "cannot save the weights", source }
+    })?;
+    write_record_file(&bytes, path)
+}
+
+/// A record as burn's named MessagePack bytes (what `NamedMpkFileRecorder` reads back).
+pub(crate) fn record_bytes<B: Backend, R: Record<B>>(
+    record: R,
+) -> std::result::Result<Vec<u8>, burn::record::RecorderError> {
+    NamedMpkBytesRecorder::<FullPrecisionSettings>::new().record(record, ())
+}
+
+/// Writes recorded bytes as `stem.mpk` with our own write, so that a full disk or a read-only
+/// folder is reported as such (burn's file recorder reports them as a MessagePack error).
+pub(crate) fn write_record_file(bytes: &[u8], stem: &Path) -> Result<()> {
+    let path = stem.with_extension("mpk");
+    std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))
 }
 
 fn write_state(dir: &Path, state: &TrainState) -> Result<()> {

@@ -66,10 +66,11 @@ impl<B: AutodiffBackend> AnyOptim<B> {
             what: "cannot save the optimizer state",
             source,
         };
-        match self {
-            AnyOptim::Adam(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
-            AnyOptim::AdamW(o) => recorder().record(o.to_record(), path.to_path_buf()).map_err(err),
-        }
+        let bytes = match self {
+            AnyOptim::Adam(o) => crate::checkpoint::record_bytes::<B, _>(o.to_record()),
+            AnyOptim::AdamW(o) => crate::checkpoint::record_bytes::<B, _>(o.to_record()),
+        };
+        crate::checkpoint::write_record_file(&bytes.map_err(err)?, path)
     }
 
     fn load(self, path: &Path, device: &B::Device) -> Result<Self> {
