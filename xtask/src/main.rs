@@ -54,6 +54,29 @@ enum Command {
         #[arg(long, default_value = "/tmp/clip-bench-images")]
         images: PathBuf,
     },
+    /// The reliability suite at scale (RELIABILITY.md): `clip train` SIGKILLed `--kills` times (at
+    /// random moments and at fault points) and resumed, `clip embed` and `clip data shards` killed
+    /// and re-run, `clip serve` under 1, 4 and 16 clients and 1000 mutated requests beside the hostile set; prints the
+    /// figures (the `#[ignore]`d tests in crates/clip-cli/tests/chaos.rs, CPU backend).
+    Chaos {
+        /// Kills of training runs.
+        #[arg(long, default_value_t = 24)]
+        kills: usize,
+        /// Seed of the kill moments and points.
+        #[arg(long, default_value_t = 24301)]
+        seed: u64,
+    },
+    /// Coverage-guided fuzzing of every parser of outside input (cargo-fuzz, libFuzzer, stable
+    /// Rust): builds fuzz/ and runs each target for a while, then prints runs, exec/s and
+    /// findings per target (`fuzz/run.sh`; results in fuzz/RESULTS.md). Needs `cargo install
+    /// cargo-fuzz`.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (`cd fuzz && cargo fuzz list`); all by default.
+        targets: Vec<String>,
+    },
 }
 
 /// The `clip` builds a GPU session compares: file name in .gpu/ and clip-cli features.
@@ -151,6 +174,20 @@ fn main() -> Result<()> {
                 .current_dir(&root)
                 .args(["bench", "-p", "clip-data", "--bench", "pipeline", "--"])
                 .arg(&images))?;
+        }
+        Command::Chaos { kills, seed } => {
+            run(std::process::Command::new("cargo")
+                .current_dir(&root)
+                .env("CHAOS_KILLS", kills.to_string())
+                .env("CHAOS_SEED", seed.to_string())
+                .args(["test", "-p", "clip-cli", "--test", "chaos", "--"])
+                .args(["--ignored", "--nocapture", "--test-threads", "1"]))?;
+        }
+        Command::Fuzz { seconds, targets } => {
+            run(std::process::Command::new("bash")
+                .arg(root.join("fuzz/run.sh"))
+                .arg(seconds.to_string())
+                .args(&targets))?;
         }
     }
     Ok(())

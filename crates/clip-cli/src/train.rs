@@ -51,6 +51,19 @@ pub struct TrainArgs {
     pub coordinator: Option<String>,
 }
 
+/// Whether `dir` holds only what a `clip train` killed before writing its `config.toml` leaves:
+/// its lock, its split and temporary files of its interrupted writes.
+fn started_but_never_configured(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().all(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        e.file_type().is_ok_and(|t| t.is_file())
+            && (name == ".lock"
+                || name == clip_infer::run_dir::SPLIT
+                || clip_data::fs::interrupted_write(&name).is_some())
+    })
+}
+
 /// A resolved request: config, run directory, and whether it resumes.
 struct Job {
     config: ExperimentConfig,
@@ -99,11 +112,12 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
                         dir.display()
                     );
                     // A run writes split.json, model.json, metrics/, checkpoints/...: never
-                    // over or among a folder's own files.
+                    // over or among a folder's own files. A run killed before it wrote its
+                    // config left only its own first files: that folder is taken again.
                     clip_data::fs::claim_dir(
                         dir,
                         "a training run",
-                        |_| false,
+                        started_but_never_configured,
                         "Give --run-dir a new or empty folder.",
                     )?;
                     RunDir::new(dir)

@@ -474,10 +474,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let devices = replica_devices::<B>(t, device);
         let device = &devices[0];
         let lock = RunLock::acquire(run)?;
-        if resume {
-            for done in recover_interrupted_writes(run, &lock) {
-                observer.on_message(&done);
-            }
+        for done in recover_interrupted_writes(run, &lock) {
+            observer.on_message(&done);
         }
         let (loader, val_loader) = loaders(config, run, resume, true)?;
 
