@@ -92,20 +92,18 @@ impl InferTask for ServeArgs {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device, backend: &str) -> Result<()> {
-        let service = Arc::new(SearchService::<B>::open(
-            &self.index,
-            self.checkpoint.as_deref(),
-            &device,
-        )?);
+        let service =
+            Arc::new(SearchService::<B>::open(&self.index, self.checkpoint.as_deref(), &device)?);
         let images = service.len();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("cannot start the server's runtime")?;
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port))?;
+            let listener =
+                tokio::net::TcpListener::bind((self.host.as_str(), self.port)).await.map_err(
+                    |e| anyhow::anyhow!("cannot listen on {}:{}: {e}", self.host, self.port),
+                )?;
             let address = listener.local_addr()?;
             println!(
                 "serving {images} images from {} ({backend}) at http://{address}/",
@@ -129,7 +127,10 @@ fn router<B: Backend>(service: Shared<B>) -> Router {
             Failure(404, format!("nothing at {path}: try /, /search?q=..., /image/N or /health"))
         })
         .method_not_allowed_fallback(|request: Request| async move {
-            Failure(405, format!("{} is not answered at {}", request.method(), request.uri().path()))
+            Failure(
+                405,
+                format!("{} is not answered at {}", request.method(), request.uri().path()),
+            )
         })
         .layer(axum::middleware::from_fn(log))
         .with_state(service)
@@ -153,7 +154,9 @@ async fn log(request: Request, next: Next) -> Response {
 async fn blocking(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
         let what = e.try_into_panic().ok().and_then(|p| {
-            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         });
         Err(Failure(500, format!("internal error: {}", what.unwrap_or_default())))
     })
@@ -192,8 +195,13 @@ fn reply(query: &str, images: usize, started: Instant, matches: Vec<Match>) -> R
         .into_iter()
         .map(|m| MatchReply { url: format!("/image/{}", m.index), found: m })
         .collect();
-    Json(SearchReply { query, images, milliseconds: started.elapsed().as_secs_f64() * 1e3, matches })
-        .into_response()
+    Json(SearchReply {
+        query,
+        images,
+        milliseconds: started.elapsed().as_secs_f64() * 1e3,
+        matches,
+    })
+    .into_response()
 }
 
 async fn search_text<B: Backend>(

@@ -150,9 +150,8 @@ fn audit(run: &Path, reference: Option<&Path>) -> Vec<String> {
         // Parameter ids differ between processes: the weights are compared by value.
         match (weights(run, &dir), weights(reference, &twin)) {
             (Ok(a), Ok(b)) if a == b => {}
-            (Ok(_), Ok(_)) => {
-                problems.push(format!("{}: weights differ from the uninterrupted run's", dir.display()))
-            }
+            (Ok(_), Ok(_)) => problems
+                .push(format!("{}: weights differ from the uninterrupted run's", dir.display())),
             (Err(e), _) | (_, Err(e)) => problems.push(e),
         }
     }
@@ -178,7 +177,11 @@ fn weights(run: &Path, checkpoint: &Path) -> Result<Vec<f32>, String> {
     let model = card
         .clip
         .init::<F>(&device)
-        .load_file(checkpoint.join("model"), &NamedMpkFileRecorder::<FullPrecisionSettings>::new(), &device)
+        .load_file(
+            checkpoint.join("model"),
+            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+            &device,
+        )
         .map_err(|e| format!("{}: cannot be loaded: {e}", checkpoint.display()))?;
     let mut all = Collect(Vec::new());
     model.visit(&mut all);
@@ -223,7 +226,12 @@ fn reference(lab: &Lab) -> (PathBuf, BTreeMap<u64, String>, Duration) {
 
 /// Kills one run at each of `faults` in turn (each a `CLIP_FAULTS` spec for one process), then
 /// resumes it to the end; returns the kills that happened. Asserts the curve and the files.
-fn kill_at_points_and_resume(lab: &Lab, reference: &(PathBuf, BTreeMap<u64, String>, Duration), name: &str, faults: &[&str]) -> usize {
+fn kill_at_points_and_resume(
+    lab: &Lab,
+    reference: &(PathBuf, BTreeMap<u64, String>, Duration),
+    name: &str,
+    faults: &[&str],
+) -> usize {
     let run = lab.root.join(name);
     let mut kills = 0;
     for fault in faults {
@@ -418,7 +426,11 @@ fn a_full_or_read_only_disk_is_a_clear_error_and_loses_nothing() {
     let before = std::fs::read(index.join("index.json")).unwrap();
     let filler = disk.fill(4 << 10);
     let out = embed(&images);
-    assert!(!out.status.success() && text(&out).contains("No space left on device"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("No space left on device"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read(index.join("index.json")).unwrap(), before, "the old index stays");
     std::fs::remove_file(filler).unwrap();
     let out = embed(&images);
@@ -537,9 +549,12 @@ fn chaos_at_scale() {
     let embed_span = started.elapsed().as_millis() as u64;
     let new_json = std::fs::read(whole.join("index.json")).unwrap();
     let entries = |json: &[u8]| -> usize {
-        serde_json::from_slice::<serde_json::Value>(json).unwrap()["entries"].as_array().unwrap().len()
+        serde_json::from_slice::<serde_json::Value>(json).unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .len()
     };
-    for round in 0..8 {
+    for round in 0..12 {
         let index = lab.root.join(format!("index-{round}"));
         assert!(finish(embed(&half, &index)).status.success());
         let old = entries(&std::fs::read(index.join("index.json")).unwrap());
@@ -547,7 +562,13 @@ fn chaos_at_scale() {
         let fault = rng.below(2) == 0;
         let (k, out) = if fault {
             let mut c = c;
-            c.env("CLIP_FAULTS", format!("embed.batch@{}=kill", 2 + rng.below(3)));
+            // Between batches, or inside the index's save: its matrix (first atomic write) or
+            // its index.json (second) written, not yet renamed into place.
+            let fault = match rng.below(3) {
+                0 => format!("embed.batch@{}=kill", 2 + rng.below(3)),
+                n => format!("atomic.write@{n}=kill"),
+            };
+            c.env("CLIP_FAULTS", fault);
             let out = finish(c);
             (killed(&out), out)
         } else {
@@ -557,7 +578,10 @@ fn chaos_at_scale() {
         assert!(k || out.status.success(), "{}", text(&out));
         embed_kills += usize::from(k);
         let now = entries(&std::fs::read(index.join("index.json")).unwrap());
-        assert!(now == old || now == entries(&new_json), "index of {now} entries: neither {old} nor the new");
+        assert!(
+            now == old || now == entries(&new_json),
+            "index of {now} entries: neither {old} nor the new"
+        );
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(index.join("index.json")).unwrap()).unwrap();
         assert!(index.join(meta["embeddings"].as_str().unwrap()).is_file(), "its matrix is there");
@@ -729,7 +753,11 @@ fn abuse(served: &Served, rng: &mut Rng, random: usize) -> usize {
         assert!(served.healthy(), "the server stopped answering after {what}");
     };
     // A body claimed far over the limit is refused before it is read.
-    check("1 GB Content-Length", served.send(&post("Content-Length: 1000000000\r\n", b"x"), t), Some(413));
+    check(
+        "1 GB Content-Length",
+        served.send(&post("Content-Length: 1000000000\r\n", b"x"), t),
+        Some(413),
+    );
     // A chunked body past the limit: read only up to it.
     let mut chunked = post("Transfer-Encoding: chunked\r\n", b"");
     let chunk = vec![b'x'; 1 << 20];
@@ -755,15 +783,24 @@ fn abuse(served: &Served, rng: &mut Rng, random: usize) -> usize {
     ] {
         check(target, served.get(target), Some(404));
     }
-    for target in ["/search", "/search?q=", "/search?q=x&k=0", "/search?q=x&k=abc", "/search?q=x&k=1001"] {
+    for target in
+        ["/search", "/search?q=", "/search?q=x&k=0", "/search?q=x&k=abc", "/search?q=x&k=1001"]
+    {
         check(target, served.get(target), Some(400));
     }
-    check("DELETE /search", served.send(b"DELETE /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t), Some(405));
+    check(
+        "DELETE /search",
+        served.send(b"DELETE /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", t),
+        Some(405),
+    );
     check("not HTTP", served.send(b"\x00\x01garbage\r\n\r\n", t), None);
     check("no request line", served.send(b"\r\n\r\n\r\n", t), None);
     let huge_header = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(1 << 20));
     check("1 MB header", served.send(huge_header.as_bytes(), t), None);
-    let long_query = format!("GET /search?q={}&k=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "dog+".repeat(20_000));
+    let long_query = format!(
+        "GET /search?q={}&k=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "dog+".repeat(20_000)
+    );
     let status = served.send(long_query.as_bytes(), t);
     check("an 80 KB query", status, if status == Some(200) { Some(200) } else { None });
 
@@ -773,7 +810,8 @@ fn abuse(served: &Served, rng: &mut Rng, random: usize) -> usize {
     for _ in 0..4 {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(&served.address).unwrap();
-        s.write_all(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab").unwrap();
+        s.write_all(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+            .unwrap();
         slow.push(s);
     }
     for _ in 0..32 {
@@ -782,7 +820,10 @@ fn abuse(served: &Served, rng: &mut Rng, random: usize) -> usize {
     let t0 = Instant::now();
     assert!(served.healthy(), "answered beside slow and idle clients");
     let beside_slow = t0.elapsed();
-    assert!(beside_slow < Duration::from_secs(5), "health took {beside_slow:?} beside slow clients");
+    assert!(
+        beside_slow < Duration::from_secs(5),
+        "health took {beside_slow:?} beside slow clients"
+    );
     drop(slow);
 
     // Mutated requests and noise.
@@ -810,7 +851,11 @@ fn abuse(served: &Served, rng: &mut Rng, random: usize) -> usize {
         }
         let status = served.send(&raw, Duration::from_millis(250));
         sent += 1;
-        assert!(status.is_none_or(|s| s < 500), "{status:?} for {:?}", String::from_utf8_lossy(&raw));
+        assert!(
+            status.is_none_or(|s| s < 500),
+            "{status:?} for {:?}",
+            String::from_utf8_lossy(&raw)
+        );
     }
     assert!(served.healthy());
     sent

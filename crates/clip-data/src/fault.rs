@@ -137,13 +137,10 @@ mod tests {
 
     #[test]
     fn specs_parse_and_malformed_ones_are_left_out() {
-        let faults = parse("checkpoint.swap@2=kill, train.loss@5+=nan,x=boom,@3=kill,y@0=nan,z=inf");
-        let fault = |point: &str, at, onwards, action| Fault {
-            point: point.into(),
-            at,
-            onwards,
-            action,
-        };
+        let faults =
+            parse("checkpoint.swap@2=kill, train.loss@5+=nan,x=boom,@3=kill,y@0=nan,z=inf");
+        let fault =
+            |point: &str, at, onwards, action| Fault { point: point.into(), at, onwards, action };
         assert_eq!(
             faults,
             vec![

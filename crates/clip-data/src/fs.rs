@@ -165,8 +165,9 @@ pub fn write_atomic_with(
 }
 
 /// What a write cut short by a killed process leaves: `.NAME.tmp-PID` ([`write_atomic`]'s
-/// temporary file, a checkpoint folder being filled) or `.NAME.old-PID` (a folder moved aside to
-/// be replaced). Returns `(NAME, "tmp" | "old", PID)` for such a name, `None` for any other.
+/// temporary file, a checkpoint folder being filled), `.NAME.old-PID` (a folder moved aside to
+/// be replaced) or `.NAME.del-PID` (a folder hidden, then being deleted). Returns
+/// `(NAME, "tmp" | "old" | "del", PID)` for such a name, `None` for any other.
 pub fn interrupted_write(name: &str) -> Option<(&str, &str, u32)> {
     let rest = name.strip_prefix('.')?;
     let (stem, pid) = rest.rsplit_once('-')?;
@@ -175,7 +176,7 @@ pub fn interrupted_write(name: &str) -> Option<(&str, &str, u32)> {
     }
     let pid = pid.parse().ok()?;
     let (target, kind) = stem.rsplit_once('.')?;
-    (matches!(kind, "tmp" | "old") && !target.is_empty()).then_some((target, kind, pid))
+    (matches!(kind, "tmp" | "old" | "del") && !target.is_empty()).then_some((target, kind, pid))
 }
 
 /// Whether process `pid` still runs (where that cannot be told, it is assumed to: its files are
@@ -196,7 +197,10 @@ mod tests {
     fn only_the_temporary_names_of_atomic_writes_count_as_interrupted() {
         assert_eq!(interrupted_write(".index.json.tmp-123"), Some(("index.json", "tmp", 123)));
         assert_eq!(interrupted_write(".best.old-7"), Some(("best", "old", 7)));
-        for other in ["index.json", ".hidden", ".x.tmp-", ".x.tmp-12a", "x.tmp-3", "..tmp-3", ".x.bak-3"] {
+        assert_eq!(interrupted_write(".step-000002.del-7"), Some(("step-000002", "del", 7)));
+        for other in
+            ["index.json", ".hidden", ".x.tmp-", ".x.tmp-12a", "x.tmp-3", "..tmp-3", ".x.bak-3"]
+        {
             assert_eq!(interrupted_write(other), None, "{other}");
         }
         assert!(process_alive(std::process::id()));

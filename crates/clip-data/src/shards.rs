@@ -32,14 +32,28 @@ pub(crate) struct ShardIndex {
 
 impl ShardIndex {
     fn scan(path: &Path) -> std::io::Result<Self> {
-        let mut archive = tar::Archive::new(File::open(path)?);
+        let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         for entry in archive.entries_with_seek()? {
             let entry = entry?;
             if entry.header().entry_type().is_file() {
                 let name = entry.path()?.to_string_lossy().into_owned();
-                members
-                    .insert(name, Member { offset: entry.raw_file_position(), len: entry.size() });
+                let m = Member { offset: entry.raw_file_position(), len: entry.size() };
+                // A size is the header's claim: reading it would allocate that much (a
+                // truncated or hostile shard can claim gigabytes).
+                if m.offset.checked_add(m.len).is_none_or(|end| end > file_len) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "member {name:?} claims {} bytes at offset {}, past the end of the \
+                             shard ({file_len} bytes; truncated?)",
+                            m.len, m.offset
+                        ),
+                    ));
+                }
+                members.insert(name, m);
             }
         }
         Ok(Self { members })
@@ -60,6 +74,12 @@ pub(crate) fn index_of(shard: &Path) -> std::io::Result<Arc<ShardIndex>> {
     let index = Arc::new(ShardIndex::scan(shard)?);
     indexes().lock().unwrap_or_else(|p| p.into_inner()).insert(shard.to_path_buf(), index.clone());
     Ok(index)
+}
+
+/// Drops the cached index of `shard`, so that the next use scans it again: for a shard rewritten
+/// in place by this process (a fuzzer reuses one file for every input).
+pub fn forget_index(shard: &Path) {
+    indexes().lock().unwrap_or_else(|p| p.into_inner()).remove(shard);
 }
 
 /// Splits `shards/00000.tar/000123.jpg` into the tar file and the member name, when a
@@ -179,6 +199,7 @@ pub fn write_shards(
     let per_shard = per_shard.max(1);
     let mut summary = ShardSummary { shards: 0, samples: 0, captions: 0 };
     for (s, chunk) in images.chunks(per_shard).enumerate() {
+        crate::fault::reach("shards.write");
         let path = out.join(format!("{s:05}.tar"));
         crate::fs::write_atomic_with(&path, |file| {
             let mut builder = tar::Builder::new(file);
@@ -272,5 +293,39 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join("plain.jpg"), b"plain").unwrap();
         assert_eq!(read_image_bytes(&dir.path().join("plain.jpg")).unwrap(), b"plain");
         assert_eq!(list_shards(dir.path()).unwrap(), vec![shard]);
+    }
+
+    /// Found by fuzzing (fuzz/RESULTS.md): a member whose header claims 8 GiB in a 2 KiB shard
+    /// made reading its caption allocate 8 GiB.
+    #[test]
+    fn a_member_claiming_more_than_the_shard_holds_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("00000.tar");
+        write_tar(&shard, &[("000000.jpg", b"image"), ("000000.txt", b"a caption")]);
+        let mut bytes = std::fs::read(&shard).unwrap();
+        // 000000.txt's header (after the image's header and data blocks): size 8 GiB - 1,
+        // checksum recomputed.
+        let h = &mut bytes[1024..1536];
+        h[124..136].copy_from_slice(b"77777777777\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        std::fs::write(&shard, &bytes).unwrap();
+        let err = crate::formats::webdataset::read_samples(&shard).unwrap_err().to_string();
+        assert!(err.contains("00000.tar") && err.contains("past the end of the shard"), "{err}");
+        assert!(read_image_bytes(&shard.join("000000.jpg")).is_err());
+    }
+
+    #[test]
+    fn a_forgotten_index_is_scanned_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("00000.tar");
+        write_tar(&shard, &[("a.jpg", b"first")]);
+        assert!(exists(&shard.join("a.jpg")));
+        write_tar(&shard, &[("b.jpg", b"second")]);
+        assert!(exists(&shard.join("a.jpg")), "the cached index is still used");
+        forget_index(&shard);
+        assert!(!exists(&shard.join("a.jpg")));
+        assert_eq!(read_image_bytes(&shard.join("b.jpg")).unwrap(), b"second");
     }
 }

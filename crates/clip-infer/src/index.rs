@@ -123,6 +123,17 @@ impl EmbeddingIndex {
         if meta.entries.is_empty() {
             return Ok(Self { meta, rows: Vec::new() });
         }
+        // A file beside index.json: an index.json from elsewhere cannot point reads outside the
+        // folder (`../`, an absolute path).
+        let mut parts = Path::new(&meta.embeddings).components();
+        let beside =
+            matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none();
+        if !beside {
+            return Err(bad(format!(
+                "index.json names {:?} as its matrix; an index's matrix is a file beside it",
+                meta.embeddings
+            )));
+        }
         let npy = dir.join(&meta.embeddings);
         let (shape, rows) = read_npy_f32(&npy)?;
         if shape != [meta.entries.len(), meta.dim] {
@@ -161,13 +172,12 @@ impl EmbeddingIndex {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for name in entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()) {
                 let stale_matrix = is_matrix_name(&name) && name != self.meta.embeddings;
-                let stale_temp = clip_data::fs::interrupted_write(&name).is_some_and(
-                    |(target, kind, pid)| {
+                let stale_temp =
+                    clip_data::fs::interrupted_write(&name).is_some_and(|(target, kind, pid)| {
                         kind == "tmp"
                             && (target == "index.json" || is_matrix_name(target))
                             && !clip_data::fs::process_alive(pid)
-                    },
-                );
+                    });
                 if stale_matrix || stale_temp {
                     let _ = std::fs::remove_file(dir.join(name));
                 }
@@ -328,10 +338,12 @@ pub fn read_npy_f32(path: &Path) -> Result<([usize; 2], Vec<f32>)> {
         .collect::<Result<_>>()?;
     let [n, d] = dims[..] else { return Err(bad("expected a 2-D matrix")) };
     let body = &bytes[start + len..];
-    if body.len() != n * d * 4 {
+    // A shape from the header is a claim: its byte count may not even fit in a usize.
+    let expected = n.checked_mul(d).and_then(|e| e.checked_mul(4));
+    if expected != Some(body.len()) {
         return Err(bad(&format!(
-            "expected {} bytes of data, found {} (truncated?)",
-            n * d * 4,
+            "the shape ({n}, {d}) needs {} bytes of data, found {} (truncated?)",
+            expected.map_or("more than 2^64".to_string(), |e| e.to_string()),
             body.len()
         )));
     }
@@ -354,6 +366,28 @@ mod tests {
         assert_eq!((bytes.len() - 48) % 64, 0, "header aligned to 64 bytes");
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
         assert!(read_npy_f32(&p).unwrap_err().to_string().contains("truncated"));
+    }
+
+    /// Found by fuzzing (fuzz/RESULTS.md): a shape whose byte count overflows panicked, and a
+    /// count that wrapped to the real data length would have passed as a huge matrix.
+    #[test]
+    fn npy_shapes_too_large_to_count_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        for shape in ["(2, 4611686018427387904)", "(4611686018427387904, 4)", "(25000000000, 4)"] {
+            let mut header =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            while (10 + header.len() + 1) % 64 != 0 {
+                header.push(' ');
+            }
+            header.push('\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(header.as_bytes());
+            std::fs::write(&p, &bytes).unwrap();
+            let err = read_npy_f32(&p).unwrap_err().to_string();
+            assert!(err.contains("m.npy") && err.contains("bytes of data"), "{shape}: {err}");
+        }
     }
 
     #[test]
@@ -384,6 +418,16 @@ mod tests {
             assert!(dir.path().join(name).exists(), "{name} is not ours");
         }
         let back = EmbeddingIndex::load(dir.path()).unwrap();
+        // A matrix name pointing out of the folder is refused.
+        let json = dir.path().join("index.json");
+        let good = std::fs::read_to_string(&json).unwrap();
+        for evil in ["../../etc/passwd", "/etc/passwd", "embeddings-x/../../y.npy"] {
+            let text = good.replace(&idx.meta.embeddings, evil);
+            std::fs::write(&json, text).unwrap();
+            let err = EmbeddingIndex::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("a file beside it"), "{evil}: {err}");
+        }
+        std::fs::write(&json, good).unwrap();
         assert_eq!(back, idx);
         // A matrix that disagrees with index.json is an error, not a silent mismatch.
         std::fs::write(dir.path().join(&idx.meta.embeddings), write_npy_f32(&[1.0, 0.0], [1, 2]))

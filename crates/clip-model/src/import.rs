@@ -244,6 +244,12 @@ fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
     }
 }
 
+/// Every tensor of a weight file by its upstream name, read as an import reads it but without a
+/// model to load into: for tools that inspect a file, and for fuzzing the readers.
+pub fn read_weight_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, ImportError> {
+    read_snapshots(path).map(|file| file.tensors)
+}
+
 /// A snapshot under a new name, converted to f32 when stored in another float type.
 fn renamed(snapshot: &TensorSnapshot, name: &str) -> TensorSnapshot {
     let data_fn = snapshot.clone_data_fn();
@@ -513,6 +519,16 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImportEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weight_tensors_read_without_a_model() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let tensors = read_weight_tensors(&fixtures.join("resnet_basic.pth")).unwrap();
+        let conv1 = &tensors["conv1.weight"];
+        assert_eq!(conv1.to_data().unwrap().shape.len(), 4);
+        let err = read_weight_tensors(&fixtures.join("missing.safetensors")).unwrap_err();
+        assert!(err.to_string().contains("missing.safetensors"), "{err}");
+    }
 
     #[test]
     fn bert_rules_round_trip() {

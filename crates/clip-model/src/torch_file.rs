@@ -116,6 +116,7 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     globals: BTreeSet<String>,
+    containers: Containers,
 }
 
 impl<'a> Machine<'a> {
@@ -127,6 +128,7 @@ impl<'a> Machine<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             globals: BTreeSet::new(),
+            containers: Containers::default(),
         }
     }
 
@@ -172,6 +174,16 @@ impl<'a> Machine<'a> {
     }
 
     fn push(&mut self, v: Value) {
+        // A container pushed for the first time (not from the memo) was just built.
+        let fresh = match &v {
+            Value::List(rc) | Value::Set(rc) => Rc::strong_count(rc) == 1,
+            Value::Dict(rc) => Rc::strong_count(rc) == 1,
+            Value::Object(rc) => Rc::strong_count(rc) == 1,
+            _ => false,
+        };
+        if fresh {
+            self.containers.0.push(v.clone());
+        }
         self.stack.push(v);
     }
     fn pop(&mut self) -> Result<Value, String> {
@@ -202,7 +214,9 @@ impl<'a> Machine<'a> {
         Value::Global(full.into())
     }
 
-    fn run(mut self) -> Result<(Value, BTreeSet<String>), String> {
+    /// The root value, the globals named, and the containers built (kept until the caller is
+    /// done with the root; dropping them frees everything, cycles included).
+    fn run(mut self) -> Result<(Value, BTreeSet<String>, Containers), String> {
         loop {
             let op = self.u8()?;
             match op {
@@ -217,7 +231,8 @@ impl<'a> Machine<'a> {
                 }
                 b'.' => {
                     let v = self.pop()?;
-                    return Ok((v, std::mem::take(&mut self.globals)));
+                    let containers = std::mem::take(&mut self.containers);
+                    return Ok((v, std::mem::take(&mut self.globals), containers));
                 }
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
@@ -489,6 +504,28 @@ fn dispose(values: impl IntoIterator<Item = Value>) {
             }
             _ => {}
         }
+    }
+}
+
+/// Every mutable container a pickle built. The memo lets a file put a container inside itself
+/// (`a = []; a.append(a)`, or a dict holding itself), a cycle that `Rc` never frees and
+/// [`dispose`] cannot unwrap: dropping this empties each container first, so nothing is shared
+/// in a cycle any more, then frees what they held without recursion.
+#[derive(Default)]
+struct Containers(Vec<Value>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let mut held = Vec::new();
+        for c in &self.0 {
+            match c {
+                Value::List(rc) | Value::Set(rc) => held.append(&mut rc.borrow_mut()),
+                Value::Dict(rc) => held.extend(rc.take().into_iter().flat_map(|(k, v)| [k, v])),
+                Value::Object(o) => held.extend(o.state.take()),
+                _ => {}
+            }
+        }
+        dispose(held.into_iter().chain(self.0.drain(..)));
     }
 }
 
@@ -924,7 +961,8 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
             .map_err(|source| TorchFileError::Io { path: path.into(), source })?;
         buf
     };
-    let (root, globals) =
+    // `_containers` lives to the end: dropping it frees every value, cyclic ones included.
+    let (root, globals, _containers) =
         Machine::new(&pickle).run().map_err(|m| format(format!("{pickle_name}: {m}")))?;
     let archive = Rc::new(Archive { path: path.into(), zip: RefCell::new(zip), prefix });
 
@@ -1067,6 +1105,38 @@ mod tests {
         }
         zip.finish().unwrap();
         path
+    }
+
+    /// Found by fuzzing (fuzz/RESULTS.md, LeakSanitizer): the memo lets a pickle put a
+    /// container inside itself, a reference cycle; every value must still be freed.
+    #[test]
+    fn self_containing_containers_are_freed() {
+        // a = []; a.append(a)  and  d = {}; d["k"] = d
+        let list: &[u8] = b"\x80\x02]q\x00h\x00a.";
+        let dict: &[u8] = b"\x80\x02}q\x00X\x01\x00\x00\x00kh\x00s.";
+        let (root, _, containers) = Machine::new(list).run().unwrap();
+        let Value::List(rc) = &root else { panic!("not a list") };
+        let weak = Rc::downgrade(rc);
+        drop((root, containers));
+        assert_eq!(weak.strong_count(), 0, "the list holding itself is freed");
+        let (root, _, containers) = Machine::new(dict).run().unwrap();
+        let Value::Dict(rc) = &root else { panic!("not a dict") };
+        let weak = Rc::downgrade(rc);
+        drop((root, containers));
+        assert_eq!(weak.strong_count(), 0, "the dict holding itself is freed");
+        // What a machine that stops on an error drops: its containers, cycles included.
+        let a: Rc<RefCell<Vec<Value>>> = Rc::default();
+        a.borrow_mut().push(Value::List(a.clone()));
+        let weak = Rc::downgrade(&a);
+        drop(Containers(vec![Value::List(a)]));
+        assert_eq!(weak.strong_count(), 0, "a cycle left by a failed run is freed");
+        // A file whose data.pkl is such a dict still reads (no tensors, nothing left behind).
+        let dir = tempfile::tempdir().unwrap();
+        let file = read_torch_file(&write_zip(dir.path(), dict, &[]), None).unwrap();
+        assert!(file.tensors.is_empty());
+        // And a cycle left on the stack when the pickle turns out bad: freed by the machine.
+        let bad: &[u8] = b"\x80\x02]q\x00h\x00a\xff";
+        assert!(Machine::new(bad).run().is_err());
     }
 
     fn floats(v: &[f32]) -> Vec<u8> {

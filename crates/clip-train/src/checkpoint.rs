@@ -161,9 +161,14 @@ pub fn recover_interrupted_writes(run: &RunDir, _lock: &RunLock) -> Vec<String> 
             let Some((target, kind, _)) = clip_data::fs::interrupted_write(&name) else { continue };
             let path = dir.join(&name);
             let target_path = dir.join(target);
-            if kind == "old" && !target_path.exists() && std::fs::rename(&path, &target_path).is_ok()
+            if kind == "old"
+                && !target_path.exists()
+                && std::fs::rename(&path, &target_path).is_ok()
             {
-                done.push(format!("restored {} (its replacement was interrupted)", target_path.display()));
+                done.push(format!(
+                    "restored {} (its replacement was interrupted)",
+                    target_path.display()
+                ));
                 continue;
             }
             let removed = if path.is_dir() {
@@ -196,7 +201,13 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     })?;
     let all = run.step_checkpoints();
     for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
-        let _ = std::fs::remove_dir_all(old);
+        // Hidden first (one rename), then deleted: a kill midway leaves debris the next run
+        // clears, never a half-deleted checkpoint under its own name.
+        let name = old.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let doomed = old.with_file_name(format!(".{name}.del-{}", std::process::id()));
+        if std::fs::rename(old, &doomed).is_ok() {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
     }
     Ok(dir)
 }
@@ -329,7 +340,8 @@ mod tests {
         for (bad, name) in [(f32::NAN, "second.weight"), (f32::INFINITY, "second.weight")] {
             let mut net = net.clone();
             let w = net.second.weight.val();
-            let poisoned = w.clone().slice_assign([1..2, 0..1], Tensor::from_floats([[bad]], &device));
+            let poisoned =
+                w.clone().slice_assign([1..2, 0..1], Tensor::from_floats([[bad]], &device));
             net.second.weight = Param::from_tensor(poisoned);
             assert_eq!(first_non_finite_parameter(&net).as_deref(), Some(name));
         }
@@ -347,12 +359,13 @@ mod tests {
         std::fs::create_dir_all(ck.join(".step-000004.tmp-41")).unwrap();
         std::fs::create_dir_all(ck.join("step-000002")).unwrap();
         std::fs::create_dir_all(ck.join(".step-000002.old-7")).unwrap();
+        std::fs::create_dir_all(ck.join(".step-000000.del-7")).unwrap();
         std::fs::write(dir.path().join(".config.toml.tmp-41"), b"half").unwrap();
         for keep in [".notes.tmp-x", "mine.tmp-3", ".hidden"] {
             std::fs::write(dir.path().join(keep), b"user's").unwrap();
         }
         let done = recover_interrupted_writes(&run, &lock);
-        assert_eq!(done.len(), 4, "{done:?}");
+        assert_eq!(done.len(), 5, "{done:?}");
         assert_eq!(std::fs::read(ck.join("best/state.json")).unwrap(), b"old best");
         let mut left: Vec<String> = std::fs::read_dir(&ck)
             .unwrap()

@@ -15,8 +15,8 @@ use clip_infer::ModelCard;
 use clip_model::{ClipConfig, ClipModel};
 
 use crate::checkpoint::{
-    load_model, read_state, recover_interrupted_writes, save_best, save_checkpoint, RunDir, RunLock,
-    TrainState,
+    load_model, read_state, recover_interrupted_writes, save_best, save_checkpoint, RunDir,
+    RunLock, TrainState,
 };
 use crate::collective::Cluster;
 use crate::config::{config_name, ExperimentConfig, NonFinitePolicy, ScheduleKind};
@@ -186,7 +186,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let mut loss_factor = self.optim.scaler.factor();
         // Fault injection (`clip_data::fault`): a non-finite loss, or gradient, at this step.
         let poisoned_loss = clip_data::fault::reach("train.loss").map(|f| f.value() as f64);
-        if let Some(v) = poisoned_loss.or(clip_data::fault::reach("train.grad").map(|f| f.value() as f64)) {
+        if let Some(v) =
+            poisoned_loss.or(clip_data::fault::reach("train.grad").map(|f| f.value() as f64))
+        {
             loss_factor = v;
         }
         let (mut out, own_rows) = match self.replicas.as_mut() {
@@ -296,7 +298,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let t = &self.config.train;
         let step = self.state.step + 1;
         self.nonfinite_in_row += 1;
-        if t.on_nonfinite == NonFinitePolicy::Skip && self.nonfinite_in_row <= t.nonfinite_skip_limit
+        if t.on_nonfinite == NonFinitePolicy::Skip
+            && self.nonfinite_in_row <= t.nonfinite_skip_limit
         {
             self.observer.on_message(&format!(
                 "step {step} skipped: {what} ({} in a row; train.on_nonfinite = \"skip\")",
