@@ -1,5 +1,6 @@
-//! Legacy (pre-1.6, not zip) torch files as an import reads them (`read_weight_tensors`, which
-//! hands them to burn-store's pickle reader), every tensor's bytes read.
+//! Legacy (pre-1.6, not zip) torch files as an import reads them (`read_weight_tensors`: clip's
+//! own pickle machine since the fix of bug 4; burn-store's reader before), every tensor's bytes
+//! read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

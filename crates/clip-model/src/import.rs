@@ -22,7 +22,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use burn_store::{
     ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore, TensorSnapshot,
+    SafetensorsStore, TensorSnapshot,
 };
 use regex::Regex;
 
@@ -201,9 +201,9 @@ struct WeightFile {
     skipped: Vec<String>,
 }
 
-/// Reads a weight file. Torch files are read by [`crate::torch_file`] (nothing in them is
-/// executed; a Lightning checkpoint's `state_dict` is taken, its other entries reported as
-/// skipped); only pre-1.6 legacy torch files go through burn-store's reader.
+/// Reads a weight file. Torch files, zip-format and legacy, are read by [`crate::torch_file`]
+/// (nothing in them is executed, every claimed size is checked against the bytes present; a
+/// Lightning checkpoint's `state_dict` is taken, its other entries reported as skipped).
 fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
     let err = |message: String| ImportError::Read { path: path.into(), message };
     let unreadable = |e: Cause| ImportError::Unreadable { path: path.into(), source: e };
@@ -217,7 +217,7 @@ fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
             let tensors = store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
             Ok(WeightFile { tensors, skipped: Vec::new() })
         }
-        "bin" | "pt" | "pth" | "ckpt" if crate::torch_file::is_zip(path) => {
+        "bin" | "pt" | "pth" | "ckpt" => {
             let file = crate::torch_file::read_torch_file(path, Some("state_dict")).map_err(
                 |e| match e {
                     crate::torch_file::TorchFileError::Format { message, .. } => err(message),
@@ -227,18 +227,6 @@ fn read_snapshots(path: &Path) -> Result<WeightFile, ImportError> {
                 },
             )?;
             Ok(WeightFile { tensors: file.tensors, skipped: file.skipped })
-        }
-        "bin" | "pt" | "pth" | "ckpt" => {
-            let mut store = PytorchStore::from_file(path);
-            let all = store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
-            // Lightning checkpoints (and some torch.save dicts) nest the weights under `state_dict`.
-            if all.keys().any(|k| k.starts_with("state_dict.")) {
-                let mut store = PytorchStore::from_file(path).with_top_level_key("state_dict");
-                let tensors =
-                    store.get_all_snapshots().cloned().map_err(|e| unreadable(e.into()))?;
-                return Ok(WeightFile { tensors, skipped: Vec::new() });
-            }
-            Ok(WeightFile { tensors: all, skipped: Vec::new() })
         }
         _ => Err(ImportError::Extension { path: path.into() }),
     }

@@ -117,7 +117,13 @@ struct Machine<'a> {
     memo: HashMap<u32, Value>,
     globals: BTreeSet<String>,
     containers: Containers,
+    /// Every storage a persistent id named (a legacy file's storages follow its pickles).
+    storages: Vec<Rc<Storage>>,
 }
+
+/// What a pickle program left: its value, the classes it named, its containers (dropped last),
+/// the bytes it took and the storages it named.
+type Ran = (Value, BTreeSet<String>, Containers, usize, Vec<Rc<Storage>>);
 
 impl<'a> Machine<'a> {
     fn new(bytes: &'a [u8]) -> Self {
@@ -129,6 +135,7 @@ impl<'a> Machine<'a> {
             memo: HashMap::new(),
             globals: BTreeSet::new(),
             containers: Containers::default(),
+            storages: Vec::new(),
         }
     }
 
@@ -216,7 +223,11 @@ impl<'a> Machine<'a> {
 
     /// The root value, the globals named, and the containers built (kept until the caller is
     /// done with the root; dropping them frees everything, cycles included).
-    fn run(mut self) -> Result<(Value, BTreeSet<String>, Containers), String> {
+    fn run(self) -> Result<(Value, BTreeSet<String>, Containers), String> {
+        self.run_counted().map(|(v, globals, containers, _, _)| (v, globals, containers))
+    }
+
+    fn run_counted(mut self) -> Result<Ran, String> {
         loop {
             let op = self.u8()?;
             match op {
@@ -232,7 +243,9 @@ impl<'a> Machine<'a> {
                 b'.' => {
                     let v = self.pop()?;
                     let containers = std::mem::take(&mut self.containers);
-                    return Ok((v, std::mem::take(&mut self.globals), containers));
+                    let storages = std::mem::take(&mut self.storages);
+                    let globals = std::mem::take(&mut self.globals);
+                    return Ok((v, globals, containers, self.pos, storages));
                 }
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
@@ -437,7 +450,11 @@ impl<'a> Machine<'a> {
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    self.push(persistent(pid)?);
+                    let storage = persistent(pid)?;
+                    if let Value::Storage(s) = &storage {
+                        self.storages.push(s.clone());
+                    }
+                    self.push(storage);
                 }
                 b'P' => return Err("text persistent ids are not torch's".into()),
                 b'R' => {
@@ -622,7 +639,16 @@ fn persistent(pid: Value) -> Result<Value, String> {
     let Value::Tuple(t) = &pid else {
         return Err("persistent id is not a tuple".into());
     };
-    match t.as_slice() {
+    // Zip files: ('storage', type, key, location, numel); legacy files add a view's metadata,
+    // None unless the storage was a view of another (torch < 0.4).
+    let fields = match t.as_slice() {
+        [five @ .., Value::None] if five.len() == 5 => five,
+        [.., view] if t.len() == 6 && !matches!(view, Value::None) => {
+            return Err("storage views (files of torch < 0.4) are not supported".into())
+        }
+        all => all,
+    };
+    match fields {
         [Value::Str(kind), ty, key, _location, numel] if &**kind == "storage" => {
             let Value::Global(ty) = ty else {
                 return Err("storage type is not a class".into());
@@ -725,27 +751,54 @@ fn call(f: Value, args: Value) -> Result<Value, String> {
     }
 }
 
-/// The zip's entries, shared by every tensor's lazy reader.
+/// Where a file's storages are, shared by every tensor's lazy reader: the zip's entries
+/// (torch ≥ 1.6), or byte ranges after a legacy file's pickles.
 struct Archive {
     path: PathBuf,
-    zip: RefCell<zip::ZipArchive<BufReader<File>>>,
-    /// `archive/` (or the name torch gave the archive) before `data.pkl`.
-    prefix: String,
+    kind: StorageBytes,
+}
+
+enum StorageBytes {
+    Zip {
+        zip: RefCell<zip::ZipArchive<BufReader<File>>>,
+        /// `archive/` (or the name torch gave the archive) before `data.pkl`.
+        prefix: String,
+    },
+    /// Storage key → (offset in the file, bytes).
+    Legacy(HashMap<String, (u64, u64)>),
 }
 
 impl Archive {
-    fn entry_size(&self, name: &str) -> Option<u64> {
-        self.zip.borrow_mut().by_name(name).ok().map(|e| e.size())
+    /// How many bytes the file holds for storage `key`.
+    fn size(&self, key: &str) -> Option<u64> {
+        match &self.kind {
+            StorageBytes::Zip { zip, prefix } => {
+                zip.borrow_mut().by_name(&format!("{prefix}data/{key}")).ok().map(|e| e.size())
+            }
+            StorageBytes::Legacy(ranges) => ranges.get(key).map(|r| r.1),
+        }
     }
 
-    /// The first `n` bytes of an entry.
-    fn read(&self, name: &str, n: usize) -> Result<Vec<u8>, String> {
-        let mut zip = self.zip.borrow_mut();
-        let entry = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
-        let mut out = Vec::with_capacity(n.min(entry.size() as usize));
-        entry.take(n as u64).read_to_end(&mut out).map_err(|e| format!("{name}: {e}"))?;
+    /// The first `n` bytes of storage `key`.
+    fn read(&self, key: &str, n: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(n.min(self.size(key).unwrap_or(0) as usize));
+        match &self.kind {
+            StorageBytes::Zip { zip, prefix } => {
+                let name = format!("{prefix}data/{key}");
+                let mut zip = zip.borrow_mut();
+                let entry = zip.by_name(&name).map_err(|e| format!("{name}: {e}"))?;
+                entry.take(n as u64).read_to_end(&mut out).map_err(|e| format!("{name}: {e}"))?;
+            }
+            StorageBytes::Legacy(ranges) => {
+                use std::io::{Seek, SeekFrom};
+                let &(at, _) = ranges.get(key).ok_or_else(|| format!("no storage {key}"))?;
+                let mut f = File::open(&self.path).map_err(|e| e.to_string())?;
+                f.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
+                f.take(n as u64).read_to_end(&mut out).map_err(|e| e.to_string())?;
+            }
+        }
         if out.len() < n {
-            return Err(format!("{name}: {} bytes, {n} needed", out.len()));
+            return Err(format!("storage {key}: {} bytes, {n} needed", out.len()));
         }
         Ok(out)
     }
@@ -786,10 +839,9 @@ fn gather(t: &TensorRef, storage: &[u8]) -> Vec<u8> {
 /// bytes of the storage it needs.
 fn check_extent(t: &TensorRef, archive: &Archive) -> Result<usize, String> {
     let s = &t.storage;
-    let entry = format!("{}data/{}", archive.prefix, s.key);
     let have = archive
-        .entry_size(&entry)
-        .ok_or_else(|| format!("storage {} is missing from the archive", s.key))?;
+        .size(&s.key)
+        .ok_or_else(|| format!("storage {} is missing from the file", s.key))?;
     let claimed = s.numel.checked_mul(s.elem).ok_or("storage size overflows")?;
     if claimed as u64 > have {
         return Err(format!("storage {} claims {claimed} bytes, the file holds {have}", s.key));
@@ -818,12 +870,12 @@ fn snapshot(t: Rc<TensorRef>, archive: Rc<Archive>, name: &str) -> Result<Tensor
     let needed = check_extent(&t, &archive)?;
     let dtype = t.storage.dtype;
     let shape = t.shape.clone();
-    let entry = format!("{}data/{}", archive.prefix, t.storage.key);
+    let key = t.storage.key.clone();
     let path = archive.path.clone();
     let tensor = t.clone();
     let data_fn = Rc::new(move || -> Result<TensorData, TensorSnapshotError> {
         let bytes = archive
-            .read(&entry, needed)
+            .read(&key, needed)
             .map_err(|e| TensorSnapshotError::IoError(format!("{}: {e}", path.display())))?;
         let bytes = if needed == 0 { Vec::new() } else { gather(&tensor, &bytes) };
         Ok(TensorData::from_bytes_vec(bytes, tensor.shape.clone(), dtype))
@@ -923,10 +975,13 @@ fn count_inside(v: &Value, tensors: &mut usize, classes: &mut BTreeSet<String>, 
     }
 }
 
-/// Reads a zip-format torch file. With `top_key`, only the tensors under that top-level entry
-/// are taken when the file's root is a dict holding it (Lightning's `state_dict`); every other
-/// entry is reported in [`TorchFile::skipped`].
+/// Reads a torch file, zip-format (torch ≥ 1.6) or legacy. With `top_key`, only the tensors
+/// under that top-level entry are taken when the file's root is a dict holding it (Lightning's
+/// `state_dict`); every other entry is reported in [`TorchFile::skipped`].
 pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, TorchFileError> {
+    if !is_zip(path) {
+        return read_legacy_torch_file(path, top_key);
+    }
     let format = |message: String| TorchFileError::Format { path: path.into(), message };
     let file =
         File::open(path).map_err(|source| TorchFileError::Io { path: path.into(), source })?;
@@ -964,8 +1019,95 @@ pub fn read_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, 
     // `_containers` lives to the end: dropping it frees every value, cyclic ones included.
     let (root, globals, _containers) =
         Machine::new(&pickle).run().map_err(|m| format(format!("{pickle_name}: {m}")))?;
-    let archive = Rc::new(Archive { path: path.into(), zip: RefCell::new(zip), prefix });
+    let kind = StorageBytes::Zip { zip: RefCell::new(zip), prefix };
+    let archive = Rc::new(Archive { path: path.into(), kind });
+    tensors_of(root, &globals, archive, top_key)
+}
 
+/// Reads a legacy torch file (`torch.save` before 1.6, or with
+/// `_use_new_zipfile_serialization=False`): pickles of the magic number, the protocol version,
+/// system info, the object and its storage keys, then each storage as an 8-byte element count and
+/// its bytes. Every claimed size is checked against the bytes present before anything is read.
+fn read_legacy_torch_file(path: &Path, top_key: Option<&str>) -> Result<TorchFile, TorchFileError> {
+    let format = |message: String| TorchFileError::Format { path: path.into(), message };
+    let bytes =
+        std::fs::read(path).map_err(|source| TorchFileError::Io { path: path.into(), source })?;
+    let mut pos = 0usize;
+    let mut next = |what: &str| {
+        let ran =
+            Machine::new(&bytes[pos..]).run_counted().map_err(|m| format(format!("{what}: {m}")));
+        if let Ok((.., used, _)) = &ran {
+            pos += used;
+        }
+        ran
+    };
+    let (magic, ..) = next("not a torch file (its magic number)")?;
+    if !matches!(magic, Value::BigInt) {
+        return Err(format(
+            "not a torch file (neither a zip archive nor torch's magic number)".into(),
+        ));
+    }
+    let (version, ..) = next("the protocol version")?;
+    if !matches!(version, Value::Int(1001)) {
+        return Err(format("not a torch file (protocol version is not 1001)".into()));
+    }
+    let (info, _, _info_containers, ..) = next("the system info")?;
+    if let Value::Dict(d) = &info {
+        let big = d.borrow().iter().any(|(k, v)| {
+            matches!(k, Value::Str(k) if &**k == "little_endian") && matches!(v, Value::Bool(false))
+        });
+        if big {
+            return Err(format("big-endian torch files are not supported".into()));
+        }
+    }
+    let (root, globals, _containers, _, storages) = next("the saved object")?;
+    let (keys, _, _key_containers, ..) = next("the storage keys")?;
+    let keys: Vec<String> = match &keys {
+        Value::List(l) => l
+            .borrow()
+            .iter()
+            .map(|k| match k {
+                Value::Str(s) => Ok(s.to_string()),
+                Value::Int(i) => Ok(i.to_string()),
+                _ => Err(format("a storage key is not a string".into())),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(format("the storage keys are not a list".into())),
+    };
+    let elem: HashMap<&str, usize> = storages.iter().map(|s| (s.key.as_str(), s.elem)).collect();
+    let mut ranges = HashMap::new();
+    for key in &keys {
+        let count = bytes
+            .get(pos..pos + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| format(format!("storage {key}: the file ends before its size")))?;
+        let size = elem.get(key.as_str()).copied().unwrap_or(1) as u64;
+        let len = count
+            .checked_mul(size)
+            .filter(|&n| n <= (bytes.len() - pos - 8) as u64)
+            .ok_or_else(|| {
+                format(format!(
+                    "storage {key} claims {count} elements, more than the {} bytes left in the file",
+                    bytes.len() - pos - 8
+                ))
+            })?;
+        ranges.insert(key.clone(), ((pos + 8) as u64, len));
+        pos += 8 + len as usize;
+    }
+    drop(bytes);
+    let archive = Rc::new(Archive { path: path.into(), kind: StorageBytes::Legacy(ranges) });
+    tensors_of(root, &globals, archive, top_key)
+}
+
+/// The tensors of a decoded torch object (under `top_key` when it holds one), with what else
+/// it holds reported; tensors read their bytes lazily from `archive`.
+fn tensors_of(
+    root: Value,
+    globals: &BTreeSet<String>,
+    archive: Rc<Archive>,
+    top_key: Option<&str>,
+) -> Result<TorchFile, TorchFileError> {
+    let format = |message: String| TorchFileError::Format { path: archive.path.clone(), message };
     let mut skipped = Vec::new();
     let selected = match (&root, top_key) {
         (Value::Dict(d), Some(key))
@@ -1105,6 +1247,77 @@ mod tests {
         }
         zip.finish().unwrap();
         path
+    }
+
+    /// Files `torch.save` wrote in the legacy format (tests/fixtures/make_legacy.py, torch 2.9
+    /// with `_use_new_zipfile_serialization=False`): every tensor as torch had it, a view
+    /// (transposed, sharing its storage) included; a Lightning-style dict's `state_dict` taken.
+    #[test]
+    fn legacy_files_read_as_torch_saved_them() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures.join("legacy_expected.json")).unwrap())
+                .unwrap();
+        let expected = expected.as_object().unwrap();
+        for (file, top) in
+            [("legacy_state.pth", None), ("legacy_lightning.ckpt", Some("state_dict"))]
+        {
+            let read = read_torch_file(&fixtures.join(file), top).unwrap();
+            assert_eq!(read.tensors.len(), expected.len(), "{file}");
+            for (name, want) in expected {
+                let snap = &read.tensors[name];
+                let shape: Vec<usize> = want["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                let data = snap.to_data().unwrap();
+                assert_eq!(data.shape.to_vec(), shape, "{file}: {name}");
+                let got = data.convert::<f32>().to_vec::<f32>().unwrap();
+                let want: Vec<f32> = want["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                assert_eq!(got, want, "{file}: {name}");
+            }
+            if top.is_some() {
+                assert!(read.skipped.iter().any(|s| s.starts_with("epoch")), "{:?}", read.skipped);
+            }
+        }
+    }
+
+    /// A legacy file whose storage claims more elements than the file holds, or that ends early,
+    /// is an error naming what is wrong; nothing that large is allocated.
+    #[test]
+    fn legacy_claims_beyond_the_file_are_errors() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let good = std::fs::read(fixtures.join("legacy_state.pth")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.pth");
+        // The storages follow the keys' pickle (which ends with b"e." or b"]q..."): the first
+        // 8-byte count after it is found by reading the good file the same way.
+        let bytes = &good[..];
+        let mut pos = 0;
+        for _ in 0..5 {
+            pos += Machine::new(&bytes[pos..]).run_counted().unwrap().3;
+        }
+        let mut huge = good.clone();
+        huge[pos..pos + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        let err = read_torch_file(&path, None).err().expect("an error").to_string();
+        assert!(err.contains("bad.pth") && err.contains("more than the"), "{err}");
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        assert!(read_torch_file(&path, None).is_err(), "a truncated file");
+        // Found by fuzzing (fuzz/RESULTS.md, bug 4): 356 bytes whose string claims 4 GiB made
+        // burn-store's legacy reader allocate it; read here, it is an error.
+        let oom = fixtures.join("fuzz/legacy-4gib-string.pth");
+        assert!(read_torch_file(&oom, None).is_err());
+        std::fs::write(&path, b"\x80\x02K\x05.not torch").unwrap();
+        let err = read_torch_file(&path, None).err().expect("an error").to_string();
+        assert!(err.contains("not a torch file"), "{err}");
     }
 
     /// Found by fuzzing (fuzz/RESULTS.md, LeakSanitizer): the memo lets a pickle put a
