@@ -52,7 +52,9 @@ struct Fault {
 
 /// 0: not read yet, 1: no faults, 2: faults configured.
 static STATE: AtomicU8 = AtomicU8::new(0);
-static FAULTS: OnceLock<(Vec<Fault>, Mutex<HashMap<String, usize>>)> = OnceLock::new();
+/// The configured faults, and how often each point was reached.
+type Registry = (Vec<Fault>, Mutex<HashMap<String, usize>>);
+static FAULTS: OnceLock<Registry> = OnceLock::new();
 
 /// Reaches `point`: counts it and, when a configured fault fires here, kills the process or
 /// returns the action for the caller to apply (`Nan`, `Inf`).
