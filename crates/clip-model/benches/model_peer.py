@@ -68,27 +68,37 @@ def main():
     common = {"stack": f"pytorch {torch.__version__}", "backend": dev, "threads": torch.get_num_threads(),
               "precision": a.precision, "batch": a.batch, "image": a.image, "seq": a.seq}
 
+    phases = [0.0, 0.0, 0.0]  # forward, backward, optimizer: seconds over the timed steps
+
     def step():
+        t0 = time.perf_counter()
         with torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = loss_fn(*model(images, ids, mask))
+        sync(); t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        sync(); t2 = time.perf_counter()
         scaler.step(opt)
         scaler.update()
-        sync()
+        sync(); t3 = time.perf_counter()
+        for k, d in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+            phases[k] += d
 
     if a.mode in ("train", "both"):
         model.train()
         t0 = time.perf_counter(); step(); first = time.perf_counter() - t0
         for _ in range(a.warmup - 1):
             step()
+        phases[:] = [0.0, 0.0, 0.0]
         t0 = time.perf_counter()
         for _ in range(a.steps):
             step()
         dt = (time.perf_counter() - t0) / a.steps
+        forward_ms, backward_ms, optimizer_ms = (round(p / a.steps * 1e3, 1) for p in phases)
         peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None
         print(json.dumps({"what": "train_step", **common, "ms_per_step": round(dt * 1e3, 1),
                           "samples_per_s": round(a.batch / dt, 2), "first_step_s": round(first, 2),
+                          "forward_ms": forward_ms, "backward_ms": backward_ms, "optimizer_ms": optimizer_ms,
                           "peak_gib": peak and round(peak, 2)}), flush=True)
     if a.mode in ("forward", "both"):
         model.eval()

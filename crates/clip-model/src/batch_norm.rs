@@ -70,33 +70,57 @@ impl<B: Backend> BatchNorm2d<B> {
         DETACHED_PASS.with(|d| d.borrow().as_ref().map(|ids| ids.contains(&self.weight.id)))
     }
 
+    /// Moves the running averages towards a training batch's statistics, except in a detached
+    /// pass (whose batch the second pass counts).
+    fn update_running_statistics(
+        &self,
+        mean: Tensor<B, 1>,
+        unbiased: Tensor<B, 1>,
+        device: &B::Device,
+    ) {
+        if self.detached_but_trainable().is_some() {
+            return;
+        }
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().to_device(device);
+        let running_var = self.running_var.value_sync().to_device(device);
+        self.running_mean.update(running_mean.mul_scalar(1.0 - m).add(mean.mul_scalar(m)));
+        self.running_var.update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
+    }
+
     /// `[batch, channels, h, w]` → same shape.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
         let [n, c, h, w] = x.dims();
+        let count = (n * h * w) as f64;
+        // Training on LibTorch: its own batch-norm kernels both ways ([`crate::libtorch`]).
+        #[cfg(feature = "tch")]
+        let x = if self.uses_batch_statistics(&device) {
+            let (weight, bias) = (self.weight.val(), self.bias.val());
+            match crate::libtorch::batch_norm_training(x, weight, bias, self.epsilon) {
+                Ok((out, stats)) => {
+                    let unbiased = stats.variance.mul_scalar(count / (count - 1.0).max(1.0));
+                    self.update_running_statistics(stats.mean, unbiased, &device);
+                    return out;
+                }
+                Err(x) => x,
+            }
+        } else {
+            x
+        };
         // Everything runs on `[n·c, h·w]` rows with per-row scalars: the layout burn Flex's SIMD
         // broadcast path handles. `[1, c, 1, 1]` broadcasts and a channels-first transposed
         // copy both fall back to a scalar strided iterator, a quarter of a CPU training step.
         let rows = x.reshape([n * c, h * w]);
         let per_row = |t: Tensor<B, 1>| t.reshape([1, c]).expand([n, c]).reshape([n * c, 1]);
         let (mean, var) = if self.uses_batch_statistics(&device) {
-            let count = (n * h * w) as f64;
             let per_channel = |t: Tensor<B, 2>| t.reshape([n, c]).sum_dim(0).reshape([c]);
             let mean = per_channel(rows.clone().sum_dim(1)).div_scalar(count);
             let centered = rows.clone() - per_row(mean.clone());
             let sum_sq = per_channel(centered.square().sum_dim(1));
             let var = sum_sq.clone().div_scalar(count);
-            if self.detached_but_trainable().is_none() {
-                let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
-                let m = self.momentum;
-                let running_mean = self.running_mean.value_sync().to_device(&device);
-                let running_var = self.running_var.value_sync().to_device(&device);
-                self.running_mean.update(
-                    running_mean.mul_scalar(1.0 - m).add(mean.clone().detach().mul_scalar(m)),
-                );
-                self.running_var
-                    .update(running_var.mul_scalar(1.0 - m).add(unbiased.mul_scalar(m)));
-            }
+            let unbiased = sum_sq.detach().div_scalar((count - 1.0).max(1.0));
+            self.update_running_statistics(mean.clone().detach(), unbiased, &device);
             (mean, var)
         } else {
             (self.running_mean.value_sync(), self.running_var.value_sync())

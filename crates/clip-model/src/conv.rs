@@ -82,7 +82,7 @@ impl<B: Backend> Conv2d<B> {
             pointwise(x, weight, bias, self.stride)
         } else {
             let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-            burn::tensor::module::conv2d(x, weight, bias, options)
+            conv2d(x, weight, bias, options)
         };
         precision.to_f32(out)
     }
@@ -92,6 +92,28 @@ impl<B: Backend> Conv2d<B> {
         let [_, _, kh, kw] = self.weight.dims();
         kh == 1 && kw == 1 && self.padding == 0
     }
+}
+
+/// burn's `conv2d`; when training on LibTorch, with LibTorch's own backward kernels
+/// ([`crate::libtorch`]).
+fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "tch")]
+    if crate::libtorch::trains_on_libtorch::<B>() {
+        let out = crate::libtorch::conv2d(x, weight, options);
+        return match bias {
+            Some(bias) => {
+                let channels = bias.dims()[0];
+                out + bias.reshape([1, channels, 1, 1])
+            }
+            None => out,
+        };
+    }
+    burn::tensor::module::conv2d(x, weight, bias, options)
 }
 
 /// A 1×1 convolution as a batched matmul (`[out, in] × [in, h·w]`, strided input subsampled

@@ -10,6 +10,8 @@ mod feature_rows;
 pub mod flops;
 pub mod image_cache;
 pub mod import;
+#[cfg(feature = "tch")]
+pub mod libtorch;
 pub mod loss;
 pub mod onnx;
 pub mod onnx_proto;

@@ -7,7 +7,6 @@
 //! Reference: He et al. 2015 (arXiv:1512.03385); torchvision `models/resnet.py`, timm `models/resnet.py`.
 
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::batch_norm::BatchNorm2d;
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::precision::Precision;
+// burn's ReLU; when training on LibTorch, one with LibTorch's backward.
+#[cfg(not(feature = "tch"))]
+use burn::tensor::activation::relu;
+#[cfg(feature = "tch")]
+use crate::libtorch::relu;
 
 /// Residual block kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
