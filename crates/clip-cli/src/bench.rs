@@ -9,6 +9,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor};
 use clap::Args;
+use clip_model::conv::pointwise_as_matmul;
 use clip_model::{ClipConfig, Precision};
 use clip_train::config::TrainSpec;
 use clip_train::optim::{ClipOptimizer, GroupGrads};
@@ -47,7 +48,8 @@ pub struct StepArgs {
     /// compiled so far (0: never).
     #[arg(long, default_value_t = 10)]
     pub heartbeat: u64,
-    /// Evaluate 1×1 convolutions as the backend's convolution instead of a matmul (A/B runs).
+    /// Evaluate 1×1 convolutions as the backend's convolution instead of a matmul (A/B runs;
+    /// training on LibTorch they are convolutions either way).
     #[arg(long)]
     pub pointwise_conv: bool,
     /// Split the training step into this many micro-batches (`train.micro_batches`: the whole
@@ -89,7 +91,7 @@ impl BackendTask for StepArgs {
         let tflops = |work: f64, seconds: f64| (work / seconds / 1e9).round() / 1e3;
         let common = json!({
             "backend": backend, "precision": self.precision, "batch": b, "image": s, "seq": l,
-            "conv1x1": if self.pointwise_conv { "conv" } else { "matmul" },
+            "conv1x1": if pointwise_as_matmul::<B>(!self.pointwise_conv) { "matmul" } else { "conv" },
             "micro_batches": self.micro_batches,
             "recompute": self.recompute,
         });

@@ -78,7 +78,7 @@ impl<B: Backend> Conv2d<B> {
         let x = precision.to_compute(x);
         let weight = precision.to_compute(self.weight.val());
         let bias = self.bias.as_ref().map(|b| precision.to_compute(b.val()));
-        let out = if self.pointwise_matmul && self.is_pointwise() {
+        let out = if pointwise_as_matmul::<B>(self.pointwise_matmul) && self.is_pointwise() {
             pointwise(x, weight, bias, self.stride)
         } else {
             let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
@@ -92,6 +92,17 @@ impl<B: Backend> Conv2d<B> {
         let [_, _, kh, kw] = self.weight.dims();
         kh == 1 && kw == 1 && self.padding == 0
     }
+}
+
+/// Whether a layer built with `pointwise_matmul = requested` runs its 1×1 kernels as matmuls on
+/// `B`. Training on LibTorch they stay convolutions, with LibTorch's backward: as fast as the
+/// matmul at 224² and a quarter faster at 64² on the seed model (BENCHMARKS.md, 2026-12-06).
+pub fn pointwise_as_matmul<B: Backend>(requested: bool) -> bool {
+    #[cfg(feature = "tch")]
+    if crate::libtorch::trains_on_libtorch::<B>() {
+        return false;
+    }
+    requested
 }
 
 /// burn's `conv2d`; when training on LibTorch, with LibTorch's own backward kernels

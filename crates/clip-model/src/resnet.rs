@@ -15,10 +15,10 @@ use crate::batch_norm::BatchNorm2d;
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::precision::Precision;
 // burn's ReLU; when training on LibTorch, one with LibTorch's backward.
-#[cfg(not(feature = "tch"))]
-use burn::tensor::activation::relu;
 #[cfg(feature = "tch")]
 use crate::libtorch::relu;
+#[cfg(not(feature = "tch"))]
+use burn::tensor::activation::relu;
 
 /// Residual block kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,8 @@ pub struct ResNetConfig {
     #[serde(default = "yes")]
     pub zero_init_residual: bool,
     /// 1×1 convolutions as matmuls (same values; faster on Flex, one kernel family on CUDA);
-    /// `false` keeps the backend's convolution kernels.
+    /// `false` keeps the backend's convolution kernels. Ignored when training on LibTorch
+    /// ([`crate::conv::pointwise_as_matmul`]).
     #[serde(default = "yes")]
     pub pointwise_matmul: bool,
 }
