@@ -5,7 +5,7 @@
 //!
 //! `auto` takes the first of these that this build has and this machine runs: LibTorch on a GPU,
 //! burn's CUDA, LibTorch on the CPU, Flex. On the CPU the order is measured (LibTorch trains the seed
-//! model 1.4–1.9× as fast as Flex, BENCHMARKS.md); on a GPU it follows what is known so far (burn-cuda 0.21
+//! model 1.8–2.2× as fast as Flex, BENCHMARKS.md); on a GPU it follows what is known so far (burn-cuda 0.21
 //! spends minutes compiling kernels before its first step, docs/gpu.md), not a measurement.
 
 use anyhow::Result;

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <optional>
 
 extern "C" {
 
@@ -25,7 +26,7 @@ char *clip_libtorch_conv2d_backward(const at::Tensor *grad_output, const at::Ten
     const std::array<bool, 3> mask = {want_input != 0, want_weight != 0, false};
     const int64_t no_output_padding[2] = {0, 0};
     auto grads = at::convolution_backward(
-        *grad_output, *input, *weight, c10::nullopt, at::IntArrayRef(stride, 2),
+        *grad_output, *input, *weight, std::nullopt, at::IntArrayRef(stride, 2),
         at::IntArrayRef(padding, 2), at::IntArrayRef(dilation, 2), /*transposed=*/false,
         at::IntArrayRef(no_output_padding, 2), groups, mask);
     if (want_input) *grad_input = new at::Tensor(std::get<0>(grads));
@@ -48,8 +49,8 @@ char *clip_libtorch_batch_norm_backward(const at::Tensor *grad_output, const at:
   *grad_bias = nullptr;
   try {
     const std::array<bool, 3> mask = {want_input != 0, want_weight != 0, want_bias != 0};
-    auto grads = at::native_batch_norm_backward(*grad_output, *input, *weight, c10::nullopt,
-                                                c10::nullopt, *save_mean, *save_invstd,
+    auto grads = at::native_batch_norm_backward(*grad_output, *input, *weight, std::nullopt,
+                                                std::nullopt, *save_mean, *save_invstd,
                                                 /*train=*/true, eps, mask);
     if (want_input) *grad_input = new at::Tensor(std::get<0>(grads));
     if (want_weight) *grad_weight = new at::Tensor(std::get<1>(grads));

@@ -91,7 +91,10 @@ fn tracked<C: CheckpointStrategy>(
         epsilon,
     );
     // 1/√(var + ε) back to the variance it came from.
-    let variance = invstd.pow_tensor_scalar(-2.0) - epsilon;
+    let variance = TchTensor::new(invstd.pow_tensor_scalar(-2.0) - epsilon);
+    // One storage handle shared by the caller's mean and the backward pass's: burn-tch updates a
+    // tensor in place when its handle is the only one, which would overwrite the saved mean.
+    let mean = TchTensor::new(mean);
     let out = TchTensor::new(out);
     let out = match NativeBatchNorm
         .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
@@ -101,15 +104,13 @@ fn tracked<C: CheckpointStrategy>(
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let weight_state = prep.checkpoint(&weight);
-            let saved = (TchTensor::new(mean.shallow_clone()), TchTensor::new(invstd));
+            let saved = (mean.clone(), TchTensor::new(invstd));
             prep.finish((x_state, weight_state, saved, epsilon), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    let untracked = |t: AtTensor| {
-        Tensor::<Trained<C>, 1>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(
-            TchTensor::new(t),
-        )))
+    let untracked = |t: TchTensor| {
+        Tensor::<Trained<C>, 1>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(t)))
     };
     (Tensor::from_primitive(TensorPrimitive::Float(out)), untracked(mean), untracked(variance))
 }
@@ -186,7 +187,13 @@ mod tests {
         let (out, mean, variance) = if native {
             let (out, stats) =
                 batch_norm_training(x.clone(), weight.clone(), bias.clone(), 1e-5).ok().unwrap();
-            (out, stats.mean, stats.variance)
+            let (mean, variance) = (stats.mean.to_data(), stats.variance.to_data());
+            // What the running averages do with them, before the backward pass: operations
+            // that consume the statistics (which burn-tch may run in place) must not touch
+            // what the backward pass saved.
+            let _ = stats.mean.mul_scalar(0.0).add(stats.variance.mul_scalar(0.0));
+            let data = |d: TensorData| Tensor::<B, 1>::from_data(d, &device);
+            (out, data(mean), data(variance))
         } else {
             let channels = x.clone().swap_dims(0, 1).reshape([c, n * h * w]);
             let mean = channels.clone().mean_dim(1);
