@@ -56,14 +56,14 @@ pub fn batch_norm_training<B: Backend>(
 ) -> Result<(Tensor<B, 4>, BatchStatistics<B>), Tensor<B, 4>> {
     match on_libtorch::<B>() {
         OnLibTorch::Plain => {
-            let (out, mean, variance) =
+            let (out, stats) =
                 tracked::<NoCheckpointing>(cast(x), cast(weight), cast(bias), epsilon);
-            Ok((cast(out), BatchStatistics { mean: cast(mean), variance: cast(variance) }))
+            Ok((cast(out), stats.cast()))
         }
         OnLibTorch::Recomputed => {
-            let (out, mean, variance) =
+            let (out, stats) =
                 tracked::<BalancedCheckpointing>(cast(x), cast(weight), cast(bias), epsilon);
-            Ok((cast(out), BatchStatistics { mean: cast(mean), variance: cast(variance) }))
+            Ok((cast(out), stats.cast()))
         }
         OnLibTorch::Elsewhere => Err(x),
     }
@@ -71,12 +71,18 @@ pub fn batch_norm_training<B: Backend>(
 
 type Trained<C> = Autodiff<LibTorch, C>;
 
+impl<A: Backend> BatchStatistics<A> {
+    fn cast<B: Backend>(self) -> BatchStatistics<B> {
+        BatchStatistics { mean: cast(self.mean), variance: cast(self.variance) }
+    }
+}
+
 fn tracked<C: CheckpointStrategy>(
     x: Tensor<Trained<C>, 4>,
     weight: Tensor<Trained<C>, 1>,
     bias: Tensor<Trained<C>, 1>,
     epsilon: f64,
-) -> (Tensor<Trained<C>, 4>, Tensor<Trained<C>, 1>, Tensor<Trained<C>, 1>) {
+) -> (Tensor<Trained<C>, 4>, BatchStatistics<Trained<C>>) {
     let x: FloatTensor<Trained<C>> = x.into_primitive().tensor();
     let weight: FloatTensor<Trained<C>> = weight.into_primitive().tensor();
     let bias: FloatTensor<Trained<C>> = bias.into_primitive().tensor();
@@ -112,7 +118,8 @@ fn tracked<C: CheckpointStrategy>(
     let untracked = |t: TchTensor| {
         Tensor::<Trained<C>, 1>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(t)))
     };
-    (Tensor::from_primitive(TensorPrimitive::Float(out)), untracked(mean), untracked(variance))
+    let stats = BatchStatistics { mean: untracked(mean), variance: untracked(variance) };
+    (Tensor::from_primitive(TensorPrimitive::Float(out)), stats)
 }
 
 #[derive(Debug)]

@@ -138,24 +138,24 @@ impl Backward<LibTorch, 2> for NativeConv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{Distribution, Tolerance};
 
     type Plain = Autodiff<LibTorch>;
     type Recomputed = Autodiff<LibTorch, BalancedCheckpointing>;
 
+    type Inner<B> = Tensor<<B as AutodiffBackend>::InnerBackend, 4>;
+
     /// Gradients of `sum(conv(x, w) * probe)` for x and w, by LibTorch's backward ([`conv2d`])
     /// and by burn's generic one (burn's `conv2d` on the same backend).
-    fn gradients<B: Backend>(
+    fn gradients<B: AutodiffBackend>(
         x: &Tensor<B, 4>,
         weight: &Tensor<B, 4>,
         probe: &Tensor<B, 4>,
         options: &ConvOptions<2>,
         native: bool,
         x_tracked: bool,
-    ) -> (Tensor<B, 4>, Option<Tensor<B::InnerBackend, 4>>, Tensor<B::InnerBackend, 4>)
-    where
-        B: burn::tensor::backend::AutodiffBackend,
-    {
+    ) -> (Tensor<B, 4>, Option<Inner<B>>, Inner<B>) {
         let x = if x_tracked { x.clone().require_grad() } else { x.clone() };
         let weight = weight.clone().require_grad();
         let out = if native {
@@ -167,7 +167,7 @@ mod tests {
         (out, x.grad(&grads), weight.grad(&grads).expect("the weight's gradient"))
     }
 
-    fn compare<B: burn::tensor::backend::AutodiffBackend>() {
+    fn compare<B: AutodiffBackend>() {
         let device = Default::default();
         // (channels in, out, kernel, stride, padding, groups): ResNet's stem, its 3×3 and 1×1
         // layers with and without stride, and a grouped convolution.
