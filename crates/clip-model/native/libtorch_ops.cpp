@@ -13,6 +13,23 @@
 #include <exception>
 #include <optional>
 
+namespace {
+
+// Runs `body`, turning any exception into a malloc'd message (null when it succeeds).
+template <class Body>
+char *guarded(const char *what, Body body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return strdup(e.what());
+  } catch (...) {
+    return strdup(what);
+  }
+}
+
+}  // namespace
+
 extern "C" {
 
 char *clip_libtorch_conv2d_backward(const at::Tensor *grad_output, const at::Tensor *input,
@@ -22,7 +39,7 @@ char *clip_libtorch_conv2d_backward(const at::Tensor *grad_output, const at::Ten
                                     at::Tensor **grad_input, at::Tensor **grad_weight) {
   *grad_input = nullptr;
   *grad_weight = nullptr;
-  try {
+  return guarded("unknown C++ exception in LibTorch's convolution backward", [&] {
     const std::array<bool, 3> mask = {want_input != 0, want_weight != 0, false};
     const int64_t no_output_padding[2] = {0, 0};
     auto grads = at::convolution_backward(
@@ -31,12 +48,7 @@ char *clip_libtorch_conv2d_backward(const at::Tensor *grad_output, const at::Ten
         at::IntArrayRef(no_output_padding, 2), groups, mask);
     if (want_input) *grad_input = new at::Tensor(std::get<0>(grads));
     if (want_weight) *grad_weight = new at::Tensor(std::get<1>(grads));
-    return nullptr;
-  } catch (const std::exception &e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown C++ exception in LibTorch's convolution backward");
-  }
+  });
 }
 
 char *clip_libtorch_batch_norm_backward(const at::Tensor *grad_output, const at::Tensor *input,
@@ -47,7 +59,7 @@ char *clip_libtorch_batch_norm_backward(const at::Tensor *grad_output, const at:
   *grad_input = nullptr;
   *grad_weight = nullptr;
   *grad_bias = nullptr;
-  try {
+  return guarded("unknown C++ exception in LibTorch's batch norm backward", [&] {
     const std::array<bool, 3> mask = {want_input != 0, want_weight != 0, want_bias != 0};
     auto grads = at::native_batch_norm_backward(*grad_output, *input, *weight, std::nullopt,
                                                 std::nullopt, *save_mean, *save_invstd,
@@ -55,12 +67,7 @@ char *clip_libtorch_batch_norm_backward(const at::Tensor *grad_output, const at:
     if (want_input) *grad_input = new at::Tensor(std::get<0>(grads));
     if (want_weight) *grad_weight = new at::Tensor(std::get<1>(grads));
     if (want_bias) *grad_bias = new at::Tensor(std::get<2>(grads));
-    return nullptr;
-  } catch (const std::exception &e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown C++ exception in LibTorch's batch norm backward");
-  }
+  });
 }
 
 void clip_libtorch_free_message(char *message) { free(message); }

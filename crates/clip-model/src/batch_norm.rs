@@ -95,7 +95,8 @@ impl<B: Backend> BatchNorm2d<B> {
         let count = (n * h * w) as f64;
         // Training on LibTorch: its own batch-norm kernels both ways ([`crate::libtorch`]).
         #[cfg(feature = "tch")]
-        let x = if self.uses_batch_statistics(&device) {
+        let x = if crate::libtorch::trains_on_libtorch::<B>() && self.uses_batch_statistics(&device)
+        {
             let (weight, bias) = (self.weight.val(), self.bias.val());
             match crate::libtorch::batch_norm_training(x, weight, bias, self.epsilon) {
                 Ok((out, stats)) => {
